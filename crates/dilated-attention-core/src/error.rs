@@ -1,0 +1,174 @@
+//! The one error type of the library: every bad config value and every bad input shape.
+
+use thiserror::Error;
+
+/// Everything that can be wrong with a config or an input, as a value.
+///
+/// Each variant names the field (or the tensor) and carries the offending values, so the
+/// message alone tells the user what to change. No call of this library panics on user data:
+/// the panicking variants (`forward`, `init`) only unwrap these errors.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum DilatedAttentionError {
+    /// `segment_lengths` holds no value.
+    #[error("segment_lengths is empty; give at least one (segment_length, dilation_rate) pair")]
+    EmptySegments,
+    /// `segment_lengths` and `dilation_rates` differ in length.
+    #[error(
+        "segment_lengths has {segments} values but dilation_rates has {rates}; they form pairs and must be equally long"
+    )]
+    PairCountMismatch {
+        /// `segment_lengths.len()`.
+        segments: usize,
+        /// `dilation_rates.len()`.
+        rates: usize,
+    },
+    /// A segment length is zero.
+    #[error("segment_lengths[{index}] is 0; segment lengths must be >= 1")]
+    ZeroSegmentLength {
+        /// Position in `segment_lengths`.
+        index: usize,
+    },
+    /// A dilation rate is zero.
+    #[error("dilation_rates[{index}] is 0; rates must be >= 1")]
+    ZeroDilation {
+        /// Position in `dilation_rates`.
+        index: usize,
+    },
+    /// The softmax scale is not a finite positive number.
+    #[error("scale is {value}; it must be finite and > 0 (or unset for 1/sqrt(head_dim))")]
+    InvalidScale {
+        /// The value given.
+        value: f64,
+    },
+    /// A probability (dropout) outside `[0, 1)`.
+    #[error("{field} is {value}; it must be in [0, 1)")]
+    InvalidProbability {
+        /// Name of the config field.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A ratio (sparsity) outside `(0, 1]`.
+    #[error("{field} is {value}; it must be in (0, 1]")]
+    InvalidRatio {
+        /// Name of the config field.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
+    /// A size that must be at least one is zero.
+    #[error("{field} is 0; it must be >= 1")]
+    ZeroSize {
+        /// Name of the field or dimension.
+        field: &'static str,
+    },
+    /// A dimension that must divide another does not.
+    #[error("{field} = {value} is not divisible by {divisor_field} = {divisor}")]
+    NotDivisible {
+        /// Name of the dividend.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// Name of the divisor.
+        divisor_field: &'static str,
+        /// Its value.
+        divisor: usize,
+    },
+    /// `HeadGrouped` mode needs at least one head per pair.
+    #[error(
+        "HeadGrouped mode splits {heads} heads into {groups} groups (one per pair): give at least as many heads as pairs"
+    )]
+    TooFewHeads {
+        /// Number of heads of the input.
+        heads: usize,
+        /// Number of (segment, dilation) pairs.
+        groups: usize,
+    },
+    /// A tensor has a shape that does not match the query's.
+    #[error("{name} shape {actual:?} does not match query shape {query:?}")]
+    ShapeMismatch {
+        /// Which tensor (`key`, `value`).
+        name: &'static str,
+        /// The query's shape `[batch, seq, heads, head_dim]`.
+        query: [usize; 4],
+        /// The other tensor's shape.
+        actual: [usize; 4],
+    },
+    /// A tensor has a zero-sized dimension.
+    #[error("{name} has {dim} = 0 in shape {shape:?}; every dimension must be >= 1")]
+    EmptyDimension {
+        /// Which tensor.
+        name: &'static str,
+        /// Which dimension.
+        dim: &'static str,
+        /// The full shape.
+        shape: Vec<usize>,
+    },
+    /// A tensor has the wrong number of dimensions.
+    #[error("{name} has rank {actual} (shape {shape:?}); expected rank {expected} {layout}")]
+    WrongRank {
+        /// Which tensor.
+        name: &'static str,
+        /// Rank required.
+        expected: usize,
+        /// Rank given.
+        actual: usize,
+        /// The layout required, for the message.
+        layout: &'static str,
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+    /// The key padding mask does not have shape `[batch, seq]`.
+    #[error("key_padding_mask shape {actual:?} does not match [batch, seq] = {expected:?}")]
+    MaskShapeMismatch {
+        /// `[batch, seq]` of the query.
+        expected: [usize; 2],
+        /// The mask's shape.
+        actual: [usize; 2],
+    },
+    /// The embedding width does not match the module's.
+    #[error("{name} has embed_dim {actual}; the module was built for {expected}")]
+    EmbedDimMismatch {
+        /// Which input.
+        name: &'static str,
+        /// The module's `embed_dim`.
+        expected: usize,
+        /// The input's last dimension.
+        actual: usize,
+    },
+    /// Multihead attention needs queries, keys and values of one sequence length.
+    #[error(
+        "dilated attention attends within segments of one sequence: query has seq {query}, {name} has seq {actual}"
+    )]
+    SequenceMismatch {
+        /// Which input.
+        name: &'static str,
+        /// The query's sequence length.
+        query: usize,
+        /// The other's.
+        actual: usize,
+    },
+    /// A token id is outside the vocabulary.
+    #[error(
+        "token id {token} at flat position {position} is outside the vocabulary of {vocab_size}"
+    )]
+    TokenOutOfRange {
+        /// The offending id.
+        token: i64,
+        /// Its flat index in the token tensor.
+        position: usize,
+        /// The vocabulary size.
+        vocab_size: usize,
+    },
+    /// The requested capability has not been built yet.
+    #[error("attention kind `{kind}` is not available in this build: {reason}")]
+    Unsupported {
+        /// The kind asked for.
+        kind: String,
+        /// Why, and where it will come from.
+        reason: String,
+    },
+}
+
+/// Result alias of this library.
+pub type Result<T, E = DilatedAttentionError> = core::result::Result<T, E>;

@@ -1,0 +1,32 @@
+//! Core of the dilated-attention library: configs, errors, index plans, the reference
+//! implementation (plain Burn tensor ops) and the log-sum-exp merge.
+//!
+//! No CubeCL here: this crate is the oracle every fused or distributed path is tested against.
+//!
+//! ```
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Distribution, Tensor};
+//! use dilated_attention_core::{reference_dilated_attention, DilatedAttentionConfig, DilationMode};
+//!
+//! let device = Default::default();
+//! let cfg = DilatedAttentionConfig::new(vec![8, 16], vec![1, 2]).with_mode(DilationMode::LongNet);
+//! let q = Tensor::<NdArray, 4>::random([1, 37, 2, 8], Distribution::Default, &device);
+//! let (out, lse) = reference_dilated_attention(q.clone(), q.clone(), q, None, &cfg).unwrap();
+//! assert_eq!(out.dims(), [1, 37, 2, 8]);
+//! ```
+
+mod config;
+mod error;
+mod lse_merge;
+mod plan;
+mod reference;
+mod segment_attention;
+mod shape;
+
+pub use config::*;
+pub use error::*;
+pub use lse_merge::*;
+pub use plan::*;
+pub use reference::*;
+pub use segment_attention::*;
+pub use shape::*;

@@ -1,0 +1,247 @@
+//! The reference implementation of dilated attention, in plain Burn tensor ops.
+//!
+//! It is the oracle for the kernels and the ring, the path of backends without kernels (CPU),
+//! and it trains: every op is differentiable, so `Autodiff<B>` gives its gradients.
+//!
+//! ```
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Distribution, Tensor};
+//! use dilated_attention_core::{reference_dilated_attention, DilatedAttentionConfig};
+//!
+//! let device = Default::default();
+//! let cfg = DilatedAttentionConfig::new(vec![16, 32], vec![1, 2]).with_causal(true);
+//! let q = Tensor::<NdArray, 4>::random([2, 45, 4, 16], Distribution::Default, &device);
+//! let (out, lse) = reference_dilated_attention(q.clone(), q.clone(), q, None, &cfg).unwrap();
+//! assert_eq!(out.dims(), [2, 45, 4, 16]);
+//! assert_eq!(lse.dims(), [2, 45, 4]);
+//! ```
+//!
+//! # Memory
+//! For each pair `i` with segment `s_i` and dilation `r_i` (`m_i = ceil(s_i / r_i)` rows per
+//! segment), the forward holds the gathered rows of the pair (`3 b n h d / r_i` elements), one
+//! chunk of scores and weights (at most [`SCORE_BUDGET_ELEMENTS`](crate::SCORE_BUDGET_ELEMENTS),
+//! or one segment `b h m_i^2` if larger), the pair's output and LSE (`b n h (d + 1)`), and the
+//! running merge (`b n h (d + 1)`). Never an `n x n` matrix: the peak is
+//! `O(b n h d + max(budget, b h m_i^2))`. Under `Autodiff` the graph keeps every chunk's
+//! scores and weights for the backward: `~2 b h sum_i ceil(n / s_i) m_i^2` elements, linear in
+//! `n` (about `2 b h n sum_i s_i / r_i^2`).
+
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+
+use crate::{
+    AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, DilationMode, OffsetGroup, Result,
+    merge_by_lse, segment_attention,
+};
+
+/// Dilated attention and its per-query log-sum-exp, on plain Burn tensor ops.
+///
+/// `key_padding_mask` (`true` = padded) hides keys in every mode and with causal masking; a query
+/// that sees no key outputs 0 and has log-sum-exp `-inf`.
+///
+/// # Shapes
+/// - `query`, `key`, `value`: `[batch, seq, heads, head_dim]`
+/// - `key_padding_mask`: `[batch, seq]`
+/// - returns output `[batch, seq, heads, head_dim]` and log-sum-exp `[batch, seq, heads]`.
+///   In `HeadGrouped` mode the log-sum-exp of a row the head's dilation skips is `-inf`.
+///
+/// # Errors
+/// Any [`DilatedAttentionConfig::validate`] error, the shape errors of
+/// [`AttentionShape::check_qkv`] and [`AttentionShape::check_key_padding_mask`], and
+/// [`TooFewHeads`](crate::DilatedAttentionError::TooFewHeads).
+pub fn reference_dilated_attention<B: Backend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    let shape = AttentionShape::check_qkv(&query.dims(), &key.dims(), &value.dims())?;
+    if let Some(mask) = &key_padding_mask {
+        shape.check_key_padding_mask(&mask.dims())?;
+    }
+    let plan = DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
+    let inputs = Inputs {
+        query,
+        key,
+        value,
+        key_padding_mask,
+        shape,
+        causal: config.causal,
+        scale: config.scale_for(shape.head_dim),
+        dropout: config.dropout,
+    };
+    Ok(inputs.attend(&plan))
+}
+
+struct Inputs<B: Backend> {
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    shape: AttentionShape,
+    causal: bool,
+    scale: f64,
+    dropout: f64,
+}
+
+impl<B: Backend> Inputs<B> {
+    fn attend(&self, plan: &DilatedIndexPlan) -> (Tensor<B, 4>, Tensor<B, 3>) {
+        match plan.mode() {
+            DilationMode::LongNet => {
+                // Every pair covers every head; merge pairs as they come (two live at a time).
+                let mut merged: Option<(Tensor<B, 4>, Tensor<B, 3>)> = None;
+                for pair in plan.pairs() {
+                    let (out, lse) = self.attend_groups(&pair.groups);
+                    let order = pair.heads_in_group_order();
+                    let part = if order.iter().copied().eq(0..self.shape.num_heads) {
+                        (out, lse)
+                    } else {
+                        let inverse = self.index(&inverse_permutation(&order));
+                        (out.select(2, inverse.clone()), lse.select(2, inverse))
+                    };
+                    merged = Some(match merged {
+                        None => part,
+                        Some(acc) => merge_by_lse(vec![acc, part]),
+                    });
+                }
+                merged.expect("a validated config has at least one pair")
+            }
+            DilationMode::HeadGrouped => {
+                // Groups are contiguous and in head order: concatenate along heads.
+                let (outs, lses): (Vec<_>, Vec<_>) = plan
+                    .pairs()
+                    .iter()
+                    .map(|pair| self.attend_groups(&pair.groups))
+                    .unzip();
+                (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+            }
+        }
+    }
+
+    /// The attention of each offset group, concatenated along heads in group order.
+    fn attend_groups(&self, groups: &[OffsetGroup]) -> (Tensor<B, 4>, Tensor<B, 3>) {
+        let (outs, lses): (Vec<_>, Vec<_>) = groups.iter().map(|g| self.attend_group(g)).unzip();
+        (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+    }
+
+    /// One offset group: gather its heads and rows, attend per segment, put rows back.
+    fn attend_group(&self, group: &OffsetGroup) -> (Tensor<B, 4>, Tensor<B, 3>) {
+        let AttentionShape {
+            batch,
+            seq_len,
+            head_dim,
+            ..
+        } = self.shape;
+        let heads = group.heads.len();
+        let device = self.query.device();
+        let rows = group.rows;
+        if rows.is_empty() {
+            return (
+                Tensor::zeros([batch, seq_len, heads, head_dim], &device),
+                Tensor::full([batch, seq_len, heads], f32::NEG_INFINITY, &device),
+            );
+        }
+
+        let all_heads = group.heads.iter().copied().eq(0..self.shape.num_heads);
+        let head_index = (!all_heads).then(|| self.index(&group.heads));
+        let row_index =
+            (!rows.is_identity()).then(|| self.index(&rows.positions().collect::<Vec<_>>()));
+        let gather = |t: &Tensor<B, 4>| {
+            let mut t = t.clone();
+            if let Some(h) = &head_index {
+                t = t.select(2, h.clone());
+            }
+            if let Some(r) = &row_index {
+                t = t.select(1, r.clone());
+            }
+            t
+        };
+        let (q, k, v) = (gather(&self.query), gather(&self.key), gather(&self.value));
+        let mask = self.key_padding_mask.as_ref().map(|m| match &row_index {
+            Some(r) => m.clone().select(1, r.clone()),
+            None => m.clone(),
+        });
+
+        // Full segments batched together, then the shorter tail segment.
+        let full = rows.full_segments();
+        let per = rows.rows_per_full_segment();
+        let tail = rows.rows_in_tail();
+        let mut outs = Vec::with_capacity(2);
+        let mut lses = Vec::with_capacity(2);
+        for (start, segments, len) in [(0, full, per), (full * per, 1, tail)] {
+            if segments == 0 || len == 0 {
+                continue;
+            }
+            let rows_total = segments * len;
+            let cut = |t: &Tensor<B, 4>| {
+                t.clone()
+                    .narrow(1, start, rows_total)
+                    .reshape([batch, segments, len, heads, head_dim])
+            };
+            let hidden = mask.as_ref().map(|m| {
+                m.clone()
+                    .narrow(1, start, rows_total)
+                    .reshape([batch, segments, len])
+            });
+            let (o, l) = segment_attention(
+                cut(&q),
+                cut(&k),
+                cut(&v),
+                hidden,
+                self.causal,
+                self.scale,
+                self.dropout,
+            );
+            outs.push(o.reshape([batch, rows_total, heads, head_dim]));
+            lses.push(l.reshape([batch, rows_total, heads]));
+        }
+        let out = Tensor::cat(outs, 1);
+        let lse = Tensor::cat(lses, 1);
+        if rows.is_identity() {
+            return (out, lse);
+        }
+        // Put rows back: append one empty row (0 output, -inf lse) and gather by position.
+        let back = self.index(&rows.scatter_index());
+        let out = Tensor::cat(
+            vec![out, Tensor::zeros([batch, 1, heads, head_dim], &device)],
+            1,
+        )
+        .select(1, back.clone());
+        let lse = Tensor::cat(
+            vec![
+                lse,
+                Tensor::full([batch, 1, heads], f32::NEG_INFINITY, &device),
+            ],
+            1,
+        )
+        .select(1, back);
+        (out, lse)
+    }
+
+    fn index(&self, values: &[usize]) -> Tensor<B, 1, Int> {
+        let data: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+        Tensor::from_data(TensorData::new(data, [values.len()]), &self.query.device())
+    }
+}
+
+fn inverse_permutation(order: &[usize]) -> Vec<usize> {
+    let mut inverse = vec![0; order.len()];
+    for (i, &j) in order.iter().enumerate() {
+        inverse[j] = i;
+    }
+    inverse
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverse_permutation_undoes_order() {
+        let order = [0, 3, 1, 4, 2];
+        let inv = inverse_permutation(&order);
+        for (i, &j) in order.iter().enumerate() {
+            assert_eq!(inv[j], i);
+        }
+    }
+}
