@@ -18,6 +18,8 @@
 mod config;
 mod error;
 mod lse_merge;
+#[cfg(feature = "test-oracle")]
+pub mod oracle;
 mod plan;
 mod reference;
 mod segment_attention;

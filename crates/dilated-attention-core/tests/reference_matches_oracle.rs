@@ -1,0 +1,254 @@
+//! The reference path against the dense test oracle, on random shapes and configs:
+//! outputs, log-sum-exps, and gradients of q, k, v under `Autodiff<NdArray>`.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
+use dilated_attention_core::oracle::{oracle_dilated_attention, seeded_normal, seeded_padding};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, DilationMode, reference_dilated_attention,
+};
+use proptest::prelude::*;
+
+type B = NdArray;
+type AD = Autodiff<NdArray>;
+
+#[derive(Debug, Clone)]
+struct Case {
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+    segments: Vec<usize>,
+    rates: Vec<usize>,
+    mode: DilationMode,
+    causal: bool,
+    padding: Option<f64>,
+    seed: u64,
+}
+
+impl Case {
+    fn config(&self) -> DilatedAttentionConfig {
+        DilatedAttentionConfig::new(self.segments.clone(), self.rates.clone())
+            .with_mode(self.mode)
+            .with_causal(self.causal)
+    }
+
+    fn shape(&self) -> [usize; 4] {
+        [self.batch, self.seq, self.heads, self.head_dim]
+    }
+
+    fn valid(&self) -> bool {
+        self.mode == DilationMode::LongNet || self.heads >= self.segments.len()
+    }
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        1usize..=3,
+        prop_oneof![
+            1usize..=300,
+            Just(1),
+            Just(97),
+            Just(101),
+            Just(127),
+            Just(257)
+        ],
+        1usize..=7,
+        prop::sample::select(vec![8usize, 16, 32, 64]),
+        prop::collection::vec((1usize..=320, 1usize..=5), 1..=3),
+        prop_oneof![Just(DilationMode::LongNet), Just(DilationMode::HeadGrouped)],
+        any::<bool>(),
+        prop_oneof![Just(None), Just(Some(0.25)), Just(Some(1.0))],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(batch, seq, heads, head_dim, pairs, mode, causal, padding, seed)| Case {
+                batch,
+                seq,
+                heads,
+                head_dim,
+                segments: pairs.iter().map(|p| p.0).collect(),
+                rates: pairs.iter().map(|p| p.1).collect(),
+                mode,
+                causal,
+                padding,
+                seed,
+            },
+        )
+}
+
+fn mask<BB: burn::tensor::backend::Backend>(
+    c: &Case,
+    device: &BB::Device,
+) -> Option<Tensor<BB, 2, Bool>> {
+    c.padding
+        .map(|rate| seeded_padding::<BB>(c.seed ^ 7, c.batch, c.seq, rate, device))
+}
+
+/// f32 tolerance of the issue: 1e-5 relative, with an absolute floor for values near 0.
+fn tol() -> Tolerance<f32> {
+    Tolerance::rel_abs(1e-5, 1e-5)
+}
+
+/// Replaces -inf (no key) by a marker so that two LSE tensors compare exactly there.
+fn finite_lse(data: TensorData) -> TensorData {
+    let shape = data.shape.clone();
+    let v: Vec<f32> = data
+        .to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| if x == f32::NEG_INFINITY { -1.0e4 } else { x })
+        .collect();
+    TensorData::new(v, shape)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    #[test]
+    fn reference_output_and_lse_match_dense_oracle(c in case()) {
+        let device = Default::default();
+        let q = seeded_normal::<B, 4>(c.seed, c.shape(), &device);
+        let k = seeded_normal::<B, 4>(c.seed.wrapping_add(1), c.shape(), &device);
+        let v = seeded_normal::<B, 4>(c.seed.wrapping_add(2), c.shape(), &device);
+        let cfg = c.config();
+        let got = reference_dilated_attention(q.clone(), k.clone(), v.clone(), mask::<B>(&c, &device), &cfg);
+        if !c.valid() {
+            let is_too_few_heads = matches!(got, Err(DilatedAttentionError::TooFewHeads { .. }));
+            prop_assert!(is_too_few_heads);
+            return Ok(());
+        }
+        let (out, lse) = got.unwrap();
+        let (want_out, want_lse) = oracle_dilated_attention(q, k, v, mask::<B>(&c, &device), &cfg);
+        let out = out.into_data();
+        prop_assert!(out.to_vec::<f32>().unwrap().iter().all(|x| x.is_finite()));
+        out.assert_approx_eq::<f32>(&want_out.into_data(), tol());
+        finite_lse(lse.into_data()).assert_approx_eq::<f32>(&finite_lse(want_lse.into_data()), tol());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+    #[test]
+    fn reference_gradients_match_dense_oracle(c in case()) {
+        prop_assume!(c.valid());
+        let device = Default::default();
+        let run = |oracle: bool| {
+            let q = seeded_normal::<AD, 4>(c.seed, c.shape(), &device).require_grad();
+            let k = seeded_normal::<AD, 4>(c.seed.wrapping_add(1), c.shape(), &device).require_grad();
+            let v = seeded_normal::<AD, 4>(c.seed.wrapping_add(2), c.shape(), &device).require_grad();
+            let cfg = c.config();
+            let m = mask::<AD>(&c, &device);
+            let (out, lse) = if oracle {
+                oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &cfg)
+            } else {
+                reference_dilated_attention(q.clone(), k.clone(), v.clone(), m, &cfg).unwrap()
+            };
+            // A random linear function of the output and of the finite log-sum-exps.
+            let w_out = seeded_normal::<AD, 4>(c.seed.wrapping_add(3), c.shape(), &device);
+            let w_lse = seeded_normal::<AD, 3>(c.seed.wrapping_add(4), [c.batch, c.seq, c.heads], &device);
+            let lse = lse.clone().mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
+            let loss = (out * w_out).sum() + (lse * w_lse).sum();
+            let grads = loss.backward();
+            [q, k, v].map(|t| t.grad(&grads).expect("grad").into_data())
+        };
+        let got = run(false);
+        let want = run(true);
+        for (g, w) in got.iter().zip(&want) {
+            g.assert_approx_eq::<f32>(w, Tolerance::rel_abs(1e-4, 1e-5));
+        }
+    }
+}
+
+#[test]
+fn padded_keys_are_hidden_with_and_without_causal() {
+    // Regression for the PyTorch library, which validated the padding mask and ignored it.
+    let device = Default::default();
+    for causal in [false, true] {
+        for mode in [DilationMode::LongNet, DilationMode::HeadGrouped] {
+            let cfg = DilatedAttentionConfig::new(vec![6, 12], vec![1, 2])
+                .with_mode(mode)
+                .with_causal(causal);
+            let shape = [2, 23, 4, 8];
+            let q = seeded_normal::<B, 4>(11, shape, &device);
+            let k = seeded_normal::<B, 4>(12, shape, &device);
+            let v = seeded_normal::<B, 4>(13, shape, &device);
+            let pad = seeded_padding::<B>(14, 2, 23, 0.3, &device);
+            let (masked, _) = reference_dilated_attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                Some(pad.clone()),
+                &cfg,
+            )
+            .unwrap();
+            let (unmasked, _) =
+                reference_dilated_attention(q.clone(), k.clone(), v.clone(), None, &cfg).unwrap();
+            // Changing the padded keys' values must not change the output.
+            let noise = seeded_normal::<B, 4>(15, shape, &device) * 100.0;
+            let pad4 = pad.reshape([2, 23, 1, 1]).expand(shape);
+            let v2 = v.clone().mask_where(pad4.clone(), noise.clone());
+            let k2 = k.clone().mask_where(pad4, noise);
+            let (masked2, _) = reference_dilated_attention(
+                q.clone(),
+                k2,
+                v2,
+                Some(seeded_padding::<B>(14, 2, 23, 0.3, &device)),
+                &cfg,
+            )
+            .unwrap();
+            masked2.into_data().assert_approx_eq::<f32>(
+                &masked.clone().into_data(),
+                Tolerance::rel_abs(1e-5, 1e-6),
+            );
+            // And the mask does something.
+            let diff = (masked - unmasked).abs().max().into_scalar();
+            assert!(
+                diff > 1e-3,
+                "mask had no effect (causal {causal}, {mode:?})"
+            );
+        }
+    }
+}
+
+#[test]
+fn fully_padded_batch_row_outputs_zero_without_nan() {
+    let device = Default::default();
+    let cfg = DilatedAttentionConfig::new(vec![5, 10], vec![1, 3]).with_causal(true);
+    let shape = [2, 17, 3, 16];
+    let q = seeded_normal::<B, 4>(21, shape, &device);
+    let mut pad = vec![false; 2 * 17];
+    pad[..17].iter_mut().for_each(|p| *p = true); // batch 0: every key padded
+    let pad = Tensor::<B, 2, Bool>::from_data(TensorData::new(pad, [2, 17]), &device);
+    let (out, lse) = reference_dilated_attention(q.clone(), q.clone(), q, Some(pad), &cfg).unwrap();
+    let out = out.into_data().to_vec::<f32>().unwrap();
+    assert!(out.iter().all(|x| x.is_finite()));
+    assert!(out[..17 * 3 * 16].iter().all(|&x| x == 0.0));
+    assert!(out[17 * 3 * 16..].iter().any(|&x| x != 0.0));
+    let lse = lse.into_data().to_vec::<f32>().unwrap();
+    assert!(lse[..17 * 3].iter().all(|&x| x == f32::NEG_INFINITY));
+    assert!(lse[17 * 3..].iter().all(|x| x.is_finite()));
+}
+
+#[test]
+fn shape_errors_are_values() {
+    let device = Default::default();
+    let cfg = DilatedAttentionConfig::new(vec![4], vec![1]);
+    let q = seeded_normal::<B, 4>(1, [1, 8, 2, 4], &device);
+    let k = seeded_normal::<B, 4>(2, [1, 9, 2, 4], &device);
+    let err = reference_dilated_attention(q.clone(), k, q.clone(), None, &cfg).unwrap_err();
+    assert!(matches!(
+        err,
+        DilatedAttentionError::ShapeMismatch { name: "key", .. }
+    ));
+    let pad = seeded_padding::<B>(3, 1, 7, 0.5, &device);
+    let err = reference_dilated_attention(q.clone(), q.clone(), q, Some(pad), &cfg).unwrap_err();
+    assert_eq!(
+        err,
+        DilatedAttentionError::MaskShapeMismatch {
+            expected: [1, 8],
+            actual: [1, 7]
+        }
+    );
+}
