@@ -1,1 +1,33 @@
-//! placeholder while building
+//! The dispatch layer of the dilated-attention library: the [`DilatedAttentionBackend`]
+//! extension trait with its impls for every Burn backend, the [`DilatedAttention`] module and the
+//! functional API.
+//!
+//! Backends without fused kernels run core's reference path through the trait's default bodies;
+//! the fused CubeCL kernels replace those bodies for `CubeBackend` and `Fusion` (feature
+//! `cubecl` / `fusion`) without changing callers.
+//!
+//! ```
+//! use burn::backend::{Autodiff, NdArray};
+//! use burn::tensor::{Distribution, Tensor};
+//! use dilated_attention_core::DilatedAttentionConfig;
+//! use dilated_attention_kernels::dilated_attention_with_lse;
+//!
+//! // Training works through Autodiff: the reference path differentiates by itself.
+//! type B = Autodiff<NdArray>;
+//! let device = Default::default();
+//! let cfg = DilatedAttentionConfig::new(vec![16, 32], vec![1, 2]);
+//! let q = Tensor::<B, 4>::random([1, 40, 2, 8], Distribution::Default, &device).require_grad();
+//! let (out, _lse) = dilated_attention_with_lse(q.clone(), q.clone(), q.clone(), &cfg)?;
+//! let grads = out.sum().backward();
+//! assert_eq!(q.grad(&grads).unwrap().dims(), [1, 40, 2, 8]);
+//! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
+//! ```
+
+mod attention;
+mod backend;
+mod backends;
+mod functional;
+
+pub use attention::*;
+pub use backend::*;
+pub use functional::*;

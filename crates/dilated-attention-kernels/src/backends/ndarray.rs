@@ -1,0 +1,15 @@
+//! `NdArray`: the CPU backend runs the reference path.
+
+use burn_ndarray::{
+    FloatNdArrayElement, IntNdArrayElement, NdArray, NdArrayTensor, QuantElement, SharedArray,
+};
+
+use crate::DilatedAttentionBackend;
+
+impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> DilatedAttentionBackend
+    for NdArray<E, I, Q>
+where
+    NdArrayTensor: From<SharedArray<E>>,
+    NdArrayTensor: From<SharedArray<I>>,
+{
+}
