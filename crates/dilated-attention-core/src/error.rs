@@ -40,6 +40,14 @@ pub enum DilatedAttentionError {
         /// The value given.
         value: f64,
     },
+    /// A value that must be finite and positive (a gain, an epsilon, a base) is not.
+    #[error("{field} is {value}; it must be finite and > 0")]
+    InvalidPositive {
+        /// Name of the config field.
+        field: &'static str,
+        /// The value given.
+        value: f64,
+    },
     /// A probability (dropout) outside `[0, 1)`.
     #[error("{field} is {value}; it must be in [0, 1)")]
     InvalidProbability {

@@ -1,1 +1,71 @@
-//! placeholder while building
+//! Long-context attention for [Burn](https://burn.dev): LongNet-style dilated attention
+//! (arXiv 2307.02486) with a per-query log-sum-exp, multihead modules, transformer layers, a
+//! LongNet language model and a factory, on any Burn backend.
+//!
+//! Backends are cargo features: `ndarray` (default, CPU), `wgpu`, `cuda`. Autodiff is always
+//! available: wrap the backend in `Autodiff<_>` to train.
+//!
+//! ```
+//! use dilated_attention::prelude::*;
+//! use dilated_attention::backend::NdArray;
+//! use burn::tensor::{Distribution, Tensor};
+//!
+//! type B = NdArray;
+//! let device = Default::default();
+//! let cfg = DilatedAttentionConfig::new(vec![64, 128, 256], vec![1, 2, 4])
+//!     .with_mode(DilationMode::LongNet)
+//!     .with_causal(true);
+//! cfg.validate()?;
+//! let attn: DilatedAttention<B> = cfg.init(&device);
+//! let q = Tensor::<B, 4>::random([1, 300, 8, 32], Distribution::Default, &device);
+//! let out = attn.try_forward(q.clone(), q.clone(), q.clone())?;   // [batch, seq, heads, head_dim]
+//! let (out2, lse) = dilated_attention_with_lse(q.clone(), q.clone(), q, &cfg)?;
+//! assert_eq!(lse.dims(), [1, 300, 8]);
+//! # let _ = (out, out2);
+//! # Ok::<(), DilatedAttentionError>(())
+//! ```
+
+mod factory;
+
+pub use factory::*;
+
+pub use burn;
+pub use dilated_attention_core as core;
+pub use dilated_attention_kernels as kernels;
+pub use dilated_attention_multihead as multihead;
+
+pub use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, DilationMode,
+    merge_by_lse, reference_dilated_attention,
+};
+pub use dilated_attention_kernels::{
+    DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit, dilated_attention_with_lse,
+    dilated_attention_with_lse_masked,
+};
+pub use dilated_attention_multihead::{
+    DilatedTransformerLayer, DilatedTransformerLayerConfig, FeedForward, FeedForwardConfig,
+    LongNetLm, LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
+};
+
+/// Everything a model file needs: `use dilated_attention::prelude::*;`.
+pub mod prelude {
+    pub use crate::{
+        AnyAttention, AttentionKind, DilatedAttention, DilatedAttentionBackend,
+        DilatedAttentionConfig, DilatedAttentionError, DilatedAttentionInit,
+        DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode, LongNetLm,
+        LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
+        StandardConfig, create_attention, dilated_attention_with_lse,
+        dilated_attention_with_lse_masked,
+    };
+}
+
+/// The Burn backends enabled by this build's features, and `Autodiff`.
+pub mod backend {
+    pub use burn::backend::Autodiff;
+    #[cfg(feature = "cuda")]
+    pub use burn::backend::Cuda;
+    #[cfg(feature = "ndarray")]
+    pub use burn::backend::NdArray;
+    #[cfg(feature = "wgpu")]
+    pub use burn::backend::Wgpu;
+}
