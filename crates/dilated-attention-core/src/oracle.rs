@@ -28,7 +28,7 @@ pub fn allowed(n: usize, s: usize, r: usize, o: usize, causal: bool, q: usize, k
     let s = s.min(n);
     let selected = |p: usize| {
         let within = p % s;
-        within >= o && (within - o) % r == 0
+        within >= o && (within - o).is_multiple_of(r)
     };
     q / s == k / s && selected(q) && selected(k) && (!causal || k <= q)
 }

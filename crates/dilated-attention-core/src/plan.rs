@@ -260,7 +260,7 @@ mod tests {
         (0..n)
             .filter(|&p| {
                 let within = p % s;
-                within >= o && (within - o) % r == 0
+                within >= o && (within - o).is_multiple_of(r)
             })
             .collect()
     }

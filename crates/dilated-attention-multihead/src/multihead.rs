@@ -95,7 +95,7 @@ impl MultiheadDilatedAttentionConfig {
         if self.num_heads == 0 {
             return Err(DilatedAttentionError::ZeroSize { field: "num_heads" });
         }
-        if self.embed_dim % self.num_heads != 0 {
+        if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(DilatedAttentionError::NotDivisible {
                 field: "embed_dim",
                 value: self.embed_dim,
@@ -104,7 +104,7 @@ impl MultiheadDilatedAttentionConfig {
             });
         }
         let head_dim = self.embed_dim / self.num_heads;
-        if self.rotary && head_dim % 2 != 0 {
+        if self.rotary && !head_dim.is_multiple_of(2) {
             return Err(DilatedAttentionError::NotDivisible {
                 field: "head_dim (rotary)",
                 value: head_dim,
