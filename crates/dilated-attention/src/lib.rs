@@ -27,6 +27,11 @@
 
 mod factory;
 
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use factory::*;
 
 pub use burn;

@@ -1,0 +1,208 @@
+//! The dispatch path (`DilatedAttentionBackend`) against the dense oracle on random shapes:
+//! outputs, log-sum-exps and gradients, on the backend the features select:
+//! `NdArray` by default, `Wgpu` with `test-wgpu` (lavapipe in CI), `Cuda` with `test-cuda`.
+//! The oracle always runs on `NdArray` in f32.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
+use dilated_attention_core::oracle::{oracle_dilated_attention, seeded_normal, seeded_padding};
+use dilated_attention_core::{DilatedAttentionConfig, DilationMode};
+use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+
+#[cfg(feature = "test-cuda")]
+type TestBackend = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type TestBackend = burn::backend::Wgpu;
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+type TestBackend = NdArray;
+
+type Oracle = NdArray;
+
+/// One shape/config of the suite.
+struct Case {
+    shape: [usize; 4],
+    segments: Vec<usize>,
+    rates: Vec<usize>,
+    mode: DilationMode,
+    causal: bool,
+    padding: Option<f64>,
+    seed: u64,
+}
+
+impl Case {
+    fn config(&self) -> DilatedAttentionConfig {
+        DilatedAttentionConfig::new(self.segments.clone(), self.rates.clone())
+            .with_mode(self.mode)
+            .with_causal(self.causal)
+    }
+}
+
+fn to<BB: Backend, const D: usize>(t: &Tensor<Oracle, D>, device: &BB::Device) -> Tensor<BB, D> {
+    Tensor::from_data(t.to_data(), device)
+}
+
+fn mask_to<BB: Backend>(m: &Tensor<Oracle, 2, Bool>, device: &BB::Device) -> Tensor<BB, 2, Bool> {
+    Tensor::from_data(m.to_data(), device)
+}
+
+fn finite(data: TensorData) -> TensorData {
+    let shape = data.shape.clone();
+    let v: Vec<f32> = data
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| if x == f32::NEG_INFINITY { -1.0e4 } else { x })
+        .collect();
+    TensorData::new(v, shape)
+}
+
+fn inputs(c: &Case) -> [Tensor<Oracle, 4>; 3] {
+    let device = Default::default();
+    [0, 1, 2].map(|i| seeded_normal::<Oracle, 4>(c.seed.wrapping_add(i), c.shape, &device))
+}
+
+fn padding(c: &Case) -> Option<Tensor<Oracle, 2, Bool>> {
+    c.padding.map(|rate| {
+        seeded_padding::<Oracle>(
+            c.seed ^ 99,
+            c.shape[0],
+            c.shape[1],
+            rate,
+            &Default::default(),
+        )
+    })
+}
+
+fn check_forward<BB: DilatedAttentionBackend>(c: &Case) {
+    let device: BB::Device = Default::default();
+    let [q, k, v] = inputs(c);
+    let mask = padding(c);
+    let (want_out, want_lse) =
+        oracle_dilated_attention(q.clone(), k.clone(), v.clone(), mask.clone(), &c.config());
+    let (out, lse) = dilated_attention_with_lse_masked(
+        to::<BB, 4>(&q, &device),
+        to::<BB, 4>(&k, &device),
+        to::<BB, 4>(&v, &device),
+        mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
+        &c.config(),
+    )
+    .expect("valid case");
+    let tol = Tolerance::rel_abs(1e-5, 1e-5);
+    finite(out.into_data()).assert_approx_eq::<f32>(&want_out.into_data(), tol);
+    finite(lse.into_data()).assert_approx_eq::<f32>(&finite(want_lse.into_data()), tol);
+}
+
+fn check_gradients<BB: DilatedAttentionBackend>(c: &Case)
+where
+    Autodiff<BB>: DilatedAttentionBackend,
+{
+    let [q, k, v] = inputs(c);
+    let w = seeded_normal::<Oracle, 4>(c.seed.wrapping_add(5), c.shape, &Default::default());
+    let mask = padding(c);
+    fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
+        c: &Case,
+        [q, k, v]: [Tensor<Oracle, 4>; 3],
+        w: &Tensor<Oracle, 4>,
+        mask: Option<Tensor<Oracle, 2, Bool>>,
+        oracle: bool,
+    ) -> [TensorData; 3] {
+        let device: AB::Device = Default::default();
+        let q = to::<AB, 4>(&q, &device).require_grad();
+        let k = to::<AB, 4>(&k, &device).require_grad();
+        let v = to::<AB, 4>(&v, &device).require_grad();
+        let m = mask.as_ref().map(|m| mask_to::<AB>(m, &device));
+        let (out, lse) = if oracle {
+            oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &c.config())
+        } else {
+            dilated_attention_with_lse_masked(q.clone(), k.clone(), v.clone(), m, &c.config())
+                .expect("valid")
+        };
+        let lse = lse
+            .clone()
+            .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
+        let loss = (out * to::<AB, 4>(w, &device)).sum() + lse.sum() * 0.5;
+        let g = loss.backward();
+        [q, k, v].map(|t| t.grad(&g).expect("gradient").into_data())
+    }
+    let got = grads::<Autodiff<BB>>(
+        c,
+        [q.clone(), k.clone(), v.clone()],
+        &w,
+        mask.clone(),
+        false,
+    );
+    let want = grads::<Autodiff<Oracle>>(c, [q, k, v], &w, mask, true);
+    for (g, w) in got.into_iter().zip(want) {
+        finite(g).assert_approx_eq::<f32>(&w, Tolerance::rel_abs(1e-4, 1e-5));
+    }
+}
+
+/// Odd shapes: primes, seq 1, heads not a multiple of groups, batch > 1, partial segments.
+fn cases() -> Vec<Case> {
+    use DilationMode::*;
+    let c = |shape, segments: &[usize], rates: &[usize], mode, causal, padding, seed| Case {
+        shape,
+        segments: segments.to_vec(),
+        rates: rates.to_vec(),
+        mode,
+        causal,
+        padding,
+        seed,
+    };
+    vec![
+        c([1, 1, 1, 8], &[4], &[1], LongNet, true, None, 1),
+        c([2, 97, 3, 16], &[16, 32], &[1, 2], LongNet, false, None, 2),
+        c(
+            [2, 97, 5, 32],
+            &[16, 32, 64],
+            &[1, 2, 4],
+            LongNet,
+            true,
+            Some(0.2),
+            3,
+        ),
+        c(
+            [1, 131, 7, 8],
+            &[20, 50, 131],
+            &[1, 3, 5],
+            HeadGrouped,
+            false,
+            None,
+            4,
+        ),
+        c(
+            [3, 61, 4, 64],
+            &[8, 30],
+            &[2, 3],
+            HeadGrouped,
+            true,
+            Some(0.3),
+            5,
+        ),
+        c(
+            [1, 200, 2, 32],
+            &[64, 128, 256],
+            &[1, 2, 4],
+            LongNet,
+            true,
+            None,
+            6,
+        ),
+    ]
+}
+
+#[test]
+fn dispatch_output_and_lse_match_oracle_on_odd_shapes() {
+    for c in cases() {
+        check_forward::<TestBackend>(&c);
+    }
+}
+
+#[test]
+fn dispatch_gradients_match_oracle_on_odd_shapes() {
+    for c in cases() {
+        check_gradients::<TestBackend>(&c);
+    }
+}
