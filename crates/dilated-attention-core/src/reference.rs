@@ -29,8 +29,8 @@
 use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
 
 use crate::{
-    AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, DilationMode, OffsetGroup, Result,
-    merge_by_lse, segment_attention,
+    AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, DilationMode, OffsetGroup, PairPlan,
+    Result, merge_by_lse, segment_attention,
 };
 
 /// Dilated attention and its per-query log-sum-exp, on plain Burn tensor ops.
@@ -91,7 +91,7 @@ impl<B: Backend> Inputs<B> {
                 // Every pair covers every head; merge pairs as they come (two live at a time).
                 let mut merged: Option<(Tensor<B, 4>, Tensor<B, 3>)> = None;
                 for pair in plan.pairs() {
-                    let (out, lse) = self.attend_groups(&pair.groups);
+                    let (out, lse) = self.attend_groups(pair);
                     let order = pair.heads_in_group_order();
                     let part = if order.iter().copied().eq(0..self.shape.num_heads) {
                         (out, lse)
@@ -111,21 +111,55 @@ impl<B: Backend> Inputs<B> {
                 let (outs, lses): (Vec<_>, Vec<_>) = plan
                     .pairs()
                     .iter()
-                    .map(|pair| self.attend_groups(&pair.groups))
+                    .map(|pair| self.attend_groups(pair))
                     .unzip();
                 (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
             }
         }
     }
 
-    /// The attention of each offset group, concatenated along heads in group order.
-    fn attend_groups(&self, groups: &[OffsetGroup]) -> (Tensor<B, 4>, Tensor<B, 3>) {
-        let (outs, lses): (Vec<_>, Vec<_>) = groups.iter().map(|g| self.attend_group(g)).unzip();
+    /// The attention of each offset group of a pair, concatenated along heads in group order.
+    ///
+    /// The pair's heads are brought into group order once (a narrow for a contiguous range, one
+    /// permuting `select` otherwise), so each group is a contiguous `narrow` of them.
+    fn attend_groups(&self, pair: &PairPlan) -> (Tensor<B, 4>, Tensor<B, 3>) {
+        let order = pair.heads_in_group_order();
+        let first = order[0];
+        let contiguous = order.iter().enumerate().all(|(i, &h)| h == first + i);
+        let pick = |t: &Tensor<B, 4>| {
+            if contiguous && order.len() == self.shape.num_heads {
+                t.clone()
+            } else if contiguous {
+                t.clone().narrow(2, first, order.len())
+            } else {
+                t.clone().select(2, self.index(&order))
+            }
+        };
+        let (q, k, v) = (pick(&self.query), pick(&self.key), pick(&self.value));
+        let mut start = 0;
+        let (outs, lses): (Vec<_>, Vec<_>) = pair
+            .groups
+            .iter()
+            .map(|group| {
+                let len = group.heads.len();
+                let part = |t: &Tensor<B, 4>| t.clone().narrow(2, start, len);
+                let result = self.attend_group(group, part(&q), part(&k), part(&v));
+                start += len;
+                result
+            })
+            .unzip();
         (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
     }
 
-    /// One offset group: gather its heads and rows, attend per segment, put rows back.
-    fn attend_group(&self, group: &OffsetGroup) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    /// One offset group (`query`, `key`, `value` already restricted to its heads): gather its
+    /// rows, attend per segment, put rows back.
+    fn attend_group(
+        &self,
+        group: &OffsetGroup,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, Tensor<B, 3>) {
         let AttentionShape {
             batch,
             seq_len,
@@ -142,24 +176,20 @@ impl<B: Backend> Inputs<B> {
             );
         }
 
-        let all_heads = group.heads.iter().copied().eq(0..self.shape.num_heads);
-        let head_index = (!all_heads).then(|| self.index(&group.heads));
         let row_index =
             (!rows.is_identity()).then(|| self.index(&rows.positions().collect::<Vec<_>>()));
-        let gather = |t: &Tensor<B, 4>| {
-            let mut t = t.clone();
-            if let Some(h) = &head_index {
-                t = t.select(2, h.clone());
-            }
-            if let Some(r) = &row_index {
-                t = t.select(1, r.clone());
-            }
-            t
+        let gather = |t: Tensor<B, 4>| match &row_index {
+            Some(r) => t.select(1, r.clone()),
+            None => t,
         };
-        let (q, k, v) = (gather(&self.query), gather(&self.key), gather(&self.value));
-        let mask = self.key_padding_mask.as_ref().map(|m| match &row_index {
-            Some(r) => m.clone().select(1, r.clone()),
-            None => m.clone(),
+        let (q, k, v) = (gather(query), gather(key), gather(value));
+        // The mask travels as 0/1 floats through gathers and reshapes (see segment_attention).
+        let mask = self.key_padding_mask.as_ref().map(|m| {
+            let m = m.clone().float();
+            match &row_index {
+                Some(r) => m.select(1, r.clone()),
+                None => m,
+            }
         });
 
         // Full segments batched together, then the shorter tail segment.
@@ -182,6 +212,7 @@ impl<B: Backend> Inputs<B> {
                 m.clone()
                     .narrow(1, start, rows_total)
                     .reshape([batch, segments, len])
+                    .greater_elem(0.5)
             });
             let (o, l) = segment_attention(
                 cut(&q),

@@ -73,6 +73,8 @@ pub(crate) fn segment_attention_within_budget<B: Backend>(
     budget_elements: usize,
 ) -> (Tensor<B, 5>, Tensor<B, 4>) {
     let [batch, segments, rows, heads, _] = query.dims();
+    // 0/1 floats from here on (see `attend_chunk`).
+    let key_hidden = key_hidden.map(|m| m.float());
     let per_segment = batch * heads * rows * rows;
     let chunk = (budget_elements / per_segment.max(1)).clamp(1, segments);
     if chunk >= segments {
@@ -101,7 +103,7 @@ fn attend_chunk<B: Backend>(
     query: Tensor<B, 5>,
     key: Tensor<B, 5>,
     value: Tensor<B, 5>,
-    key_hidden: Option<Tensor<B, 3, Bool>>,
+    key_hidden: Option<Tensor<B, 3>>,
     causal: bool,
     scale: f64,
     dropout: f64,
@@ -114,26 +116,26 @@ fn attend_chunk<B: Backend>(
     let v = value.swap_dims(2, 3);
     let mut scores = q.matmul(k.swap_dims(3, 4)); // [b, s, h, rows, rows]
 
-    let mut hidden: Option<Tensor<B, 5, Bool>> = None;
+    // Masks are combined as 0/1 floats and turned into one boolean at the scores' shape: Burn
+    // 0.21's WGPU backend mis-handles reshaped and broadcast boolean masks (seen on lavapipe:
+    // `docs/architecture.md`, "Known backend issues").
+    let mut hidden: Option<Tensor<B, 5>> = None;
     if causal {
-        // true strictly above the diagonal: key index > query index.
-        let upper = Tensor::<B, 2, Bool>::tril_mask([rows, rows], 0, &device);
-        hidden = Some(
-            upper
-                .reshape([1, 1, 1, rows, rows])
-                .expand([batch, segments, heads, rows, rows]),
-        );
+        // 1 strictly above the diagonal: key index > query index.
+        let upper = Tensor::<B, 2, Bool>::tril_mask([rows, rows], 0, &device).float();
+        hidden = Some(upper.reshape([1, 1, 1, rows, rows]));
     }
     if let Some(mask) = key_hidden {
-        let mask = mask
-            .reshape([batch, segments, 1, 1, rows])
-            .expand([batch, segments, heads, rows, rows]);
+        let mask = mask.reshape([batch, segments, 1, 1, rows]);
         hidden = Some(match hidden {
-            Some(h) => h.bool_or(mask),
+            Some(h) => h + mask,
             None => mask,
         });
     }
     if let Some(mask) = hidden {
+        let mask = mask
+            .expand([batch, segments, heads, rows, rows])
+            .greater_elem(0.5);
         scores = scores.mask_fill(mask, f32::NEG_INFINITY);
     }
 
