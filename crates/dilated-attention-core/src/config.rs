@@ -17,7 +17,7 @@
 
 use burn::config::Config;
 
-use crate::{DilatedAttentionError, Result};
+use crate::{DilatedAttentionError, Result, ensure_probability};
 
 /// How the heads use the (segment length, dilation rate) pairs.
 #[derive(Config, Debug, Copy, PartialEq, Eq, Hash)]
@@ -87,13 +87,7 @@ impl DilatedAttentionConfig {
         {
             return Err(DilatedAttentionError::InvalidScale { value: scale });
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(DilatedAttentionError::InvalidProbability {
-                field: "dropout",
-                value: self.dropout,
-            });
-        }
-        Ok(())
+        ensure_probability("dropout", self.dropout)
     }
 
     /// Number of (segment length, dilation rate) pairs.

@@ -17,6 +17,7 @@
 
 mod config;
 mod error;
+mod field_check;
 mod lse_merge;
 #[cfg(feature = "test-oracle")]
 pub mod oracle;
@@ -27,6 +28,7 @@ mod shape;
 
 pub use config::*;
 pub use error::*;
+pub use field_check::*;
 pub use lse_merge::*;
 pub use plan::*;
 pub use reference::*;

@@ -55,10 +55,16 @@ pub fn reference_dilated_attention<B: Backend>(
     key_padding_mask: Option<Tensor<B, 2, Bool>>,
     config: &DilatedAttentionConfig,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
-    let shape = AttentionShape::check_qkv(&query.dims(), &key.dims(), &value.dims())?;
-    if let Some(mask) = &key_padding_mask {
-        shape.check_key_padding_mask(&mask.dims())?;
-    }
+    let shape = AttentionShape::check_inputs(
+        &query.dims(),
+        &key.dims(),
+        &value.dims(),
+        key_padding_mask
+            .as_ref()
+            .map(|m| m.dims())
+            .as_ref()
+            .map(|d| d.as_slice()),
+    )?;
     let plan = DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
     let inputs = Inputs {
         query,

@@ -84,6 +84,24 @@ impl AttentionShape {
         Ok(q)
     }
 
+    /// Checks one call's inputs: query, key and value ([`Self::check_qkv`]) and the optional key
+    /// padding mask ([`Self::check_key_padding_mask`]).
+    ///
+    /// # Errors
+    /// Those of both checks.
+    pub fn check_inputs(
+        query: &[usize],
+        key: &[usize],
+        value: &[usize],
+        key_padding_mask: Option<&[usize]>,
+    ) -> Result<Self> {
+        let shape = Self::check_qkv(query, key, value)?;
+        if let Some(mask) = key_padding_mask {
+            shape.check_key_padding_mask(mask)?;
+        }
+        Ok(shape)
+    }
+
     /// Checks that a key padding mask has shape `[batch, seq]`.
     ///
     /// # Errors

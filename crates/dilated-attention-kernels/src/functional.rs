@@ -54,10 +54,16 @@ pub fn dilated_attention_with_lse_masked<B: DilatedAttentionBackend>(
     config: &DilatedAttentionConfig,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     config.validate()?;
-    let shape = AttentionShape::check_qkv(&query.dims(), &key.dims(), &value.dims())?;
-    if let Some(mask) = &key_padding_mask {
-        shape.check_key_padding_mask(&mask.dims())?;
-    }
+    AttentionShape::check_inputs(
+        &query.dims(),
+        &key.dims(),
+        &value.dims(),
+        key_padding_mask
+            .as_ref()
+            .map(|m| m.dims())
+            .as_ref()
+            .map(|d| d.as_slice()),
+    )?;
     let (out, lse) = B::dilated_attention_with_lse(
         query.into_primitive().tensor(),
         key.into_primitive().tensor(),

@@ -15,7 +15,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Gelu, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Tensor, backend::Backend};
-use dilated_attention_core::{DilatedAttentionError, Result};
+use dilated_attention_core::{Result, ensure_nonzero, ensure_positive, ensure_probability};
 
 use crate::multihead::xavier_linear;
 
@@ -60,29 +60,11 @@ impl FeedForwardConfig {
     /// [`DilatedAttentionError::ZeroSize`], [`DilatedAttentionError::InvalidProbability`],
     /// [`DilatedAttentionError::InvalidPositive`].
     pub fn validate(&self) -> Result<()> {
-        for (field, value) in [
-            ("embed_dim", self.embed_dim),
-            ("hidden_dim", self.hidden_dim),
-        ] {
-            if value == 0 {
-                return Err(DilatedAttentionError::ZeroSize { field });
-            }
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(DilatedAttentionError::InvalidProbability {
-                field: "dropout",
-                value: self.dropout,
-            });
-        }
-        for (field, value) in [
-            ("gamma_init", self.gamma_init),
-            ("layer_norm_eps", self.layer_norm_eps),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(DilatedAttentionError::InvalidPositive { field, value });
-            }
-        }
-        Ok(())
+        ensure_nonzero("embed_dim", self.embed_dim)?;
+        ensure_nonzero("hidden_dim", self.hidden_dim)?;
+        ensure_probability("dropout", self.dropout)?;
+        ensure_positive("gamma_init", self.gamma_init)?;
+        ensure_positive("layer_norm_eps", self.layer_norm_eps)
     }
 
     /// Validates and builds the module.

@@ -24,7 +24,9 @@ use burn::module::{Initializer, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::{Int, Tensor, backend::Backend};
-use dilated_attention_core::{DilatedAttentionConfig, DilatedAttentionError, Result};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, Result, ensure_nonzero,
+};
 use dilated_attention_kernels::DilatedAttentionBackend;
 
 use crate::multihead::xavier_linear;
@@ -90,14 +92,8 @@ impl LongNetLmConfig {
     /// # Errors
     /// [`DilatedAttentionError::ZeroSize`] for `vocab_size` or `num_layers`, and the layer's errors.
     pub fn validate(&self) -> Result<()> {
-        for (field, value) in [
-            ("vocab_size", self.vocab_size),
-            ("num_layers", self.num_layers),
-        ] {
-            if value == 0 {
-                return Err(DilatedAttentionError::ZeroSize { field });
-            }
-        }
+        ensure_nonzero("vocab_size", self.vocab_size)?;
+        ensure_nonzero("num_layers", self.num_layers)?;
         self.layer_config().validate()
     }
 

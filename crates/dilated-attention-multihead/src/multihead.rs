@@ -21,7 +21,10 @@ use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Bool, Tensor, backend::Backend};
-use dilated_attention_core::{DilatedAttentionConfig, DilatedAttentionError, DilationMode, Result};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, DilationMode, Result, ensure_nonzero,
+    ensure_positive,
+};
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
 use crate::apply_rotary;
@@ -85,16 +88,12 @@ impl MultiheadDilatedAttentionConfig {
     /// # Errors
     /// [`DilatedAttentionError::ZeroSize`], [`DilatedAttentionError::NotDivisible`] (embed_dim by
     /// num_heads; head_dim by 2 with rotary), [`DilatedAttentionError::TooFewHeads`],
-    /// [`DilatedAttentionError::InvalidProbability`]-like errors of the attention config, and
-    /// [`DilatedAttentionError::InvalidScale`] for a gain or epsilon that is not finite and > 0.
+    /// the attention config's errors, and [`DilatedAttentionError::InvalidPositive`] for a gain,
+    /// epsilon or rotary base that is not finite and > 0.
     pub fn validate(&self) -> Result<()> {
         self.attention.validate()?;
-        if self.embed_dim == 0 {
-            return Err(DilatedAttentionError::ZeroSize { field: "embed_dim" });
-        }
-        if self.num_heads == 0 {
-            return Err(DilatedAttentionError::ZeroSize { field: "num_heads" });
-        }
+        ensure_nonzero("embed_dim", self.embed_dim)?;
+        ensure_nonzero("num_heads", self.num_heads)?;
         if !self.embed_dim.is_multiple_of(self.num_heads) {
             return Err(DilatedAttentionError::NotDivisible {
                 field: "embed_dim",
@@ -120,16 +119,9 @@ impl MultiheadDilatedAttentionConfig {
                 groups: self.attention.num_pairs(),
             });
         }
-        for (field, value) in [
-            ("gamma_init", self.gamma_init),
-            ("layer_norm_eps", self.layer_norm_eps),
-            ("rotary_base", self.rotary_base),
-        ] {
-            if !(value.is_finite() && value > 0.0) {
-                return Err(DilatedAttentionError::InvalidPositive { field, value });
-            }
-        }
-        Ok(())
+        ensure_positive("gamma_init", self.gamma_init)?;
+        ensure_positive("layer_norm_eps", self.layer_norm_eps)?;
+        ensure_positive("rotary_base", self.rotary_base)
     }
 
     /// Validates and builds the module: xavier-normal projections (gain 1 for query and key,

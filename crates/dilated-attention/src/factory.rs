@@ -25,7 +25,10 @@ use core::str::FromStr;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
-use dilated_attention_core::{DilatedAttentionConfig, DilatedAttentionError, DilationMode, Result};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, DilationMode, Result, ensure_nonzero,
+    ensure_ratio,
+};
 use dilated_attention_kernels::{DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit};
 use dilated_attention_multihead::{MultiheadDilatedAttention, MultiheadDilatedAttentionConfig};
 
@@ -168,17 +171,9 @@ impl StandardConfig {
     /// [`DilatedAttentionError::InvalidRatio`] for `sparsity_ratio` outside (0, 1],
     /// [`DilatedAttentionError::TooFewHeads`], and the attention config's errors.
     pub fn validate(&self) -> Result<()> {
-        for (field, value) in [("dim", self.dim), ("heads", self.heads)] {
-            if value == 0 {
-                return Err(DilatedAttentionError::ZeroSize { field });
-            }
-        }
-        if !(self.sparsity_ratio > 0.0 && self.sparsity_ratio <= 1.0) {
-            return Err(DilatedAttentionError::InvalidRatio {
-                field: "sparsity_ratio",
-                value: self.sparsity_ratio,
-            });
-        }
+        ensure_nonzero("dim", self.dim)?;
+        ensure_nonzero("heads", self.heads)?;
+        ensure_ratio("sparsity_ratio", self.sparsity_ratio)?;
         self.multihead_config().validate()
     }
 }
