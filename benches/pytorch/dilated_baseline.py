@@ -57,7 +57,13 @@ def segment_sdpa(x_sel, causal, with_lse):
     kf = k.reshape(b * nseg, m, h, d).transpose(1, 2)
     vf = v.reshape(b * nseg, m, h, d).transpose(1, 2)
     if with_lse:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qf, kf, vf, 0.0, causal)[:2]
+        if q.dtype == torch.float32:
+            # The flash kernel is bf16/f16 only; the memory-efficient kernel returns the LSE in f32.
+            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+                qf, kf, vf, None, True, 0.0, causal)[:2]
+            lse = lse[:, :, :m]  # padded to a multiple of 32
+        else:
+            out, lse = torch.ops.aten._scaled_dot_product_flash_attention(qf, kf, vf, 0.0, causal)[:2]
         return (out.transpose(1, 2).reshape(b, nseg, m, h, d),
                 lse.transpose(1, 2).reshape(b, nseg, m, h))
     out = F.scaled_dot_product_attention(qf, kf, vf, is_causal=causal)
