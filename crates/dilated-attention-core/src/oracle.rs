@@ -187,3 +187,48 @@ pub fn seeded_padding<B: Backend>(
         .collect();
     Tensor::from_data(TensorData::new(values, [batch, seq]), device)
 }
+
+/// One random test case of the equivalence suites: a shape, a config and the seeds of its inputs.
+#[derive(Debug, Clone)]
+pub struct OracleCase {
+    /// `[batch, seq, heads, head_dim]`.
+    pub shape: [usize; 4],
+    /// Segment length of each pair.
+    pub segments: Vec<usize>,
+    /// Dilation rate of each pair.
+    pub rates: Vec<usize>,
+    /// Mode of the config.
+    pub mode: DilationMode,
+    /// Causal masking.
+    pub causal: bool,
+    /// Probability that a key is padded; `None` for no mask.
+    pub padding: Option<f64>,
+    /// Seed of the inputs.
+    pub seed: u64,
+}
+
+impl OracleCase {
+    /// The config of the case.
+    pub fn config(&self) -> DilatedAttentionConfig {
+        DilatedAttentionConfig::new(self.segments.clone(), self.rates.clone())
+            .with_mode(self.mode)
+            .with_causal(self.causal)
+    }
+
+    /// True unless `HeadGrouped` mode has fewer heads than pairs (a config error).
+    pub fn valid(&self) -> bool {
+        self.mode == DilationMode::LongNet || self.shape[2] >= self.segments.len()
+    }
+
+    /// Seeded query, key and value.
+    pub fn inputs<B: Backend>(&self, device: &B::Device) -> [Tensor<B, 4>; 3] {
+        [0, 1, 2].map(|i| seeded_normal::<B, 4>(self.seed.wrapping_add(i), self.shape, device))
+    }
+
+    /// Seeded `[batch, seq]` padding mask, if the case has one.
+    pub fn padding_mask<B: Backend>(&self, device: &B::Device) -> Option<Tensor<B, 2, Bool>> {
+        self.padding.map(|rate| {
+            seeded_padding::<B>(self.seed ^ 7, self.shape[0], self.shape[1], rate, device)
+        })
+    }
+}

@@ -59,11 +59,7 @@ pub fn reference_dilated_attention<B: Backend>(
         &query.dims(),
         &key.dims(),
         &value.dims(),
-        key_padding_mask
-            .as_ref()
-            .map(|m| m.dims())
-            .as_ref()
-            .map(|d| d.as_slice()),
+        key_padding_mask.as_ref().map(Tensor::dims),
     )?;
     let plan = DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
     let inputs = Inputs {

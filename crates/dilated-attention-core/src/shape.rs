@@ -93,11 +93,11 @@ impl AttentionShape {
         query: &[usize],
         key: &[usize],
         value: &[usize],
-        key_padding_mask: Option<&[usize]>,
+        key_padding_mask: Option<[usize; 2]>,
     ) -> Result<Self> {
         let shape = Self::check_qkv(query, key, value)?;
         if let Some(mask) = key_padding_mask {
-            shape.check_key_padding_mask(mask)?;
+            shape.check_key_padding_mask(&mask)?;
         }
         Ok(shape)
     }

@@ -3,7 +3,9 @@
 
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
-use dilated_attention_core::oracle::{oracle_dilated_attention, seeded_normal, seeded_padding};
+use dilated_attention_core::oracle::{
+    OracleCase, oracle_dilated_attention, seeded_normal, seeded_padding,
+};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, DilationMode, reference_dilated_attention,
 };
@@ -12,37 +14,7 @@ use proptest::prelude::*;
 type B = NdArray;
 type AD = Autodiff<NdArray>;
 
-#[derive(Debug, Clone)]
-struct Case {
-    batch: usize,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
-    segments: Vec<usize>,
-    rates: Vec<usize>,
-    mode: DilationMode,
-    causal: bool,
-    padding: Option<f64>,
-    seed: u64,
-}
-
-impl Case {
-    fn config(&self) -> DilatedAttentionConfig {
-        DilatedAttentionConfig::new(self.segments.clone(), self.rates.clone())
-            .with_mode(self.mode)
-            .with_causal(self.causal)
-    }
-
-    fn shape(&self) -> [usize; 4] {
-        [self.batch, self.seq, self.heads, self.head_dim]
-    }
-
-    fn valid(&self) -> bool {
-        self.mode == DilationMode::LongNet || self.heads >= self.segments.len()
-    }
-}
-
-fn case() -> impl Strategy<Value = Case> {
+fn case() -> impl Strategy<Value = OracleCase> {
     (
         1usize..=3,
         prop_oneof![
@@ -62,11 +34,8 @@ fn case() -> impl Strategy<Value = Case> {
         any::<u64>(),
     )
         .prop_map(
-            |(batch, seq, heads, head_dim, pairs, mode, causal, padding, seed)| Case {
-                batch,
-                seq,
-                heads,
-                head_dim,
+            |(batch, seq, heads, head_dim, pairs, mode, causal, padding, seed)| OracleCase {
+                shape: [batch, seq, heads, head_dim],
                 segments: pairs.iter().map(|p| p.0).collect(),
                 rates: pairs.iter().map(|p| p.1).collect(),
                 mode,
@@ -75,14 +44,6 @@ fn case() -> impl Strategy<Value = Case> {
                 seed,
             },
         )
-}
-
-fn mask<BB: burn::tensor::backend::Backend>(
-    c: &Case,
-    device: &BB::Device,
-) -> Option<Tensor<BB, 2, Bool>> {
-    c.padding
-        .map(|rate| seeded_padding::<BB>(c.seed ^ 7, c.batch, c.seq, rate, device))
 }
 
 /// f32 tolerance of the issue: 1e-5 relative, with an absolute floor for values near 0.
@@ -108,18 +69,16 @@ proptest! {
     #[test]
     fn reference_output_and_lse_match_dense_oracle(c in case()) {
         let device = Default::default();
-        let q = seeded_normal::<B, 4>(c.seed, c.shape(), &device);
-        let k = seeded_normal::<B, 4>(c.seed.wrapping_add(1), c.shape(), &device);
-        let v = seeded_normal::<B, 4>(c.seed.wrapping_add(2), c.shape(), &device);
+        let [q, k, v] = c.inputs::<B>(&device);
         let cfg = c.config();
-        let got = reference_dilated_attention(q.clone(), k.clone(), v.clone(), mask::<B>(&c, &device), &cfg);
+        let got = reference_dilated_attention(q.clone(), k.clone(), v.clone(), c.padding_mask::<B>(&device), &cfg);
         if !c.valid() {
             let is_too_few_heads = matches!(got, Err(DilatedAttentionError::TooFewHeads { .. }));
             prop_assert!(is_too_few_heads);
             return Ok(());
         }
         let (out, lse) = got.unwrap();
-        let (want_out, want_lse) = oracle_dilated_attention(q, k, v, mask::<B>(&c, &device), &cfg);
+        let (want_out, want_lse) = oracle_dilated_attention(q, k, v, c.padding_mask::<B>(&device), &cfg);
         let out = out.into_data();
         prop_assert!(out.to_vec::<f32>().unwrap().iter().all(|x| x.is_finite()));
         out.assert_approx_eq::<f32>(&want_out.into_data(), tol());
@@ -135,19 +94,17 @@ proptest! {
         prop_assume!(c.valid());
         let device = Default::default();
         let run = |oracle: bool| {
-            let q = seeded_normal::<AD, 4>(c.seed, c.shape(), &device).require_grad();
-            let k = seeded_normal::<AD, 4>(c.seed.wrapping_add(1), c.shape(), &device).require_grad();
-            let v = seeded_normal::<AD, 4>(c.seed.wrapping_add(2), c.shape(), &device).require_grad();
+            let [q, k, v] = c.inputs::<AD>(&device).map(|t| t.require_grad());
             let cfg = c.config();
-            let m = mask::<AD>(&c, &device);
+            let m = c.padding_mask::<AD>(&device);
             let (out, lse) = if oracle {
                 oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &cfg)
             } else {
                 reference_dilated_attention(q.clone(), k.clone(), v.clone(), m, &cfg).unwrap()
             };
             // A random linear function of the output and of the finite log-sum-exps.
-            let w_out = seeded_normal::<AD, 4>(c.seed.wrapping_add(3), c.shape(), &device);
-            let w_lse = seeded_normal::<AD, 3>(c.seed.wrapping_add(4), [c.batch, c.seq, c.heads], &device);
+            let w_out = seeded_normal::<AD, 4>(c.seed.wrapping_add(3), c.shape, &device);
+            let w_lse = seeded_normal::<AD, 3>(c.seed.wrapping_add(4), [c.shape[0], c.shape[1], c.shape[2]], &device);
             let lse = lse.clone().mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
             let loss = (out * w_out).sum() + (lse * w_lse).sum();
             let grads = loss.backward();

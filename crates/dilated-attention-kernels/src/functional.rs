@@ -58,11 +58,7 @@ pub fn dilated_attention_with_lse_masked<B: DilatedAttentionBackend>(
         &query.dims(),
         &key.dims(),
         &value.dims(),
-        key_padding_mask
-            .as_ref()
-            .map(|m| m.dims())
-            .as_ref()
-            .map(|d| d.as_slice()),
+        key_padding_mask.as_ref().map(Tensor::dims),
     )?;
     let (out, lse) = B::dilated_attention_with_lse(
         query.into_primitive().tensor(),

@@ -6,8 +6,8 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
-use dilated_attention_core::oracle::{oracle_dilated_attention, seeded_normal, seeded_padding};
-use dilated_attention_core::{DilatedAttentionConfig, DilationMode};
+use dilated_attention_core::DilationMode;
+use dilated_attention_core::oracle::{OracleCase, oracle_dilated_attention, seeded_normal};
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
 #[cfg(feature = "test-cuda")]
@@ -55,25 +55,6 @@ fn assert_matches(got: TensorData, want: TensorData, rel: f32, abs: f32) {
     got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(rel, abs));
 }
 
-/// One shape/config of the suite.
-struct Case {
-    shape: [usize; 4],
-    segments: Vec<usize>,
-    rates: Vec<usize>,
-    mode: DilationMode,
-    causal: bool,
-    padding: Option<f64>,
-    seed: u64,
-}
-
-impl Case {
-    fn config(&self) -> DilatedAttentionConfig {
-        DilatedAttentionConfig::new(self.segments.clone(), self.rates.clone())
-            .with_mode(self.mode)
-            .with_causal(self.causal)
-    }
-}
-
 fn to<BB: Backend, const D: usize>(t: &Tensor<Oracle, D>, device: &BB::Device) -> Tensor<BB, D> {
     Tensor::from_data(t.to_data(), device)
 }
@@ -94,27 +75,10 @@ fn finite(data: TensorData) -> TensorData {
     TensorData::new(v, shape)
 }
 
-fn inputs(c: &Case) -> [Tensor<Oracle, 4>; 3] {
-    let device = Default::default();
-    [0, 1, 2].map(|i| seeded_normal::<Oracle, 4>(c.seed.wrapping_add(i), c.shape, &device))
-}
-
-fn padding(c: &Case) -> Option<Tensor<Oracle, 2, Bool>> {
-    c.padding.map(|rate| {
-        seeded_padding::<Oracle>(
-            c.seed ^ 99,
-            c.shape[0],
-            c.shape[1],
-            rate,
-            &Default::default(),
-        )
-    })
-}
-
-fn check_forward<BB: DilatedAttentionBackend>(c: &Case) {
+fn check_forward<BB: DilatedAttentionBackend>(c: &OracleCase) {
     let device: BB::Device = Default::default();
-    let [q, k, v] = inputs(c);
-    let mask = padding(c);
+    let [q, k, v] = c.inputs::<Oracle>(&Default::default());
+    let mask = c.padding_mask::<Oracle>(&Default::default());
     let (want_out, want_lse) =
         oracle_dilated_attention(q.clone(), k.clone(), v.clone(), mask.clone(), &c.config());
     let (out, lse) = dilated_attention_with_lse_masked(
@@ -134,15 +98,15 @@ fn check_forward<BB: DilatedAttentionBackend>(c: &Case) {
     );
 }
 
-fn check_gradients<BB: DilatedAttentionBackend>(c: &Case)
+fn check_gradients<BB: DilatedAttentionBackend>(c: &OracleCase)
 where
     Autodiff<BB>: DilatedAttentionBackend,
 {
-    let [q, k, v] = inputs(c);
+    let [q, k, v] = c.inputs::<Oracle>(&Default::default());
     let w = seeded_normal::<Oracle, 4>(c.seed.wrapping_add(5), c.shape, &Default::default());
-    let mask = padding(c);
+    let mask = c.padding_mask::<Oracle>(&Default::default());
     fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
-        c: &Case,
+        c: &OracleCase,
         [q, k, v]: [Tensor<Oracle, 4>; 3],
         w: &Tensor<Oracle, 4>,
         mask: Option<Tensor<Oracle, 2, Bool>>,
@@ -180,9 +144,9 @@ where
 }
 
 /// Odd shapes: primes, seq 1, heads not a multiple of groups, batch > 1, partial segments.
-fn cases() -> Vec<Case> {
+fn cases() -> Vec<OracleCase> {
     use DilationMode::*;
-    let c = |shape, segments: &[usize], rates: &[usize], mode, causal, padding, seed| Case {
+    let c = |shape, segments: &[usize], rates: &[usize], mode, causal, padding, seed| OracleCase {
         shape,
         segments: segments.to_vec(),
         rates: rates.to_vec(),
