@@ -33,6 +33,17 @@ pub enum DilationMode {
     HeadGrouped,
 }
 
+/// Which implementation runs the attention.
+#[derive(Config, Debug, Copy, PartialEq, Eq, Hash)]
+pub enum AttentionImplementation {
+    /// The backend's fused kernels where it has them (CUDA, WGPU through CubeCL), else the
+    /// reference path. Configs with `dropout > 0` run the reference path while training.
+    Auto,
+    /// Always the reference path built from the backend's tensor ops (for debugging and for
+    /// checking the kernels).
+    Reference,
+}
+
 /// Configuration of dilated attention.
 ///
 /// A config holds pairs `(segment_lengths[i], dilation_rates[i])`. For pair `i` the sequence is
@@ -57,6 +68,9 @@ pub struct DilatedAttentionConfig {
     /// backend tracks gradients, as Burn's `Dropout` does). Default: 0.
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Fused kernels or the reference path. Default: [`AttentionImplementation::Auto`].
+    #[config(default = "AttentionImplementation::Auto")]
+    pub implementation: AttentionImplementation,
 }
 
 impl DilatedAttentionConfig {

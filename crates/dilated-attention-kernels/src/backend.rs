@@ -27,12 +27,16 @@
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Tensor, TensorPrimitive, backend::Backend};
-use dilated_attention_core::{DilatedAttentionConfig, Result, reference_dilated_attention};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, Result, reference_dilated_attention,
+};
 
 /// A Burn backend that can run dilated attention.
 ///
 /// Implemented for `NdArray` (feature `ndarray`), `CubeBackend` (feature `cubecl`), `Fusion<B>`
-/// (feature `fusion`) and `Autodiff<B>`. The default bodies run the reference path.
+/// (feature `fusion`) and `Autodiff<B>`. The default bodies run the reference path; `CubeBackend`
+/// and `Fusion` run the fused kernels where [`Self::fused_dilated_attention_available`] says so,
+/// and `Autodiff` over such a backend differentiates through the fused backward kernels.
 pub trait DilatedAttentionBackend: Backend {
     /// Dilated attention with the per-query log-sum-exp, on primitives.
     ///
@@ -40,7 +44,7 @@ pub trait DilatedAttentionBackend: Backend {
     /// - `query`, `key`, `value`: `[batch, seq, heads, head_dim]`
     /// - `key_padding_mask`: `[batch, seq]`, true = padded key
     /// - returns the output `[batch, seq, heads, head_dim]` and the log-sum-exp `[batch, seq, heads]`
-    ///   (`-inf` where a query sees no key).
+    ///   (`-inf` where a query sees no key), both in the query's dtype.
     ///
     /// # Errors
     /// Config and shape errors as values (see
@@ -52,11 +56,84 @@ pub trait DilatedAttentionBackend: Backend {
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        let float =
-            |t: FloatTensor<Self>| Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(t));
-        let mask = key_padding_mask.map(Tensor::<Self, 2, Bool>::from_primitive);
-        let (out, lse) =
-            reference_dilated_attention(float(query), float(key), float(value), mask, config)?;
-        Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
+        reference_with_lse::<Self>(query, key, value, key_padding_mask, config)
     }
+
+    /// Whether this backend's fused kernels take a call with inputs of shape `dims`
+    /// (`[batch, seq, heads, head_dim]`) and `config`. False for backends without kernels and
+    /// when the config forces the reference path.
+    fn fused_dilated_attention_available(
+        dims: [usize; 4],
+        config: &DilatedAttentionConfig,
+    ) -> bool {
+        let _ = (dims, config);
+        false
+    }
+
+    /// The fused forward: the output in the query's dtype and the log-sum-exp in `f32` (the
+    /// precision the backward needs). Shapes as in [`Self::dilated_attention_with_lse`].
+    ///
+    /// # Errors
+    /// [`DilatedAttentionError::Unsupported`] when the backend has no kernels for the call (see
+    /// [`Self::fused_dilated_attention_available`]); shape and config errors.
+    fn fused_dilated_attention_forward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let _ = (query, key, value, key_padding_mask, config);
+        Err(no_kernels())
+    }
+
+    /// The fused backward (FlashAttention-2 with recomputation): the gradients of `query`, `key`
+    /// and `value` from the forward's inputs, its output and `f32` LSE, the output's gradient and,
+    /// when the LSE was used, the LSE's gradient.
+    ///
+    /// # Errors
+    /// As [`Self::fused_dilated_attention_forward`].
+    #[allow(clippy::too_many_arguments)]
+    fn fused_dilated_attention_backward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        output: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_output: Option<FloatTensor<Self>>,
+        grad_lse: Option<FloatTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<[FloatTensor<Self>; 3]> {
+        let _ = (query, key, value, key_padding_mask, output, lse);
+        let _ = (grad_output, grad_lse, config);
+        Err(no_kernels())
+    }
+}
+
+fn no_kernels() -> DilatedAttentionError {
+    DilatedAttentionError::Unsupported {
+        kind: "fused dilated attention".into(),
+        reason: "this backend has no fused kernels; use dilated_attention_with_lse".into(),
+    }
+}
+
+/// The reference path on any backend's primitives: the default body of
+/// [`DilatedAttentionBackend::dilated_attention_with_lse`], also used by the impls with kernels
+/// for the calls their kernels do not take.
+///
+/// # Errors
+/// As [`reference_dilated_attention`].
+pub fn reference_with_lse<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    key_padding_mask: Option<BoolTensor<B>>,
+    config: &DilatedAttentionConfig,
+) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+    let float = |t: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    let mask = key_padding_mask.map(Tensor::<B, 2, Bool>::from_primitive);
+    let (out, lse) =
+        reference_dilated_attention(float(query), float(key), float(value), mask, config)?;
+    Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
 }

@@ -27,6 +27,8 @@ mod attention;
 mod backend;
 mod backends;
 mod functional;
+#[cfg(feature = "cubecl")]
+mod fused;
 
 pub use attention::*;
 pub use backend::*;

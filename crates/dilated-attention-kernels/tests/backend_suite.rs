@@ -19,6 +19,12 @@ type TestBackend = NdArray;
 
 type Oracle = NdArray;
 
+/// The un-fused CubeCL backend of the same runtime: the kernels without the fusion layer.
+#[cfg(feature = "test-cuda")]
+type RawCube = burn_cubecl::CubeBackend<burn::backend::cuda::CudaRuntime, f32, i32, u8>;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type RawCube = burn_cubecl::CubeBackend<burn::backend::wgpu::WgpuRuntime, f32, i32, u32>;
+
 /// Gradient tolerance (relative, absolute).
 const GRAD_TOLERANCE: (f32, f32) = (1e-4, 1e-5);
 
@@ -214,5 +220,13 @@ fn dispatch_output_and_lse_match_oracle_on_odd_shapes() {
 fn dispatch_gradients_match_oracle_on_odd_shapes() {
     for c in cases() {
         check_gradients::<TestBackend>(&c);
+    }
+}
+
+#[test]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn fused_kernels_on_the_raw_cube_backend_match_oracle() {
+    for c in cases() {
+        check_forward::<RawCube>(&c);
     }
 }

@@ -1,0 +1,9 @@
+//! The fused CubeCL kernels and their launchers (feature `cubecl`).
+//!
+//! - [`launch_plan`]: the table of pairs and head offsets, and the grid;
+//! - [`forward`]: the flash-attention forward over dilated rows;
+//! - [`launch`]: checks, tile sizes and allocation around the launches.
+
+pub(crate) mod forward;
+pub(crate) mod launch;
+pub(crate) mod launch_plan;
