@@ -26,7 +26,7 @@
 //! ```
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{Bool, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, Result, reference_dilated_attention,
 };
@@ -136,4 +136,9 @@ pub fn reference_with_lse<B: Backend>(
     let (out, lse) =
         reference_dilated_attention(float(query), float(key), float(value), mask, config)?;
     Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
+}
+
+/// The dims of a rank-4 primitive, or `None` (the reference path then reports the rank error).
+pub(crate) fn dims4(tensor: &impl TensorMetadata) -> Option<[usize; 4]> {
+    tensor.shape().as_slice().try_into().ok()
 }

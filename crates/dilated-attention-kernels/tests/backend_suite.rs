@@ -230,3 +230,11 @@ fn fused_kernels_on_the_raw_cube_backend_match_oracle() {
         check_forward::<RawCube>(&c);
     }
 }
+
+#[test]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn fused_kernel_gradients_on_the_raw_cube_backend_match_oracle() {
+    for c in cases() {
+        check_gradients::<RawCube>(&c);
+    }
+}

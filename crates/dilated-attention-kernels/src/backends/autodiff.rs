@@ -1,8 +1,159 @@
-//! `Autodiff<B>`: the reference body runs on the autodiff backend's ops, so it records its own
-//! backward. (The fused kernels will register their backward step here.)
+//! `Autodiff<B>`: over a backend with fused kernels, the forward runs them and registers the
+//! fused backward kernels as its backward step; otherwise (no kernels, the reference path
+//! forced, or dropout while training) the reference body runs on the autodiff backend's ops and
+//! records its own backward.
+//!
+//! Burn's autodiff ops have one output each, so the output and the LSE are two ops over the same
+//! parents sharing one saved state: a loss that uses only the output runs the backward kernels
+//! once; one that also uses the LSE runs them once more with the LSE's gradient, and the
+//! gradients add up.
 
-use burn_autodiff::{Autodiff, checkpoint::strategy::CheckpointStrategy};
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{DType, FloatDType, TensorMetadata};
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::{Autodiff, NodeId};
+use dilated_attention_core::{DilatedAttentionConfig, Result};
 
-use crate::DilatedAttentionBackend;
+use crate::backend::dims4;
+use crate::{DilatedAttentionBackend, reference_with_lse};
 
-impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend for Autodiff<B, C> {}
+/// What the backward kernels need, saved by the forward.
+#[derive(Debug, Clone)]
+struct FusedState<B: DilatedAttentionBackend> {
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    key_padding_mask: Option<BoolTensor<B>>,
+    output: FloatTensor<B>,
+    /// `f32`.
+    lse: FloatTensor<B>,
+    config: DilatedAttentionConfig,
+}
+
+impl<B: DilatedAttentionBackend> FusedState<B> {
+    /// Runs the backward kernels and registers the gradients of the tracked parents.
+    fn backward(
+        self,
+        parents: [Option<NodeId>; 3],
+        grads: &mut Gradients,
+        grad_output: Option<FloatTensor<B>>,
+        grad_lse: Option<FloatTensor<B>>,
+    ) {
+        let result = B::fused_dilated_attention_backward(
+            self.query,
+            self.key,
+            self.value,
+            self.key_padding_mask,
+            self.output,
+            self.lse,
+            grad_output,
+            grad_lse,
+            &self.config,
+        );
+        // The forward ran on these very tensors and config, so the checks cannot fail here.
+        let gradients = result.expect("fused backward on inputs the fused forward accepted");
+        for (parent, gradient) in parents.into_iter().zip(gradients) {
+            if let Some(id) = parent {
+                grads.register::<B>(id, gradient);
+            }
+        }
+    }
+}
+
+/// Backward step of the output.
+#[derive(Debug)]
+struct OutputBackward;
+
+impl<B: DilatedAttentionBackend> Backward<B, 3> for OutputBackward {
+    type State = FusedState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        ops.state.backward(
+            ops.parents.map(|p| p.map(|node| node.id)),
+            grads,
+            Some(grad),
+            None,
+        );
+    }
+}
+
+/// Backward step of the log-sum-exp.
+#[derive(Debug)]
+struct LseBackward;
+
+impl<B: DilatedAttentionBackend> Backward<B, 3> for LseBackward {
+    type State = FusedState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        ops.state.backward(
+            ops.parents.map(|p| p.map(|node| node.id)),
+            grads,
+            None,
+            Some(grad),
+        );
+    }
+}
+
+impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend for Autodiff<B, C> {
+    fn dilated_attention_with_lse(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let fused = config.dropout == 0.0
+            && dims4(&query).is_some_and(|dims| B::fused_dilated_attention_available(dims, config));
+        if !fused {
+            return reference_with_lse::<Self>(query, key, value, key_padding_mask, config);
+        }
+        let dtype = query.dtype();
+        let (output, lse) = B::fused_dilated_attention_forward(
+            query.primitive.clone(),
+            key.primitive.clone(),
+            value.primitive.clone(),
+            key_padding_mask.clone(),
+            config,
+        )?;
+        let lse_out = if dtype == DType::F32 {
+            lse.clone()
+        } else {
+            B::float_cast(lse.clone(), FloatDType::from(dtype))
+        };
+        let state = FusedState::<B> {
+            query: query.primitive,
+            key: key.primitive,
+            value: value.primitive,
+            key_padding_mask,
+            output: output.clone(),
+            lse,
+            config: config.clone(),
+        };
+        let nodes = [query.node, key.node, value.node];
+        let output = match OutputBackward
+            .prepare::<C>(nodes.clone())
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state.clone(), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        let lse = match LseBackward.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(state, lse_out),
+            OpsKind::UnTracked(prep) => prep.finish(lse_out),
+        };
+        Ok((output, lse))
+    }
+
+    fn fused_dilated_attention_available(
+        dims: [usize; 4],
+        config: &DilatedAttentionConfig,
+    ) -> bool {
+        config.dropout == 0.0 && B::fused_dilated_attention_available(dims, config)
+    }
+}

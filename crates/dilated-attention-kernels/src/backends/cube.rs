@@ -1,19 +1,15 @@
 //! `CubeBackend` (CUDA, WGPU and the other CubeCL runtimes): the fused kernels of
 //! [`crate::fused`], and the reference path for the calls they do not take.
 
-use burn::tensor::ops::{BoolTensor, BoolTensorOps, FloatTensor};
+use burn::tensor::ops::{BoolTensor, BoolTensorOps, FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, FloatDType, TensorMetadata};
 use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
 
-use crate::fused::launch;
+use crate::backend::dims4;
+use crate::fused::launch::{self, BackwardInputs};
 use crate::{DilatedAttentionBackend, reference_with_lse};
-
-/// The dims of a rank-4 primitive, or `None` (the reference path then reports the rank error).
-pub(crate) fn dims4(tensor: &impl TensorMetadata) -> Option<[usize; 4]> {
-    tensor.shape().as_slice().try_into().ok()
-}
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -68,5 +64,36 @@ where
         let dtype = FloatDType::from(query.dtype);
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
         launch::forward(query, key, value, padding, config)
+    }
+
+    fn fused_dilated_attention_backward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        output: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_output: Option<FloatTensor<Self>>,
+        grad_lse: Option<FloatTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<[FloatTensor<Self>; 3]> {
+        let dtype = FloatDType::from(query.dtype);
+        let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
+        let grad_output =
+            grad_output.unwrap_or_else(|| Self::float_zeros(output.shape(), &output.device, dtype));
+        let grad_lse = grad_lse.map(|grad| {
+            if grad.dtype == DType::F32 {
+                grad
+            } else {
+                cast(grad, DType::F32)
+            }
+        });
+        let inputs = BackwardInputs {
+            output,
+            lse,
+            grad_output,
+            grad_lse,
+        };
+        launch::backward(query, key, value, padding, inputs, config)
     }
 }

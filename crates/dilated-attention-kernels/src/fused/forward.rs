@@ -16,28 +16,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::launch_plan::NOT_IN_PAIR;
-
-/// Score of a masked key. Finite, because WGSL has no infinity literal and fast-math CUDA may
-/// not honour one; `exp(MASKED - m)` is 0 for every finite running max `m`. The `-inf` the LSE
-/// of an empty row needs arrives as the runtime argument `neg_inf`.
-pub(crate) const MASKED: f32 = -3.0e38;
-
-/// Index of the first entry of `head`'s block in the launch table.
-#[cube]
-pub(crate) fn head_entry(num_pairs: usize, head: usize) -> usize {
-    1 + 2 * num_pairs + head * (1 + num_pairs)
-}
-
-/// Number of selected rows `offset, offset + dilation, ... < len`.
-#[cube]
-pub(crate) fn rows_selected(offset: usize, len: usize, dilation: usize) -> usize {
-    let mut count = 0usize;
-    if offset < len {
-        count = (len - offset).div_ceil(dilation);
-    }
-    count
-}
+use super::rows::{pair_view, row_block, rows_selected, selected_up_to};
+use super::tiles::{MASKED, load_rows_tile, load_visibility};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -61,24 +41,9 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;
-    let block = CUBE_POS_X as usize;
     let lane = UNIT_POS_X as usize;
-
-    let num_pairs = table[0] as usize;
-    let entry = head_entry(num_pairs, head);
-    let stride = table[entry] as usize;
-    let per_class = seq_len.div_ceil(stride).div_ceil(block_rows);
-    if block >= stride * per_class {
-        terminate!();
-    }
-    let class = block / per_class;
-    let first = (block % per_class) * block_rows;
-    let first_row = class + stride * first;
-    if first_row >= seq_len {
-        terminate!();
-    }
-    let last_row = min(class + stride * (first + block_rows - 1), seq_len - 1);
-    let row = class + stride * (first + lane);
+    let rows = row_block(table, head, CUBE_POS_X as usize, lane, seq_len, block_rows);
+    let row = rows.row;
     let row_valid = row < seq_len;
 
     let mut q = Array::<f32>::new(head_dim);
@@ -99,84 +64,74 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     let mut value_smem = SharedMemory::<f32>::new(key_tile * head_dim);
     let mut visible_smem = SharedMemory::<f32>::new(key_tile);
 
+    let num_pairs = table[0] as usize;
     for pair in 0..num_pairs {
-        let offset_entry = table[entry + 1 + pair];
-        let segment = table[1 + 2 * pair] as usize;
-        let dilation = table[2 + 2 * pair] as usize;
-        let offset = offset_entry as usize;
-        let aligned = stride % dilation == 0 && segment % dilation == 0;
-        let skip = offset_entry == NOT_IN_PAIR || (aligned && class % dilation != offset);
-        if !skip {
-            let within = row % segment;
-            let row_segment = row / segment;
-            let selected = row_valid && within >= offset && (within - offset) % dilation == 0;
-            let mut t = 0usize;
-            if selected {
-                t = (within - offset) / dilation;
-            }
-            let segment_lo = first_row / segment;
-            let segment_hi = last_row / segment;
+        let view = pair_view(table, &rows, pair, seq_len);
+        if !view.skip {
+            let segment_lo = rows.first_row / view.segment;
+            let segment_hi = rows.last_row / view.segment;
             for seg_index in segment_lo..segment_hi + 1 {
-                let seg_start = seg_index * segment;
-                let seg_len = min(segment, seq_len - seg_start);
-                let mut key_count = rows_selected(offset, seg_len, dilation);
+                let seg_start = seg_index * view.segment;
+                let seg_len = min(view.segment, seq_len - seg_start);
+                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
                 if causal {
-                    let last_in = min(last_row, seg_start + seg_len - 1) - seg_start;
-                    let mut visible = 0usize;
-                    if last_in >= offset {
-                        visible = (last_in - offset) / dilation + 1;
-                    }
-                    key_count = min(key_count, visible);
+                    key_count = min(
+                        key_count,
+                        selected_up_to(
+                            rows.last_row,
+                            seg_start,
+                            seg_len,
+                            view.offset,
+                            view.dilation,
+                        ),
+                    );
                 }
-                let key_start = seg_start + offset;
-                let tiles = key_count.div_ceil(key_tile);
-                let row_here = selected && row_segment == seg_index;
-                for tile in 0..tiles {
+                let key_start = seg_start + view.offset;
+                let row_here = view.selected && view.row_segment == seg_index;
+                for tile in 0..key_count.div_ceil(key_tile) {
                     let key0 = tile * key_tile;
                     sync_cube();
-                    let mut element = lane;
-                    while element < key_tile * head_dim {
-                        let key_row = element / head_dim;
-                        let col = element % head_dim;
-                        let kt = key0 + key_row;
-                        let mut k_val = 0.0f32;
-                        let mut v_val = 0.0f32;
-                        if kt < key_count {
-                            let pos = key_start + kt * dilation;
-                            k_val = f32::cast_from(
-                                key[batch * key.stride(0)
-                                    + pos * key.stride(1)
-                                    + head * key.stride(2)
-                                    + col * key.stride(3)],
-                            );
-                            v_val = f32::cast_from(
-                                value[batch * value.stride(0)
-                                    + pos * value.stride(1)
-                                    + head * value.stride(2)
-                                    + col * value.stride(3)],
-                            );
-                        }
-                        key_smem[element] = k_val;
-                        value_smem[element] = v_val;
-                        element += block_rows;
-                    }
-                    let mut key_row = lane;
-                    while key_row < key_tile {
-                        let kt = key0 + key_row;
-                        let mut visible = 0.0f32;
-                        if kt < key_count {
-                            visible = 1.0;
-                            if has_padding {
-                                let pos = key_start + kt * dilation;
-                                let padded = f32::cast_from(
-                                    padding[batch * padding.stride(0) + pos * padding.stride(1)],
-                                );
-                                visible = 1.0 - padded;
-                            }
-                        }
-                        visible_smem[key_row] = visible;
-                        key_row += block_rows;
-                    }
+                    load_rows_tile(
+                        key,
+                        &mut key_smem,
+                        batch,
+                        head,
+                        key_start,
+                        view.dilation,
+                        key0,
+                        key_count,
+                        lane,
+                        block_rows,
+                        key_tile,
+                        head_dim,
+                    );
+                    load_rows_tile(
+                        value,
+                        &mut value_smem,
+                        batch,
+                        head,
+                        key_start,
+                        view.dilation,
+                        key0,
+                        key_count,
+                        lane,
+                        block_rows,
+                        key_tile,
+                        head_dim,
+                    );
+                    load_visibility(
+                        padding,
+                        &mut visible_smem,
+                        batch,
+                        key_start,
+                        view.dilation,
+                        key0,
+                        key_count,
+                        lane,
+                        block_rows,
+                        key_tile,
+                        has_padding,
+                    );
                     sync_cube();
                     if row_here {
                         let mut tile_max = f32::new(MASKED);
@@ -187,7 +142,7 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                             }
                             let mut keep = visible_smem[j] > 0.5;
                             if causal {
-                                keep = keep && key0 + j <= t;
+                                keep = keep && key0 + j <= view.t;
                             }
                             score = select(keep, score, f32::new(MASKED));
                             scores[j] = score;

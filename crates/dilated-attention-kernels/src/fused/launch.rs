@@ -10,6 +10,9 @@ use dilated_attention_core::{
     AttentionImplementation, AttentionShape, DilatedAttentionConfig, Result,
 };
 
+use super::backward::{
+    attention_delta, dilated_flash_backward_key_value, dilated_flash_backward_query,
+};
 use super::forward::dilated_flash_forward;
 use super::launch_plan::LaunchPlan;
 
@@ -25,10 +28,10 @@ const MAX_GRID_YZ: usize = 65_535;
 const SHARED_MEMORY_BUDGET: usize = 48 * 1024;
 
 /// Key rows per shared-memory tile: the largest power of two up to 64 whose key and value
-/// tiles (`f32`) and visibility flags fit the device's shared memory.
+/// tiles (`f32`) and two per-row values (visibility; LSE and delta in the backward) fit the device's shared memory.
 pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
     let budget = SHARED_MEMORY_BUDGET.min(device_shared_memory);
-    let bytes_per_key = (2 * head_dim + 1) * size_of::<f32>();
+    let bytes_per_key = (2 * head_dim + 2) * size_of::<f32>();
     let mut tile = 64;
     while tile > 1 && tile * bytes_per_key > budget {
         tile /= 2;
@@ -62,6 +65,94 @@ fn table_arg<R: CubeRuntime>(client: &ComputeClient<R>, table: &[u32]) -> ArrayA
     unsafe { ArrayArg::from_raw_parts(handle, table.len()) }
 }
 
+/// What every launch of one call shares.
+struct Call<R: CubeRuntime> {
+    shape: AttentionShape,
+    plan: LaunchPlan,
+    scale: f32,
+    tile: usize,
+    client: ComputeClient<R>,
+    device: R::Device,
+    dtype: DType,
+}
+
+impl<R: CubeRuntime> Call<R> {
+    fn new(
+        query: &CubeTensor<R>,
+        key: &CubeTensor<R>,
+        value: &CubeTensor<R>,
+        padding: Option<&CubeTensor<R>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<Self> {
+        let shape = AttentionShape::check_inputs(
+            query.meta.shape().as_slice(),
+            key.meta.shape().as_slice(),
+            value.meta.shape().as_slice(),
+            padding.map(|mask| {
+                let dims = mask.meta.shape().as_slice();
+                [dims[0], dims.get(1).copied().unwrap_or(0)]
+            }),
+        )?;
+        let plan = LaunchPlan::new(config, shape.seq_len, shape.num_heads, BLOCK_ROWS)?;
+        let scale = config
+            .scale
+            .unwrap_or_else(|| 1.0 / (shape.head_dim as f64).sqrt()) as f32;
+        let client = query.client.clone();
+        let tile = key_tile(
+            shape.head_dim,
+            client.properties().hardware.max_shared_memory_size,
+        );
+        Ok(Self {
+            shape,
+            plan,
+            scale,
+            tile,
+            client,
+            device: query.device.clone(),
+            dtype: query.dtype,
+        })
+    }
+
+    fn empty(&self, dims: Vec<usize>, dtype: DType) -> CubeTensor<R> {
+        empty_device_dtype(
+            self.client.clone(),
+            self.device.clone(),
+            Shape::from(dims),
+            dtype,
+        )
+    }
+
+    fn empty_like_input(&self) -> CubeTensor<R> {
+        self.empty(self.shape.dims().to_vec(), self.dtype)
+    }
+
+    fn empty_rows_f32(&self) -> CubeTensor<R> {
+        let AttentionShape {
+            batch,
+            seq_len,
+            num_heads,
+            ..
+        } = self.shape;
+        self.empty(vec![batch, seq_len, num_heads], DType::F32)
+    }
+
+    fn table(&self) -> ArrayArg<R> {
+        table_arg(&self.client, &self.plan.table)
+    }
+
+    fn cube_count(&self) -> CubeCount {
+        CubeCount::Static(
+            self.plan.blocks_x,
+            self.shape.num_heads as u32,
+            self.shape.batch as u32,
+        )
+    }
+
+    fn cube_dim(&self) -> CubeDim {
+        CubeDim::new_1d(self.plan.block_rows as u32)
+    }
+}
+
 /// The fused forward: returns the output `[b, n, h, d]` in the inputs' dtype and the LSE
 /// `[b, n, h]` in `f32`.
 ///
@@ -76,66 +167,139 @@ pub(crate) fn forward<R: CubeRuntime>(
     padding: Option<CubeTensor<R>>,
     config: &DilatedAttentionConfig,
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
-    let shape = AttentionShape::check_inputs(
-        &query.meta.shape().as_slice(),
-        &key.meta.shape().as_slice(),
-        &value.meta.shape().as_slice(),
-        padding.as_ref().map(|mask| {
-            [
-                mask.meta.shape().as_slice()[0],
-                mask.meta.shape().as_slice()[1],
-            ]
-        }),
-    )?;
-    let plan = LaunchPlan::new(config, shape.seq_len, shape.num_heads, BLOCK_ROWS)?;
-    let scale = config
-        .scale
-        .unwrap_or_else(|| 1.0 / (shape.head_dim as f64).sqrt()) as f32;
-    let client = query.client.clone();
-    let device = query.device.clone();
-    let dtype = query.dtype;
-    let output = empty_device_dtype(
-        client.clone(),
-        device.clone(),
-        Shape::from(shape.dims().to_vec()),
-        dtype,
-    );
-    let lse = empty_device_dtype(
-        client.clone(),
-        device,
-        Shape::from(vec![shape.batch, shape.seq_len, shape.num_heads]),
-        DType::F32,
-    );
+    let call = Call::new(&query, &key, &value, padding.as_ref(), config)?;
+    let output = call.empty_like_input();
+    let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
-    let cube_count = CubeCount::Static(plan.blocks_x, shape.num_heads as u32, shape.batch as u32);
-    let cube_dim = CubeDim::new_1d(plan.block_rows as u32);
     // SAFETY: every index the kernel forms is bounded by the tensors' shapes (rows < seq_len,
     // columns < head_dim, table entries written by `LaunchPlan`).
     unsafe {
         dilated_flash_forward::launch_unchecked::<R>(
-            &client,
-            cube_count,
-            cube_dim,
+            &call.client,
+            call.cube_count(),
+            call.cube_dim(),
             query.into_tensor_arg(),
             key.into_tensor_arg(),
             value.into_tensor_arg(),
             padding.into_tensor_arg(),
-            table_arg(&client, &plan.table),
+            call.table(),
             output.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
-            scale,
+            call.scale,
             f32::NEG_INFINITY,
-            plan.block_rows,
-            key_tile(
-                shape.head_dim,
-                client.properties().hardware.max_shared_memory_size,
-            ),
-            shape.head_dim,
+            call.plan.block_rows,
+            call.tile,
+            call.shape.head_dim,
             config.causal,
             has_padding,
-            dtype.into(),
+            call.dtype.into(),
         )
     };
     Ok((output, lse))
+}
+
+/// The inputs of the fused backward besides the forward's.
+pub(crate) struct BackwardInputs<R: CubeRuntime> {
+    /// The forward's output.
+    pub output: CubeTensor<R>,
+    /// The forward's LSE, `f32`.
+    pub lse: CubeTensor<R>,
+    /// Gradient of the output (inputs' dtype).
+    pub grad_output: CubeTensor<R>,
+    /// Gradient of the LSE, `f32`, when the LSE was used.
+    pub grad_lse: Option<CubeTensor<R>>,
+}
+
+/// The fused backward: `[dQ, dK, dV]` in the inputs' dtype.
+///
+/// # Errors
+/// Shape and config errors of the reference path.
+pub(crate) fn backward<R: CubeRuntime>(
+    query: CubeTensor<R>,
+    key: CubeTensor<R>,
+    value: CubeTensor<R>,
+    padding: Option<CubeTensor<R>>,
+    inputs: BackwardInputs<R>,
+    config: &DilatedAttentionConfig,
+) -> Result<[CubeTensor<R>; 3]> {
+    let call = Call::new(&query, &key, &value, padding.as_ref(), config)?;
+    let BackwardInputs {
+        output,
+        lse,
+        grad_output,
+        grad_lse,
+    } = inputs;
+    let delta = call.empty_rows_f32();
+    let rows = call.shape.batch * call.shape.seq_len * call.shape.num_heads;
+    let units_per_cube = 256;
+    let has_grad_lse = grad_lse.is_some();
+    let grad_lse = grad_lse.unwrap_or_else(|| lse.clone());
+    // SAFETY: one unit per (batch, row, head), bounded by `delta.len()`.
+    unsafe {
+        attention_delta::launch_unchecked::<R>(
+            &call.client,
+            CubeCount::Static(rows.div_ceil(units_per_cube) as u32, 1, 1),
+            CubeDim::new_1d(units_per_cube as u32),
+            output.into_tensor_arg(),
+            grad_output.clone().into_tensor_arg(),
+            grad_lse.into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            call.shape.head_dim,
+            has_grad_lse,
+            call.dtype.into(),
+        )
+    };
+    let grad_query = call.empty_like_input();
+    let grad_key = call.empty_like_input();
+    let grad_value = call.empty_like_input();
+    let has_padding = padding.is_some();
+    let padding = padding.unwrap_or_else(|| query.clone());
+    // SAFETY: as in `forward`.
+    unsafe {
+        dilated_flash_backward_query::launch_unchecked::<R>(
+            &call.client,
+            call.cube_count(),
+            call.cube_dim(),
+            query.clone().into_tensor_arg(),
+            key.clone().into_tensor_arg(),
+            value.clone().into_tensor_arg(),
+            padding.clone().into_tensor_arg(),
+            grad_output.clone().into_tensor_arg(),
+            lse.clone().into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            call.table(),
+            grad_query.clone().into_tensor_arg(),
+            call.scale,
+            call.plan.block_rows,
+            call.tile,
+            call.shape.head_dim,
+            config.causal,
+            has_padding,
+            call.dtype.into(),
+        );
+        dilated_flash_backward_key_value::launch_unchecked::<R>(
+            &call.client,
+            call.cube_count(),
+            call.cube_dim(),
+            query.into_tensor_arg(),
+            key.into_tensor_arg(),
+            value.into_tensor_arg(),
+            padding.into_tensor_arg(),
+            grad_output.into_tensor_arg(),
+            lse.into_tensor_arg(),
+            delta.into_tensor_arg(),
+            call.table(),
+            grad_key.clone().into_tensor_arg(),
+            grad_value.clone().into_tensor_arg(),
+            call.scale,
+            call.plan.block_rows,
+            call.tile,
+            call.shape.head_dim,
+            config.causal,
+            has_padding,
+            call.dtype.into(),
+        );
+    }
+    Ok([grad_query, grad_key, grad_value])
 }

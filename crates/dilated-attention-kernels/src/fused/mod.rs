@@ -4,6 +4,9 @@
 //! - [`forward`]: the flash-attention forward over dilated rows;
 //! - [`launch`]: checks, tile sizes and allocation around the launches.
 
+pub(crate) mod backward;
 pub(crate) mod forward;
 pub(crate) mod launch;
 pub(crate) mod launch_plan;
+pub(crate) mod rows;
+pub(crate) mod tiles;

@@ -1,0 +1,150 @@
+//! Device-side helpers the fused kernels share: which rows a cube owns, where a row sits in a
+//! pair, and how many selected rows of a segment a cube visits.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::launch_plan::NOT_IN_PAIR;
+
+/// The rows one cube owns (see [`super::launch_plan`]) and the row of this unit.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct RowBlock {
+    /// Index of the head's block in the launch table.
+    pub entry: usize,
+    /// The head's row stride.
+    pub stride: usize,
+    /// Residue class of the cube's rows modulo the stride.
+    pub class: usize,
+    /// First and last (inclusive, clamped to the sequence) row of the cube.
+    pub first_row: usize,
+    pub last_row: usize,
+    /// This unit's row (may be `>= seq_len` in the last cube of a class).
+    pub row: usize,
+}
+
+/// Resolves the cube at `block` for `head`; the whole cube terminates when it owns no row.
+#[cube]
+pub(crate) fn row_block(
+    table: &Array<u32>,
+    head: usize,
+    block: usize,
+    lane: usize,
+    seq_len: usize,
+    #[comptime] block_rows: usize,
+) -> RowBlock {
+    let num_pairs = table[0] as usize;
+    let entry = 1 + 2 * num_pairs + head * (1 + num_pairs);
+    let stride = table[entry] as usize;
+    let per_class = seq_len.div_ceil(stride).div_ceil(block_rows);
+    if block >= stride * per_class {
+        terminate!();
+    }
+    let class = block / per_class;
+    let first = (block % per_class) * block_rows;
+    let first_row = class + stride * first;
+    if first_row >= seq_len {
+        terminate!();
+    }
+    let last_row = min(class + stride * (first + block_rows - 1), seq_len - 1);
+    RowBlock {
+        entry,
+        stride,
+        class,
+        first_row,
+        last_row,
+        row: class + stride * (first + lane),
+    }
+}
+
+/// One pair as a cube sees it.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct PairView {
+    /// Segment length (clamped to the sequence), dilation and the head's offset.
+    pub segment: usize,
+    pub dilation: usize,
+    pub offset: usize,
+    /// True when no row of the cube can be selected (head outside the pair, or an aligned
+    /// pair that selects another residue class): the cube skips the pair without a load.
+    pub skip: bool,
+    /// Whether this unit's row is selected, its segment and its index `t` among the segment's
+    /// selected rows.
+    pub selected: bool,
+    pub row_segment: usize,
+    pub t: usize,
+}
+
+/// The view of pair `pair` for the cube `rows`.
+#[cube]
+pub(crate) fn pair_view(
+    table: &Array<u32>,
+    rows: &RowBlock,
+    pair: usize,
+    seq_len: usize,
+) -> PairView {
+    let offset_entry = table[rows.entry + 1 + pair];
+    let segment = table[1 + 2 * pair] as usize;
+    let dilation = table[2 + 2 * pair] as usize;
+    let offset = offset_entry as usize;
+    let aligned = rows.stride % dilation == 0 && segment % dilation == 0;
+    let skip = offset_entry == NOT_IN_PAIR || (aligned && rows.class % dilation != offset);
+    let within = rows.row % segment;
+    let selected =
+        !skip && rows.row < seq_len && within >= offset && (within - offset) % dilation == 0;
+    let mut t = 0usize;
+    if selected {
+        t = (within - offset) / dilation;
+    }
+    PairView {
+        segment,
+        dilation,
+        offset,
+        skip,
+        selected,
+        row_segment: rows.row / segment,
+        t,
+    }
+}
+
+/// Number of selected rows `offset, offset + dilation, ... < len`.
+#[cube]
+pub(crate) fn rows_selected(offset: usize, len: usize, dilation: usize) -> usize {
+    let mut count = 0usize;
+    if offset < len {
+        count = (len - offset).div_ceil(dilation);
+    }
+    count
+}
+
+/// Index among segment `seg_start`'s selected rows of the first selected row at or after
+/// `position` (clamped at 0 from below).
+#[cube]
+pub(crate) fn first_selected_at_or_after(
+    position: usize,
+    seg_start: usize,
+    offset: usize,
+    dilation: usize,
+) -> usize {
+    let mut index = 0usize;
+    if position > seg_start + offset {
+        index = (position - seg_start - offset).div_ceil(dilation);
+    }
+    index
+}
+
+/// Number of selected rows of a segment at or before `last_row` (all of them when
+/// `last_row` is past the segment).
+#[cube]
+pub(crate) fn selected_up_to(
+    last_row: usize,
+    seg_start: usize,
+    seg_len: usize,
+    offset: usize,
+    dilation: usize,
+) -> usize {
+    let last_in = min(last_row, seg_start + seg_len - 1) - seg_start;
+    let mut count = 0usize;
+    if last_in >= offset {
+        count = (last_in - offset) / dilation + 1;
+    }
+    count
+}

@@ -1,0 +1,110 @@
+//! Device-side tile loads the fused kernels share: selected rows of a `[b, n, h, d]` tensor into
+//! shared memory (as `f32`, zeros past the list), and the visibility of a key tile.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+/// Score of a masked key. Finite, because WGSL has no infinity literal and fast-math CUDA may
+/// not honour one; `exp(MASKED - m)` is 0 for every finite running max `m`. The `-inf` the LSE
+/// of an empty row needs arrives as a runtime argument.
+pub(crate) const MASKED: f32 = -3.0e38;
+
+/// Loads rows `first + t * dilation` for `t` in `tile_start .. tile_start + tile_rows` of
+/// (`batch`, `head`) into `smem` (`tile_rows x head_dim`, row-major), as `f32`; rows at
+/// `t >= count` are zero. Every unit of the cube takes part.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_rows_tile<F: Float>(
+    tensor: &Tensor<F>,
+    smem: &mut SharedMemory<f32>,
+    batch: usize,
+    head: usize,
+    first: usize,
+    dilation: usize,
+    tile_start: usize,
+    count: usize,
+    lane: usize,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+) {
+    let base = batch * tensor.stride(0) + head * tensor.stride(2);
+    let mut element = lane;
+    while element < tile_rows * head_dim {
+        let t = tile_start + element / head_dim;
+        let col = element % head_dim;
+        let mut val = 0.0f32;
+        if t < count {
+            let pos = first + t * dilation;
+            val = f32::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
+        }
+        smem[element] = val;
+        element += units;
+    }
+}
+
+/// Writes 1 for the keys of the tile that exist and are not padded, else 0.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_visibility<F: Float>(
+    padding: &Tensor<F>,
+    smem: &mut SharedMemory<f32>,
+    batch: usize,
+    first: usize,
+    dilation: usize,
+    tile_start: usize,
+    count: usize,
+    lane: usize,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] has_padding: bool,
+) {
+    let mut key_row = lane;
+    while key_row < tile_rows {
+        let t = tile_start + key_row;
+        let mut visible = 0.0f32;
+        if t < count {
+            visible = 1.0;
+            if has_padding {
+                let pos = first + t * dilation;
+                let padded =
+                    f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
+                visible = 1.0 - padded;
+            }
+        }
+        smem[key_row] = visible;
+        key_row += units;
+    }
+}
+
+/// Loads the `f32` per-row values (`[b, n, h]`: LSE, delta) of rows `first + t * dilation` for
+/// `t` in the tile into `smem`; rows at `t >= count` get `fill`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_row_values(
+    values: &Tensor<f32>,
+    smem: &mut SharedMemory<f32>,
+    batch: usize,
+    head: usize,
+    first: usize,
+    dilation: usize,
+    tile_start: usize,
+    count: usize,
+    lane: usize,
+    fill: f32,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+) {
+    let mut row = lane;
+    while row < tile_rows {
+        let t = tile_start + row;
+        let mut val = fill;
+        if t < count {
+            let pos = first + t * dilation;
+            val =
+                values[batch * values.stride(0) + pos * values.stride(1) + head * values.stride(2)];
+        }
+        smem[row] = val;
+        row += units;
+    }
+}
