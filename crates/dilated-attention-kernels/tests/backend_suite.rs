@@ -6,8 +6,8 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
-use dilated_attention_core::DilationMode;
 use dilated_attention_core::oracle::{OracleCase, oracle_dilated_attention, seeded_normal};
+use dilated_attention_core::{AttentionImplementation, DilationMode};
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
 #[cfg(feature = "test-cuda")]
@@ -82,7 +82,16 @@ fn finite(data: TensorData) -> TensorData {
 }
 
 fn check_forward<BB: DilatedAttentionBackend>(c: &OracleCase) {
+    check_forward_with::<BB>(c, AttentionImplementation::Auto);
+}
+
+fn check_forward_with<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    implementation: AttentionImplementation,
+) {
     let device: BB::Device = Default::default();
+    let mut config = c.config();
+    config.implementation = implementation;
     let [q, k, v] = c.inputs::<Oracle>(&Default::default());
     let mask = c.padding_mask::<Oracle>(&Default::default());
     let (want_out, want_lse) =
@@ -92,7 +101,7 @@ fn check_forward<BB: DilatedAttentionBackend>(c: &OracleCase) {
         to::<BB, 4>(&k, &device),
         to::<BB, 4>(&v, &device),
         mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
-        &c.config(),
+        &config,
     )
     .expect("valid case");
     assert_matches(finite(out.into_data()), want_out.into_data(), 1e-5, 1e-5);
@@ -211,15 +220,17 @@ fn dispatch_output_and_lse_match_oracle_on_odd_shapes() {
 }
 
 #[test]
-#[cfg_attr(
-    feature = "test-wgpu",
-    ignore = "burn 0.21 WGPU: reference-path gradients of LongNet pairs with dilation > 1 differ from \
-              the oracle when the loss uses the LSE or keys are padded (docs/architecture.md, \
-              known backend issues); the fused kernels' own backward replaces this path"
-)]
 fn dispatch_gradients_match_oracle_on_odd_shapes() {
     for c in cases() {
         check_gradients::<TestBackend>(&c);
+    }
+}
+
+/// The reference path forced on the test backend (on WGPU/CUDA the dispatch runs the kernels).
+#[test]
+fn reference_path_output_and_lse_match_oracle_on_odd_shapes() {
+    for c in cases() {
+        check_forward_with::<TestBackend>(&c, AttentionImplementation::Reference);
     }
 }
 

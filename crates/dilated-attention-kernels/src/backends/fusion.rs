@@ -1,10 +1,246 @@
-//! `Fusion<B>` (the default `Cuda` and `Wgpu` backend types): the reference path on fused ops.
-//! The fused kernels will be registered here as a custom fusion operation (burn-vision 0.21's
-//! `backends/cube/ops.rs` shows the pattern), since otherwise the default backend never reaches
-//! them.
+//! `Fusion<B>` (the default `Cuda` and `Wgpu` backend types): the fused kernels registered as
+//! custom fusion operations, since otherwise the default backend never reaches them. The inner
+//! backend's kernels run when the fusion stream executes the operation (a fusion barrier: the
+//! fuser does not look inside). Inputs are checked eagerly, so errors come back from the call,
+//! not from the deferred execution.
 
-use burn_fusion::{Fusion, FusionBackend};
+use core::marker::PhantomData;
 
-use crate::DilatedAttentionBackend;
+use burn::tensor::ops::{BoolTensor, FloatTensor, FloatTensorOps};
+use burn::tensor::{DType, FloatDType, Shape};
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
+use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, Result};
 
-impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fusion<B> {}
+use crate::backend::dims4;
+use crate::{DilatedAttentionBackend, reference_with_lse};
+
+/// The checks the kernels' launchers make, run before the operation is queued.
+fn check_eagerly<R: FusionRuntime>(
+    query: &FusionTensor<R>,
+    key: &FusionTensor<R>,
+    value: &FusionTensor<R>,
+    mask: Option<&FusionTensor<R>>,
+    config: &DilatedAttentionConfig,
+) -> Result<AttentionShape> {
+    let shape = AttentionShape::check_inputs(
+        query.shape.as_slice(),
+        key.shape.as_slice(),
+        value.shape.as_slice(),
+        mask.map(|m| {
+            let dims = m.shape.as_slice();
+            [dims[0], dims.get(1).copied().unwrap_or(0)]
+        }),
+    )?;
+    DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
+    if let Some(mask) = mask {
+        shape.check_key_padding_mask(mask.shape.as_slice())?;
+    }
+    Ok(shape)
+}
+
+/// The queued forward: inputs `[q, k, v, (mask)]`, outputs `[out, lse (f32)]`.
+#[derive(Debug)]
+struct ForwardOp<B> {
+    desc: CustomOpIr,
+    has_mask: bool,
+    config: DilatedAttentionConfig,
+    backend: PhantomData<B>,
+}
+
+impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for ForwardOp<B> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+    ) {
+        let inputs = &self.desc.inputs;
+        let mask = self
+            .has_mask
+            .then(|| handles.get_bool_tensor::<B>(&inputs[3]));
+        let result = B::fused_dilated_attention_forward(
+            handles.get_float_tensor::<B>(&inputs[0]),
+            handles.get_float_tensor::<B>(&inputs[1]),
+            handles.get_float_tensor::<B>(&inputs[2]),
+            mask,
+            &self.config,
+        );
+        // `check_eagerly` ran the launcher's checks on these shapes before queueing.
+        let (output, lse) = result.expect("fused forward on inputs checked before queueing");
+        handles.register_float_tensor::<B>(&self.desc.outputs[0].id, output);
+        handles.register_float_tensor::<B>(&self.desc.outputs[1].id, lse);
+    }
+}
+
+/// The queued backward: inputs `[q, k, v, out, lse, (mask), (grad_out), (grad_lse)]`, outputs
+/// `[dq, dk, dv]`.
+#[derive(Debug)]
+struct BackwardOp<B> {
+    desc: CustomOpIr,
+    has_mask: bool,
+    has_grad_output: bool,
+    has_grad_lse: bool,
+    config: DilatedAttentionConfig,
+    backend: PhantomData<B>,
+}
+
+impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for BackwardOp<B> {
+    fn execute(
+        &self,
+        handles: &mut HandleContainer<<B::FusionRuntime as FusionRuntime>::FusionHandle>,
+    ) {
+        let ir = &self.desc.inputs;
+        let query = handles.get_float_tensor::<B>(&ir[0]);
+        let key = handles.get_float_tensor::<B>(&ir[1]);
+        let value = handles.get_float_tensor::<B>(&ir[2]);
+        let output = handles.get_float_tensor::<B>(&ir[3]);
+        let lse = handles.get_float_tensor::<B>(&ir[4]);
+        let mut rest = ir[5..].iter();
+        let mask = self
+            .has_mask
+            .then(|| handles.get_bool_tensor::<B>(rest.next().expect("mask input")));
+        let grad_output = self
+            .has_grad_output
+            .then(|| handles.get_float_tensor::<B>(rest.next().expect("grad output input")));
+        let grad_lse = self
+            .has_grad_lse
+            .then(|| handles.get_float_tensor::<B>(rest.next().expect("grad lse input")));
+        let result = B::fused_dilated_attention_backward(
+            query,
+            key,
+            value,
+            mask,
+            output,
+            lse,
+            grad_output,
+            grad_lse,
+            &self.config,
+        );
+        let gradients = result.expect("fused backward on inputs checked before queueing");
+        for (out, gradient) in self.desc.outputs.iter().zip(gradients) {
+            handles.register_float_tensor::<B>(&out.id, gradient);
+        }
+    }
+}
+
+impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fusion<B> {
+    fn dilated_attention_with_lse(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        match dims4(&query) {
+            Some(dims) if Self::fused_dilated_attention_available(dims, config) => {
+                let dtype = query.dtype;
+                let (output, lse) = Self::fused_dilated_attention_forward(
+                    query,
+                    key,
+                    value,
+                    key_padding_mask,
+                    config,
+                )?;
+                let lse = if dtype == DType::F32 {
+                    lse
+                } else {
+                    Self::float_cast(lse, FloatDType::from(dtype))
+                };
+                Ok((output, lse))
+            }
+            _ => reference_with_lse::<Self>(query, key, value, key_padding_mask, config),
+        }
+    }
+
+    fn fused_dilated_attention_available(
+        dims: [usize; 4],
+        config: &DilatedAttentionConfig,
+    ) -> bool {
+        B::fused_dilated_attention_available(dims, config)
+    }
+
+    fn fused_dilated_attention_forward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let shape = check_eagerly(&query, &key, &value, key_padding_mask.as_ref(), config)?;
+        let client = query.client.clone();
+        let dtype = query.dtype;
+        let mut inputs = vec![query, key, value];
+        let has_mask = key_padding_mask.is_some();
+        inputs.extend(key_padding_mask);
+        let streams = OperationStreams::with_inputs(&inputs);
+        let output = TensorIr::uninit(
+            client.create_empty_handle(),
+            Shape::from(shape.dims().to_vec()),
+            dtype,
+        );
+        let lse = TensorIr::uninit(
+            client.create_empty_handle(),
+            Shape::from(vec![shape.batch, shape.seq_len, shape.num_heads]),
+            DType::F32,
+        );
+        let input_irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+        let desc = CustomOpIr::new("dilated_attention_forward", &input_irs, &[output, lse]);
+        let op = ForwardOp::<B> {
+            desc: desc.clone(),
+            has_mask,
+            config: config.clone(),
+            backend: PhantomData,
+        };
+        let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
+        let lse = outputs.pop().expect("two outputs");
+        let output = outputs.pop().expect("two outputs");
+        Ok((output, lse))
+    }
+
+    fn fused_dilated_attention_backward(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        output: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad_output: Option<FloatTensor<Self>>,
+        grad_lse: Option<FloatTensor<Self>>,
+        config: &DilatedAttentionConfig,
+    ) -> Result<[FloatTensor<Self>; 3]> {
+        let shape = check_eagerly(&query, &key, &value, key_padding_mask.as_ref(), config)?;
+        let client = query.client.clone();
+        let dtype = query.dtype;
+        let has_mask = key_padding_mask.is_some();
+        let has_grad_output = grad_output.is_some();
+        let has_grad_lse = grad_lse.is_some();
+        let mut inputs = vec![query, key, value, output, lse];
+        inputs.extend(key_padding_mask);
+        inputs.extend(grad_output);
+        inputs.extend(grad_lse);
+        let streams = OperationStreams::with_inputs(&inputs);
+        let gradient = || {
+            TensorIr::uninit(
+                client.create_empty_handle(),
+                Shape::from(shape.dims().to_vec()),
+                dtype,
+            )
+        };
+        let outputs = [gradient(), gradient(), gradient()];
+        let input_irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+        let desc = CustomOpIr::new("dilated_attention_backward", &input_irs, &outputs);
+        let op = BackwardOp::<B> {
+            desc: desc.clone(),
+            has_mask,
+            has_grad_output,
+            has_grad_lse,
+            config: config.clone(),
+            backend: PhantomData,
+        };
+        let outputs = client.register(streams, OperationIr::Custom(desc), op);
+        let [dq, dk, dv]: [FusionTensor<_>; 3] = outputs
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("three outputs registered"));
+        Ok([dq, dk, dv])
+    }
+}
