@@ -232,3 +232,42 @@ impl OracleCase {
         })
     }
 }
+
+/// The shapes and configs the equivalence suites draw from: batch 1-3, sequence lengths 1-300
+/// with primes and other odd values, 1-7 heads, head dims from `head_dims`, 1-3 pairs with
+/// segments 1-320 and rates 1-5, both modes, causal or not, no / 25% / all keys padded, and a
+/// fresh seed per case.
+pub fn arbitrary_case(
+    head_dims: Vec<usize>,
+) -> impl proptest::strategy::Strategy<Value = OracleCase> {
+    use proptest::prelude::*;
+    (
+        1usize..=3,
+        prop_oneof![
+            1usize..=300,
+            Just(1),
+            Just(97),
+            Just(101),
+            Just(127),
+            Just(257)
+        ],
+        1usize..=7,
+        prop::sample::select(head_dims),
+        prop::collection::vec((1usize..=320, 1usize..=5), 1..=3),
+        prop_oneof![Just(DilationMode::LongNet), Just(DilationMode::HeadGrouped)],
+        any::<bool>(),
+        prop_oneof![Just(None), Just(Some(0.25)), Just(Some(1.0))],
+        any::<u64>(),
+    )
+        .prop_map(
+            |(batch, seq, heads, head_dim, pairs, mode, causal, padding, seed)| OracleCase {
+                shape: [batch, seq, heads, head_dim],
+                segments: pairs.iter().map(|p| p.0).collect(),
+                rates: pairs.iter().map(|p| p.1).collect(),
+                mode,
+                causal,
+                padding,
+                seed,
+            },
+        )
+}

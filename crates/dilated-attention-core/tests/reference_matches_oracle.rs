@@ -4,7 +4,7 @@
 use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{Bool, Tensor, TensorData, Tolerance};
 use dilated_attention_core::oracle::{
-    OracleCase, oracle_dilated_attention, seeded_normal, seeded_padding,
+    OracleCase, arbitrary_case, oracle_dilated_attention, seeded_normal, seeded_padding,
 };
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, DilationMode, reference_dilated_attention,
@@ -15,35 +15,7 @@ type B = NdArray;
 type AD = Autodiff<NdArray>;
 
 fn case() -> impl Strategy<Value = OracleCase> {
-    (
-        1usize..=3,
-        prop_oneof![
-            1usize..=300,
-            Just(1),
-            Just(97),
-            Just(101),
-            Just(127),
-            Just(257)
-        ],
-        1usize..=7,
-        prop::sample::select(vec![8usize, 16, 32, 64]),
-        prop::collection::vec((1usize..=320, 1usize..=5), 1..=3),
-        prop_oneof![Just(DilationMode::LongNet), Just(DilationMode::HeadGrouped)],
-        any::<bool>(),
-        prop_oneof![Just(None), Just(Some(0.25)), Just(Some(1.0))],
-        any::<u64>(),
-    )
-        .prop_map(
-            |(batch, seq, heads, head_dim, pairs, mode, causal, padding, seed)| OracleCase {
-                shape: [batch, seq, heads, head_dim],
-                segments: pairs.iter().map(|p| p.0).collect(),
-                rates: pairs.iter().map(|p| p.1).collect(),
-                mode,
-                causal,
-                padding,
-                seed,
-            },
-        )
+    arbitrary_case(vec![8, 16, 32, 64])
 }
 
 /// f32 tolerance of the issue: 1e-5 relative, with an absolute floor for values near 0.

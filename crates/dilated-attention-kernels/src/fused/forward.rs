@@ -48,7 +48,6 @@ pub(crate) fn dilated_flash_forward<F: Float>(
 
     let mut q = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
-    let mut scores = Array::<f32>::new(key_tile);
     let q_base = batch * query.stride(0) + row * query.stride(1) + head * query.stride(2);
     for i in 0..head_dim {
         acc[i] = 0.0;
@@ -63,6 +62,10 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     let mut key_smem = SharedMemory::<f32>::new(key_tile * head_dim);
     let mut value_smem = SharedMemory::<f32>::new(key_tile * head_dim);
     let mut visible_smem = SharedMemory::<f32>::new(key_tile);
+    // Per-unit scores of the current tile, in shared memory rather than a private array:
+    // lavapipe (Mesa 22.3) miscompiles large private arrays live across barriers.
+    let mut scores = SharedMemory::<f32>::new(block_rows * key_tile);
+    let score_base = lane * key_tile;
 
     let num_pairs = table[0] as usize;
     for pair in 0..num_pairs {
@@ -145,22 +148,25 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                                 keep = keep && key0 + j <= view.t;
                             }
                             score = select(keep, score, f32::new(MASKED));
-                            scores[j] = score;
+                            scores[score_base + j] = score;
                             tile_max = max(tile_max, score);
                         }
                         let new_max = max(running_max, tile_max);
                         if new_max > f32::new(MASKED) {
                             let alpha = (running_max - new_max).exp();
-                            running_sum *= alpha;
-                            for i in 0..head_dim {
-                                acc[i] *= alpha;
-                            }
+                            let mut tile_sum = 0.0f32;
                             for j in 0..key_tile {
-                                let p = (scores[j] - new_max).exp();
-                                running_sum += p;
-                                for i in 0..head_dim {
-                                    acc[i] += p * value_smem[j * head_dim + i];
+                                let p = (scores[score_base + j] - new_max).exp();
+                                scores[score_base + j] = p;
+                                tile_sum += p;
+                            }
+                            running_sum = running_sum * alpha + tile_sum;
+                            for i in 0..head_dim {
+                                let mut update = 0.0f32;
+                                for j in 0..key_tile {
+                                    update += scores[score_base + j] * value_smem[j * head_dim + i];
                                 }
+                                acc[i] = acc[i] * alpha + update;
                             }
                             running_max = new_max;
                         }

@@ -28,10 +28,11 @@ const MAX_GRID_YZ: usize = 65_535;
 const SHARED_MEMORY_BUDGET: usize = 48 * 1024;
 
 /// Key rows per shared-memory tile: the largest power of two up to 64 whose key and value
-/// tiles (`f32`) and two per-row values (visibility; LSE and delta in the backward) fit the device's shared memory.
+/// tiles (`f32`), two per-row values (visibility; LSE and delta in the backward) and a column
+/// of per-unit scores fit the device's shared memory.
 pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
     let budget = SHARED_MEMORY_BUDGET.min(device_shared_memory);
-    let bytes_per_key = (2 * head_dim + 2) * size_of::<f32>();
+    let bytes_per_key = (2 * head_dim + 2 + BLOCK_ROWS) * size_of::<f32>();
     let mut tile = 64;
     while tile > 1 && tile * bytes_per_key > budget {
         tile /= 2;

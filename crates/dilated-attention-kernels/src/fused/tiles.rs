@@ -29,17 +29,20 @@ pub(crate) fn load_rows_tile<F: Float>(
     #[comptime] head_dim: usize,
 ) {
     let base = batch * tensor.stride(0) + head * tensor.stride(2);
-    let mut element = lane;
-    while element < tile_rows * head_dim {
-        let t = tile_start + element / head_dim;
-        let col = element % head_dim;
-        let mut val = 0.0f32;
-        if t < count {
-            let pos = first + t * dilation;
-            val = f32::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
+    let rounds = comptime!((tile_rows * head_dim).div_ceil(units));
+    for round in 0..rounds {
+        let element = lane + round * units;
+        if element < tile_rows * head_dim {
+            let t = tile_start + element / head_dim;
+            let col = element % head_dim;
+            let mut val = 0.0f32;
+            if t < count {
+                let pos = first + t * dilation;
+                val =
+                    f32::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
+            }
+            smem[element] = val;
         }
-        smem[element] = val;
-        element += units;
     }
 }
 

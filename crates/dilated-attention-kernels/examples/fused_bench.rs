@@ -1,0 +1,229 @@
+//! GPU harness for the fused kernels: one JSON line per (implementation, mode, dtype, sequence,
+//! pass) with the median time over repeats, tokens/s, useful TFLOP/s (the issue's count:
+//! `4 d sum m^2` per head and pair, `2 d m (m + 1)` causal; forward+backward counted as 3.5x the
+//! forward, FlashAttention's convention) and the memory the call reserved beyond its inputs.
+//!
+//! ```text
+//! cargo build --release -p dilated-attention-kernels --features test-cuda --example fused_bench
+//! fused_bench --seqs 8192,32768 --dtypes bf16,f32 --modes head_grouped,longnet --passes fwd,fwd_bwd
+//! ```
+//! Built with `test-cuda` it runs burn's `Cuda` backend, with `test-wgpu` burn's `Wgpu`.
+
+use std::time::Instant;
+
+use burn::backend::Autodiff;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor};
+use burn_cubecl::cubecl::Runtime;
+use dilated_attention_core::{
+    AttentionImplementation, DilatedAttentionConfig, DilatedIndexPlan, DilationMode,
+};
+use dilated_attention_kernels::dilated_attention_with_lse;
+
+#[cfg(feature = "test-cuda")]
+type Bench = burn::backend::Cuda;
+#[cfg(feature = "test-cuda")]
+type BenchRuntime = burn_cubecl::cubecl::cuda::CudaRuntime;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type Bench = burn::backend::Wgpu;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+type BenchRuntime = burn_cubecl::cubecl::wgpu::WgpuRuntime;
+
+struct Args {
+    seqs: Vec<usize>,
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    pairs: Vec<(usize, usize)>,
+    dtypes: Vec<String>,
+    modes: Vec<String>,
+    passes: Vec<String>,
+    causal: bool,
+    repeats: usize,
+    warmup: usize,
+    reference: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args {
+        seqs: vec![8192, 32768],
+        batch: 1,
+        heads: 8,
+        head_dim: 64,
+        pairs: vec![(2048, 1), (4096, 2), (8192, 4)],
+        dtypes: vec!["bf16".into(), "f32".into()],
+        modes: vec!["head_grouped".into(), "longnet".into()],
+        passes: vec!["fwd".into(), "fwd_bwd".into()],
+        causal: false,
+        repeats: 5,
+        warmup: 2,
+        reference: false,
+    };
+    let list = |v: &str| v.split(',').map(str::to_string).collect::<Vec<_>>();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seqs" => args.seqs = list(&value()).iter().map(|s| s.parse().unwrap()).collect(),
+            "--batch" => args.batch = value().parse().unwrap(),
+            "--heads" => args.heads = value().parse().unwrap(),
+            "--head-dim" => args.head_dim = value().parse().unwrap(),
+            "--pairs" => {
+                args.pairs = list(&value())
+                    .iter()
+                    .map(|p| {
+                        let (s, r) = p.split_once(':').expect("pairs as s:r,s:r");
+                        (s.parse().unwrap(), r.parse().unwrap())
+                    })
+                    .collect()
+            }
+            "--dtypes" => args.dtypes = list(&value()),
+            "--modes" => args.modes = list(&value()),
+            "--passes" => args.passes = list(&value()),
+            "--causal" => args.causal = true,
+            "--reference" => args.reference = true,
+            "--repeats" => args.repeats = value().parse().unwrap(),
+            "--warmup" => args.warmup = value().parse().unwrap(),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    args
+}
+
+/// Useful forward FLOPs of a config (the issue's count).
+fn useful_flops(cfg: &DilatedAttentionConfig, batch: usize, n: usize, h: usize, d: usize) -> f64 {
+    let plan = DilatedIndexPlan::new(cfg, n, h).expect("valid config");
+    let mut total = 0.0;
+    for pair in plan.pairs() {
+        for group in &pair.groups {
+            let rows = group.rows;
+            let per_segment = |m: usize| {
+                let m = m as f64;
+                if cfg.causal {
+                    2.0 * d as f64 * m * (m + 1.0)
+                } else {
+                    4.0 * d as f64 * m * m
+                }
+            };
+            let segments = rows.full_segments() as f64 * per_segment(rows.rows_per_full_segment())
+                + per_segment(rows.rows_in_tail());
+            total += segments * group.heads.len() as f64;
+        }
+    }
+    total * batch as f64
+}
+
+fn reserved_bytes(device: &burn::tensor::Device<Bench>) -> u64 {
+    BenchRuntime::client(device)
+        .memory_usage()
+        .map(|usage| usage.bytes_reserved)
+        .unwrap_or(0)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let args = parse_args();
+    let device: burn::tensor::Device<Bench> = Default::default();
+    for dtype_name in &args.dtypes {
+        let dtype = match dtype_name.as_str() {
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            "f32" => DType::F32,
+            other => panic!("unknown dtype {other}"),
+        };
+        for mode_name in &args.modes {
+            let mode = match mode_name.as_str() {
+                "head_grouped" => DilationMode::HeadGrouped,
+                "longnet" => DilationMode::LongNet,
+                other => panic!("unknown mode {other}"),
+            };
+            let mut cfg = DilatedAttentionConfig::new(
+                args.pairs.iter().map(|p| p.0).collect(),
+                args.pairs.iter().map(|p| p.1).collect(),
+            );
+            cfg.mode = mode;
+            cfg.causal = args.causal;
+            if args.reference {
+                cfg.implementation = AttentionImplementation::Reference;
+            }
+            for &n in &args.seqs {
+                for pass in &args.passes {
+                    let shape = [args.batch, n, args.heads, args.head_dim];
+                    let client = BenchRuntime::client(&device);
+                    client.memory_cleanup();
+                    let make = || {
+                        Tensor::<Autodiff<Bench>, 4>::random(
+                            shape,
+                            Distribution::Normal(0.0, 1.0),
+                            &device,
+                        )
+                        .cast(dtype)
+                    };
+                    let (q, k, v) = (make(), make(), make());
+                    Bench::sync(&device).expect("sync");
+                    let base = reserved_bytes(&device);
+                    let backward = pass == "fwd_bwd";
+                    let run = || {
+                        let (q, k, v) = if backward {
+                            (
+                                q.clone().require_grad(),
+                                k.clone().require_grad(),
+                                v.clone().require_grad(),
+                            )
+                        } else {
+                            (q.clone(), k.clone(), v.clone())
+                        };
+                        let (out, _lse) =
+                            dilated_attention_with_lse(q, k, v, &cfg).expect("valid call");
+                        if backward {
+                            let grads = out.cast(DType::F32).sum().backward();
+                            drop(grads);
+                        } else {
+                            drop(out);
+                        }
+                        Bench::sync(&device).expect("sync");
+                    };
+                    let started = Instant::now();
+                    run();
+                    let first_s = started.elapsed().as_secs_f64();
+                    for _ in 1..args.warmup {
+                        run();
+                    }
+                    let extra = reserved_bytes(&device).saturating_sub(base);
+                    let times: Vec<f64> = (0..args.repeats)
+                        .map(|_| {
+                            let t = Instant::now();
+                            run();
+                            t.elapsed().as_secs_f64()
+                        })
+                        .collect();
+                    let secs = median(times);
+                    let flops = useful_flops(&cfg, args.batch, n, args.heads, args.head_dim)
+                        * if backward { 3.5 } else { 1.0 };
+                    println!(
+                        "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"first_call_s\":{:.2},\"repeats\":{}}}",
+                        if args.reference {
+                            "burn_reference"
+                        } else {
+                            "fused"
+                        },
+                        args.batch,
+                        args.heads,
+                        args.head_dim,
+                        args.causal,
+                        secs * 1e3,
+                        (args.batch * n) as f64 / secs,
+                        flops / secs / 1e12,
+                        extra as f64 / 1e6,
+                        first_s,
+                        args.repeats
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! Helpers the backend suites share: the backend under test, conversions, comparisons with the
+//! dense oracle (forward and gradients).
+
+#![allow(dead_code)]
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, DType, Tensor, TensorData, Tolerance};
+use dilated_attention_core::AttentionImplementation;
+use dilated_attention_core::oracle::{OracleCase, oracle_dilated_attention, seeded_normal};
+use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+
+#[cfg(feature = "test-cuda")]
+pub type TestBackend = burn::backend::Cuda;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub type TestBackend = burn::backend::Wgpu;
+#[cfg(not(any(feature = "test-wgpu", feature = "test-cuda")))]
+pub type TestBackend = NdArray;
+
+pub type Oracle = NdArray;
+
+/// The un-fused CubeCL backend of the same runtime: the kernels without the fusion layer.
+#[cfg(feature = "test-cuda")]
+pub type RawCube = burn_cubecl::CubeBackend<burn_cubecl::cubecl::cuda::CudaRuntime, f32, i32, u8>;
+#[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
+pub type RawCube = burn_cubecl::CubeBackend<burn_cubecl::cubecl::wgpu::WgpuRuntime, f32, i32, u32>;
+
+/// Gradient tolerance (relative, absolute).
+const GRAD_TOLERANCE: (f32, f32) = (1e-4, 1e-5);
+
+/// Compares a result with the oracle. On NdArray and WGPU element by element (`rel`, `abs`).
+/// On CUDA, burn 0.21 runs f32 matmuls on TF32 tensor cores (seen on an H100: a one-key softmax,
+/// whose output is the value row itself, came back with 2.5e-4 relative error, the TF32 rounding
+/// of the value), so there the check is the relative L2 error against TF32's level.
+pub fn assert_matches(got: TensorData, want: TensorData, rel: f32, abs: f32) {
+    #[cfg(feature = "test-cuda")]
+    {
+        let _ = (rel, abs);
+        let g = got.convert::<f32>().to_vec::<f32>().unwrap();
+        let w = want.convert::<f32>().to_vec::<f32>().unwrap();
+        let err: f64 = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = w
+            .iter()
+            .map(|b| (*b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-30);
+        println!("relative L2 error {:.3e}", err / norm);
+        assert!(
+            err / norm < 2e-3,
+            "relative L2 error {:.3e} over TF32's 2e-3",
+            err / norm
+        );
+    }
+    #[cfg(not(feature = "test-cuda"))]
+    got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(rel, abs));
+}
+
+pub fn to<BB: Backend, const D: usize>(
+    t: &Tensor<Oracle, D>,
+    device: &BB::Device,
+) -> Tensor<BB, D> {
+    Tensor::from_data(t.to_data(), device)
+}
+
+pub fn mask_to<BB: Backend>(
+    m: &Tensor<Oracle, 2, Bool>,
+    device: &BB::Device,
+) -> Tensor<BB, 2, Bool> {
+    Tensor::from_data(m.to_data(), device)
+}
+
+pub fn finite(data: TensorData) -> TensorData {
+    let shape = data.shape.clone();
+    let v: Vec<f32> = data
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(|x| if x == f32::NEG_INFINITY { -1.0e4 } else { x })
+        .collect();
+    TensorData::new(v, shape)
+}
+
+pub fn check_forward<BB: DilatedAttentionBackend>(c: &OracleCase) {
+    check_forward_with::<BB>(c, AttentionImplementation::Auto);
+}
+
+pub fn check_forward_with<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    implementation: AttentionImplementation,
+) {
+    let device: BB::Device = Default::default();
+    let mut config = c.config();
+    config.implementation = implementation;
+    let [q, k, v] = c.inputs::<Oracle>(&Default::default());
+    let mask = c.padding_mask::<Oracle>(&Default::default());
+    let (want_out, want_lse) =
+        oracle_dilated_attention(q.clone(), k.clone(), v.clone(), mask.clone(), &c.config());
+    let (out, lse) = dilated_attention_with_lse_masked(
+        to::<BB, 4>(&q, &device),
+        to::<BB, 4>(&k, &device),
+        to::<BB, 4>(&v, &device),
+        mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
+        &config,
+    )
+    .expect("valid case");
+    assert_matches(finite(out.into_data()), want_out.into_data(), 1e-5, 1e-5);
+    assert_matches(
+        finite(lse.into_data()),
+        finite(want_lse.into_data()),
+        1e-5,
+        1e-5,
+    );
+}
+
+pub fn check_gradients<BB: DilatedAttentionBackend>(c: &OracleCase)
+where
+    Autodiff<BB>: DilatedAttentionBackend,
+{
+    let [q, k, v] = c.inputs::<Oracle>(&Default::default());
+    let w = seeded_normal::<Oracle, 4>(c.seed.wrapping_add(5), c.shape, &Default::default());
+    let mask = c.padding_mask::<Oracle>(&Default::default());
+    fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
+        c: &OracleCase,
+        [q, k, v]: [Tensor<Oracle, 4>; 3],
+        w: &Tensor<Oracle, 4>,
+        mask: Option<Tensor<Oracle, 2, Bool>>,
+        oracle: bool,
+    ) -> [TensorData; 3] {
+        let device: AB::Device = Default::default();
+        let q = to::<AB, 4>(&q, &device).require_grad();
+        let k = to::<AB, 4>(&k, &device).require_grad();
+        let v = to::<AB, 4>(&v, &device).require_grad();
+        let m = mask.as_ref().map(|m| mask_to::<AB>(m, &device));
+        let (out, lse) = if oracle {
+            oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &c.config())
+        } else {
+            dilated_attention_with_lse_masked(q.clone(), k.clone(), v.clone(), m, &c.config())
+                .expect("valid")
+        };
+        let lse = lse
+            .clone()
+            .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
+        let loss = (out * to::<AB, 4>(w, &device)).sum() + lse.sum() * 0.5;
+        let g = loss.backward();
+        [q, k, v].map(|t| t.grad(&g).expect("gradient").into_data())
+    }
+    let got = grads::<Autodiff<BB>>(
+        c,
+        [q.clone(), k.clone(), v.clone()],
+        &w,
+        mask.clone(),
+        false,
+    );
+    let want = grads::<Autodiff<Oracle>>(c, [q, k, v], &w, mask, true);
+    for (g, w) in got.into_iter().zip(want) {
+        assert_matches(finite(g), w, GRAD_TOLERANCE.0, GRAD_TOLERANCE.1);
+    }
+}
+
+/// `||got - want|| / ||want||` over all elements (both converted to f32).
+pub fn relative_l2(got: TensorData, want: TensorData) -> f64 {
+    let g = got.convert::<f32>().to_vec::<f32>().unwrap();
+    let w = want.convert::<f32>().to_vec::<f32>().unwrap();
+    assert_eq!(g.len(), w.len(), "element counts differ");
+    let err: f64 = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    err / norm.max(1e-30)
+}
+
+/// Forward in half precision (`dtype` F16 or BF16) against the f32 oracle on the same rounded
+/// inputs, so the comparison sees the kernel's error, not the inputs' rounding: relative L2 of
+/// the output and of the LSE under `bound`.
+pub fn check_forward_half<BB: DilatedAttentionBackend>(c: &OracleCase, dtype: DType, bound: f64) {
+    let device: BB::Device = Default::default();
+    let [q, k, v] = c.inputs::<Oracle>(&Default::default());
+    let half = |t: &Tensor<Oracle, 4>| to::<BB, 4>(t, &device).cast(dtype);
+    let [hq, hk, hv] = [half(&q), half(&k), half(&v)];
+    let back = |t: &Tensor<BB, 4>| -> Tensor<Oracle, 4> {
+        Tensor::from_data(t.clone().cast(DType::F32).into_data(), &Default::default())
+    };
+    let mask = c.padding_mask::<Oracle>(&Default::default());
+    let (want_out, want_lse) =
+        oracle_dilated_attention(back(&hq), back(&hk), back(&hv), mask.clone(), &c.config());
+    let (out, lse) = dilated_attention_with_lse_masked(
+        hq,
+        hk,
+        hv,
+        mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
+        &c.config(),
+    )
+    .expect("valid case");
+    assert_eq!(out.dtype(), dtype, "output keeps the inputs' dtype");
+    let out_err = relative_l2(out.cast(DType::F32).into_data(), want_out.into_data());
+    let lse_err = relative_l2(
+        finite(lse.cast(DType::F32).into_data()),
+        finite(want_lse.into_data()),
+    );
+    println!("{dtype:?}: output rel L2 {out_err:.2e}, LSE rel L2 {lse_err:.2e}");
+    assert!(
+        out_err < bound,
+        "{dtype:?} output rel L2 {out_err:.3e} over {bound:.0e}"
+    );
+    assert!(
+        lse_err < bound,
+        "{dtype:?} LSE rel L2 {lse_err:.3e} over {bound:.0e}"
+    );
+}

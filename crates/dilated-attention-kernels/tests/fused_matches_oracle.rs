@@ -1,0 +1,60 @@
+//! The fused kernels against the dense oracle on random shapes and configs (the equivalence
+//! suite of the reference path, run on the kernels): outputs, LSEs and gradients in f32, and
+//! outputs in half precision. Runs with `test-wgpu` (lavapipe in CI: the portable variant) and
+//! `test-cuda` (the H100), through the default fused backend (`Fusion<CubeBackend<..>>`).
+
+#![cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+
+mod common;
+
+use burn::tensor::DType;
+use common::*;
+use dilated_attention_core::oracle::arbitrary_case;
+use proptest::prelude::*;
+
+/// Head dims of the cases: the 32/64/128 and odd ones.
+fn head_dims() -> Vec<usize> {
+    vec![8, 16, 32, 40, 64, 128]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fused_output_and_lse_match_oracle(c in arbitrary_case(head_dims())) {
+        if c.valid() {
+            check_forward::<TestBackend>(&c);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fused_gradients_match_oracle(c in arbitrary_case(head_dims())) {
+        if c.valid() {
+            check_gradients::<TestBackend>(&c);
+        }
+    }
+
+    #[test]
+    fn fused_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
+        if c.valid() {
+            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3);
+        }
+    }
+}
+
+/// bf16 is a CUDA type here (WGSL has no bf16).
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fused_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
+        if c.valid() {
+            check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2);
+        }
+    }
+}
