@@ -14,8 +14,8 @@ use proptest::prelude::*;
 
 /// Head dims of the cases: the 32/64/128 and odd ones on CUDA. On WGPU (lavapipe in CI)
 /// only up to 32: Mesa 22.3's lavapipe miscompiles the kernels' larger per-unit register arrays
-/// when they stay live across many barriers (e.g. LongNet pairs of segment length 1 at head dim
-/// >= 40 come back wrong; the same kernels pass these cases on CUDA; see docs/architecture.md).
+/// when they stay live across many barriers (e.g. LongNet pairs of segment length 1 at head
+/// dims of 40 and more come back wrong; the same kernels pass these cases on CUDA; see docs/architecture.md).
 /// The fixed odd-shape cases of `backend_suite` cover head dims 64 on lavapipe.
 fn head_dims() -> Vec<usize> {
     if cfg!(feature = "test-cuda") {
@@ -54,7 +54,7 @@ proptest! {
     }
 }
 
-/// bf16 is a CUDA type here (WGSL has no bf16).
+// bf16 is a CUDA type here (WGSL has no bf16).
 #[cfg(feature = "test-cuda")]
 proptest! {
     #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]

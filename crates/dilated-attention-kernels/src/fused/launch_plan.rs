@@ -62,7 +62,7 @@ impl LaunchPlan {
                 .collect();
             let mut stride = 1usize;
             for (pair, &offset) in pairs.iter().zip(&offsets) {
-                if offset != NOT_IN_PAIR && pair.segment_length % pair.dilation == 0 {
+                if offset != NOT_IN_PAIR && pair.segment_length.is_multiple_of(pair.dilation) {
                     stride = lcm(stride, pair.dilation);
                 }
             }

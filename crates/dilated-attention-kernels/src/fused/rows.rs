@@ -74,6 +74,8 @@ pub(crate) struct PairView {
 }
 
 /// The view of pair `pair` for the cube `rows`.
+// `is_multiple_of` has no device-side expansion in CubeCL 0.10.
+#[allow(clippy::manual_is_multiple_of)]
 #[cube]
 pub(crate) fn pair_view(
     table: &Array<u32>,

@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use burn::backend::{Autodiff, NdArray};
+#[cfg(not(feature = "test-cuda"))]
+use burn::tensor::Tolerance;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Tensor, TensorData, Tolerance};
+use burn::tensor::{Bool, DType, Tensor, TensorData};
 use dilated_attention_core::AttentionImplementation;
 use dilated_attention_core::oracle::{OracleCase, oracle_dilated_attention, seeded_normal};
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
