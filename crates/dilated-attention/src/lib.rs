@@ -40,8 +40,8 @@ pub use dilated_attention_kernels as kernels;
 pub use dilated_attention_multihead as multihead;
 
 pub use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, DilationMode,
-    merge_by_lse, reference_dilated_attention,
+    AttentionImplementation, AttentionShape, DilatedAttentionConfig, DilatedAttentionError,
+    DilatedIndexPlan, DilationMode, merge_by_lse, reference_dilated_attention,
 };
 pub use dilated_attention_kernels::{
     DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit, dilated_attention_with_lse,
@@ -55,10 +55,10 @@ pub use dilated_attention_multihead::{
 /// Everything a model file needs: `use dilated_attention::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AnyAttention, AttentionKind, DilatedAttention, DilatedAttentionBackend,
-        DilatedAttentionConfig, DilatedAttentionError, DilatedAttentionInit,
-        DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode, LongNetLm,
-        LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
+        AnyAttention, AttentionImplementation, AttentionKind, DilatedAttention,
+        DilatedAttentionBackend, DilatedAttentionConfig, DilatedAttentionError,
+        DilatedAttentionInit, DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode,
+        LongNetLm, LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
         StandardConfig, create_attention, dilated_attention_with_lse,
         dilated_attention_with_lse_masked,
     };
