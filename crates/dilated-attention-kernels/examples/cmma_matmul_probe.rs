@@ -14,13 +14,13 @@
 
 use std::time::Instant;
 
+use burn::tensor::f16;
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use burn_cubecl::cubecl::ir::{ElemType, FloatKind, features::MmaConfig};
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::cubecl::{Runtime, future};
-use burn::tensor::f16;
 
 const BLOCK: usize = 64;
 const DEPTH: usize = 32;
@@ -37,16 +37,36 @@ fn cmma_matmul(a: &Array<f16>, b: &Array<f16>, c: &mut Array<f32>, n: usize, k: 
     let mut tile_a = SharedMemory::<f16>::new(2048usize);
     let mut tile_b = SharedMemory::<f16>::new(2048usize);
     let acc00 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0,
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        16usize,
+        cmma::MatrixLayout::Undefined,
+        0.0,
     );
     let acc01 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0,
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        16usize,
+        cmma::MatrixLayout::Undefined,
+        0.0,
     );
     let acc10 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0,
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        16usize,
+        cmma::MatrixLayout::Undefined,
+        0.0,
     );
     let acc11 = cmma::Matrix::<f32>::from_value(
-        cmma::MatrixIdent::Accumulator, 16usize, 16usize, 16usize, cmma::MatrixLayout::Undefined, 0.0,
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        16usize,
+        cmma::MatrixLayout::Undefined,
+        0.0,
     );
     for depth in 0..k / 32 {
         for i in 0..16usize {
@@ -57,20 +77,40 @@ fn cmma_matmul(a: &Array<f16>, b: &Array<f16>, c: &mut Array<f32>, n: usize, k: 
         sync_cube();
         for kk in 0..2usize {
             let a0 = cmma::Matrix::<f16>::from_slice(
-                cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor,
-                &tile_a.slice(plane_row * 32 + kk * 16, 2048usize), 32u32,
+                cmma::MatrixIdent::A,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::RowMajor,
+                &tile_a.slice(plane_row * 32 + kk * 16, 2048usize),
+                32u32,
             );
             let a1 = cmma::Matrix::<f16>::from_slice(
-                cmma::MatrixIdent::A, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor,
-                &tile_a.slice((plane_row + 16) * 32 + kk * 16, 2048usize), 32u32,
+                cmma::MatrixIdent::A,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::RowMajor,
+                &tile_a.slice((plane_row + 16) * 32 + kk * 16, 2048usize),
+                32u32,
             );
             let b0 = cmma::Matrix::<f16>::from_slice(
-                cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor,
-                &tile_b.slice(kk * 16 * 64 + plane_col, 2048usize), 64u32,
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::RowMajor,
+                &tile_b.slice(kk * 16 * 64 + plane_col, 2048usize),
+                64u32,
             );
             let b1 = cmma::Matrix::<f16>::from_slice(
-                cmma::MatrixIdent::B, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor,
-                &tile_b.slice(kk * 16 * 64 + plane_col + 16, 2048usize), 64u32,
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::RowMajor,
+                &tile_b.slice(kk * 16 * 64 + plane_col + 16, 2048usize),
+                64u32,
             );
             cmma::execute::<f16, f16, f32, f32>(&a0, &b0, &acc00, &acc00);
             cmma::execute::<f16, f16, f32, f32>(&a0, &b1, &acc01, &acc01);
@@ -82,9 +122,24 @@ fn cmma_matmul(a: &Array<f16>, b: &Array<f16>, c: &mut Array<f32>, n: usize, k: 
     let total = c.len();
     let stride = n as u32;
     let base = (row0 + plane_row) * n + col0 + plane_col;
-    cmma::store(&mut c.slice_mut(base, total), &acc00, stride, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut c.slice_mut(base + 16, total), &acc01, stride, cmma::MatrixLayout::RowMajor);
-    cmma::store(&mut c.slice_mut(base + 16 * n, total), &acc10, stride, cmma::MatrixLayout::RowMajor);
+    cmma::store(
+        &mut c.slice_mut(base, total),
+        &acc00,
+        stride,
+        cmma::MatrixLayout::RowMajor,
+    );
+    cmma::store(
+        &mut c.slice_mut(base + 16, total),
+        &acc01,
+        stride,
+        cmma::MatrixLayout::RowMajor,
+    );
+    cmma::store(
+        &mut c.slice_mut(base + 16 * n, total),
+        &acc10,
+        stride,
+        cmma::MatrixLayout::RowMajor,
+    );
     cmma::store(
         &mut c.slice_mut(base + 16 * n + 16, total),
         &acc11,
@@ -93,13 +148,7 @@ fn cmma_matmul(a: &Array<f16>, b: &Array<f16>, c: &mut Array<f32>, n: usize, k: 
     );
 }
 
-fn launch(
-    client: &ComputeClient<CudaRuntime>,
-    a: &Handle,
-    b: &Handle,
-    c: &Handle,
-    size: usize,
-) {
+fn launch(client: &ComputeClient<CudaRuntime>, a: &Handle, b: &Handle, c: &Handle, size: usize) {
     let blocks = (size / BLOCK) as u32;
     // SAFETY: `size` is a multiple of 64 and the buffers hold size x size elements.
     unsafe {
@@ -130,14 +179,20 @@ fn main() {
         k: 16,
         n: 16,
     };
-    println!("cmma f16 16x16x16 -> f32 supported: {}", client.features().matmul.cmma.contains(&wanted));
+    println!(
+        "cmma f16 16x16x16 -> f32 supported: {}",
+        client.features().matmul.cmma.contains(&wanted)
+    );
 
     // Correctness on 256^3 against a CPU product.
     let small = 256;
     let fill = |seed: u64, len: usize| -> Vec<f16> {
         (0..len)
             .map(|i| {
-                let x = (i as u64).wrapping_mul(6364136223846793005).wrapping_add(seed) >> 40;
+                let x = (i as u64)
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(seed)
+                    >> 40;
                 f16::from_f32((x % 17) as f32 / 8.0 - 1.0)
             })
             .collect()
@@ -152,7 +207,9 @@ fn main() {
     let mut max_err = 0f32;
     for i in 0..small {
         for j in 0..small {
-            let want: f32 = (0..small).map(|l| ha[i * small + l].to_f32() * hb[l * small + j].to_f32()).sum();
+            let want: f32 = (0..small)
+                .map(|l| ha[i * small + l].to_f32() * hb[l * small + j].to_f32())
+                .sum();
             max_err = max_err.max((got[i * small + j] - want).abs());
         }
     }
