@@ -27,6 +27,7 @@
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, FloatDType};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, Result, reference_dilated_attention,
 };
@@ -141,4 +142,30 @@ pub fn reference_with_lse<B: Backend>(
 /// The dims of a rank-4 primitive, or `None` (the reference path then reports the rank error).
 pub(crate) fn dims4(tensor: &impl TensorMetadata) -> Option<[usize; 4]> {
     tensor.shape().as_slice().try_into().ok()
+}
+
+/// The body of `dilated_attention_with_lse` for backends with kernels: the fused forward (its
+/// `f32` LSE cast to the query's dtype) when [`DilatedAttentionBackend::fused_dilated_attention_available`]
+/// says so, else the reference path.
+pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    key_padding_mask: Option<BoolTensor<B>>,
+    config: &DilatedAttentionConfig,
+) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+    match dims4(&query) {
+        Some(dims) if B::fused_dilated_attention_available(dims, config) => {
+            let dtype = query.dtype();
+            let (output, lse) =
+                B::fused_dilated_attention_forward(query, key, value, key_padding_mask, config)?;
+            let lse = if dtype == DType::F32 {
+                lse
+            } else {
+                B::float_cast(lse, FloatDType::from(dtype))
+            };
+            Ok((output, lse))
+        }
+        _ => reference_with_lse::<B>(query, key, value, key_padding_mask, config),
+    }
 }

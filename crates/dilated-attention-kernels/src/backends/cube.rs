@@ -7,9 +7,9 @@ use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
 
-use crate::backend::dims4;
+use crate::DilatedAttentionBackend;
+use crate::backend::fused_or_reference;
 use crate::fused::launch::{self, BackwardInputs};
-use crate::{DilatedAttentionBackend, reference_with_lse};
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -25,25 +25,7 @@ where
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        match dims4(&query) {
-            Some(dims) if Self::fused_dilated_attention_available(dims, config) => {
-                let dtype = query.dtype;
-                let (output, lse) = Self::fused_dilated_attention_forward(
-                    query,
-                    key,
-                    value,
-                    key_padding_mask,
-                    config,
-                )?;
-                let lse = if dtype == DType::F32 {
-                    lse
-                } else {
-                    cast(lse, dtype)
-                };
-                Ok((output, lse))
-            }
-            _ => reference_with_lse::<Self>(query, key, value, key_padding_mask, config),
-        }
+        fused_or_reference::<Self>(query, key, value, key_padding_mask, config)
     }
 
     fn fused_dilated_attention_available(

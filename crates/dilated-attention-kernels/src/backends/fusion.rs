@@ -6,15 +6,15 @@
 
 use core::marker::PhantomData;
 
-use burn::tensor::ops::{BoolTensor, FloatTensor, FloatTensorOps};
-use burn::tensor::{DType, FloatDType, Shape};
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{DType, Shape};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, Result};
 
-use crate::backend::dims4;
-use crate::{DilatedAttentionBackend, reference_with_lse};
+use crate::DilatedAttentionBackend;
+use crate::backend::fused_or_reference;
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -131,25 +131,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        match dims4(&query) {
-            Some(dims) if Self::fused_dilated_attention_available(dims, config) => {
-                let dtype = query.dtype;
-                let (output, lse) = Self::fused_dilated_attention_forward(
-                    query,
-                    key,
-                    value,
-                    key_padding_mask,
-                    config,
-                )?;
-                let lse = if dtype == DType::F32 {
-                    lse
-                } else {
-                    Self::float_cast(lse, FloatDType::from(dtype))
-                };
-                Ok((output, lse))
-            }
-            _ => reference_with_lse::<Self>(query, key, value, key_padding_mask, config),
-        }
+        fused_or_reference::<Self>(query, key, value, key_padding_mask, config)
     }
 
     fn fused_dilated_attention_available(
