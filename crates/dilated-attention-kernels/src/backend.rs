@@ -147,6 +147,7 @@ pub(crate) fn dims4(tensor: &impl TensorMetadata) -> Option<[usize; 4]> {
 /// The body of `dilated_attention_with_lse` for backends with kernels: the fused forward (its
 /// `f32` LSE cast to the query's dtype) when [`DilatedAttentionBackend::fused_dilated_attention_available`]
 /// says so, else the reference path.
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
 pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
     query: FloatTensor<B>,
     key: FloatTensor<B>,
@@ -156,6 +157,7 @@ pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
 ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
     match dims4(&query) {
         Some(dims) if B::fused_dilated_attention_available(dims, config) => {
+            use burn::tensor::{DType, FloatDType};
             let dtype = query.dtype();
             let (output, lse) =
                 B::fused_dilated_attention_forward(query, key, value, key_padding_mask, config)?;
