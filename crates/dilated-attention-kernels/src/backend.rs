@@ -27,7 +27,6 @@
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
-use burn::tensor::{DType, FloatDType};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, Result, reference_dilated_attention,
 };
