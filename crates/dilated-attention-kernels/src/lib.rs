@@ -2,9 +2,12 @@
 //! extension trait with its impls for every Burn backend, the [`DilatedAttention`] module and the
 //! functional API.
 //!
-//! Backends without fused kernels run core's reference path through the trait's default bodies;
-//! the fused CubeCL kernels replace those bodies for `CubeBackend` and `Fusion` (feature
-//! `cubecl` / `fusion`) without changing callers.
+//! `CubeBackend` (feature `cubecl`), `Fusion` (feature `fusion`) and `Autodiff` over them run the
+//! fused CubeCL kernels of the `fused` module (flash attention over the dilated rows, every pair
+//! in one launch; FlashAttention-2 style backward); `NdArray` and every call the kernels do not
+//! take (see [`DilatedAttentionBackend::fused_dilated_attention_available`]) run core's reference
+//! path through the trait's default bodies. Set
+//! `config.implementation = AttentionImplementation::Reference` to force the reference path.
 //!
 //! ```
 //! use burn::backend::{Autodiff, NdArray};
@@ -12,7 +15,8 @@
 //! use dilated_attention_core::DilatedAttentionConfig;
 //! use dilated_attention_kernels::dilated_attention_with_lse;
 //!
-//! // Training works through Autodiff: the reference path differentiates by itself.
+//! // Training works through Autodiff (here the reference path, differentiated op by op; on
+//! // Cuda/Wgpu the fused backward kernels).
 //! type B = Autodiff<NdArray>;
 //! let device = Default::default();
 //! let cfg = DilatedAttentionConfig::new(vec![16, 32], vec![1, 2]);
