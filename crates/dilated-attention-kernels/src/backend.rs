@@ -170,3 +170,26 @@ pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
         _ => reference_with_lse::<B>(query, key, value, key_padding_mask, config),
     }
 }
+
+/// The checks of a fused call, on dims only (so the fusion layer can run them before queueing):
+/// q/k/v shapes, the key padding mask's full shape (rank included) and the config against the
+/// sequence and head count.
+///
+/// # Errors
+/// Those of `AttentionShape::check_qkv`, [`AttentionShape::check_key_padding_mask`] and
+/// [`DilatedIndexPlan::new`].
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
+pub(crate) fn check_fused_call(
+    query: &[usize],
+    key: &[usize],
+    value: &[usize],
+    key_padding_mask: Option<&[usize]>,
+    config: &DilatedAttentionConfig,
+) -> Result<dilated_attention_core::AttentionShape> {
+    let shape = dilated_attention_core::AttentionShape::check_qkv(query, key, value)?;
+    if let Some(mask) = key_padding_mask {
+        shape.check_key_padding_mask(mask)?;
+    }
+    dilated_attention_core::DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
+    Ok(shape)
+}

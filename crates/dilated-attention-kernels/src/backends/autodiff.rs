@@ -107,8 +107,8 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        let fused = config.dropout == 0.0
-            && dims4(&query).is_some_and(|dims| B::fused_dilated_attention_available(dims, config));
+        let fused =
+            dims4(&query).is_some_and(|dims| Self::fused_dilated_attention_available(dims, config));
         if !fused {
             return reference_with_lse::<Self>(query, key, value, key_padding_mask, config);
         }

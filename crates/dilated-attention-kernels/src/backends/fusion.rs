@@ -11,10 +11,10 @@ use burn::tensor::{DType, Shape};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, Result};
+use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
 
 use crate::DilatedAttentionBackend;
-use crate::backend::fused_or_reference;
+use crate::backend::{check_fused_call, fused_or_reference};
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -24,20 +24,13 @@ fn check_eagerly<R: FusionRuntime>(
     mask: Option<&FusionTensor<R>>,
     config: &DilatedAttentionConfig,
 ) -> Result<AttentionShape> {
-    let shape = AttentionShape::check_inputs(
+    check_fused_call(
         query.shape.as_slice(),
         key.shape.as_slice(),
         value.shape.as_slice(),
-        mask.map(|m| {
-            let dims = m.shape.as_slice();
-            [dims[0], dims.get(1).copied().unwrap_or(0)]
-        }),
-    )?;
-    DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
-    if let Some(mask) = mask {
-        shape.check_key_padding_mask(mask.shape.as_slice())?;
-    }
-    Ok(shape)
+        mask.map(|m| m.shape.as_slice()),
+        config,
+    )
 }
 
 /// The queued forward: inputs `[q, k, v, (mask)]`, outputs `[out, lse (f32)]`.

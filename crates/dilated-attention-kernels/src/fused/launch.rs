@@ -4,6 +4,7 @@
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use dilated_attention_core::{
@@ -15,6 +16,7 @@ use super::backward::{
 };
 use super::forward::dilated_flash_forward;
 use super::launch_plan::LaunchPlan;
+use crate::backend::check_fused_call;
 
 /// Units (query rows) per cube of the portable kernels.
 const BLOCK_ROWS: usize = 64;
@@ -59,17 +61,12 @@ pub(crate) fn fused_supported(
         && u32::try_from(elements).is_ok()
 }
 
-/// Uploads the launch table.
-fn table_arg<R: CubeRuntime>(client: &ComputeClient<R>, table: &[u32]) -> ArrayArg<R> {
-    let handle = client.create_from_slice(u32::as_bytes(table));
-    // SAFETY: the handle holds exactly `table.len()` u32 values.
-    unsafe { ArrayArg::from_raw_parts(handle, table.len()) }
-}
-
 /// What every launch of one call shares.
 struct Call<R: CubeRuntime> {
     shape: AttentionShape,
     plan: LaunchPlan,
+    /// The plan's table, uploaded once per call and shared by its launches.
+    table: Handle,
     scale: f32,
     tile: usize,
     client: ComputeClient<R>,
@@ -85,20 +82,19 @@ impl<R: CubeRuntime> Call<R> {
         padding: Option<&CubeTensor<R>>,
         config: &DilatedAttentionConfig,
     ) -> Result<Self> {
-        let shape = AttentionShape::check_inputs(
+        let shape = check_fused_call(
             query.meta.shape().as_slice(),
             key.meta.shape().as_slice(),
             value.meta.shape().as_slice(),
-            padding.map(|mask| {
-                let dims = mask.meta.shape().as_slice();
-                [dims[0], dims.get(1).copied().unwrap_or(0)]
-            }),
+            padding.map(|mask| mask.meta.shape().as_slice()),
+            config,
         )?;
         let plan = LaunchPlan::new(config, shape.seq_len, shape.num_heads, BLOCK_ROWS)?;
         let scale = config
             .scale
             .unwrap_or_else(|| 1.0 / (shape.head_dim as f64).sqrt()) as f32;
         let client = query.client.clone();
+        let table = client.create_from_slice(u32::as_bytes(&plan.table));
         let tile = key_tile(
             shape.head_dim,
             client.properties().hardware.max_shared_memory_size,
@@ -106,6 +102,7 @@ impl<R: CubeRuntime> Call<R> {
         Ok(Self {
             shape,
             plan,
+            table,
             scale,
             tile,
             client,
@@ -138,7 +135,8 @@ impl<R: CubeRuntime> Call<R> {
     }
 
     fn table(&self) -> ArrayArg<R> {
-        table_arg(&self.client, &self.plan.table)
+        // SAFETY: the handle holds exactly `plan.table.len()` u32 values.
+        unsafe { ArrayArg::from_raw_parts(self.table.clone(), self.plan.table.len()) }
     }
 
     fn cube_count(&self) -> CubeCount {

@@ -38,26 +38,9 @@ pub fn assert_matches(got: TensorData, want: TensorData, rel: f32, abs: f32) {
     #[cfg(feature = "test-cuda")]
     {
         let _ = (rel, abs);
-        let g = got.convert::<f32>().to_vec::<f32>().unwrap();
-        let w = want.convert::<f32>().to_vec::<f32>().unwrap();
-        let err: f64 = g
-            .iter()
-            .zip(&w)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let norm: f64 = w
-            .iter()
-            .map(|b| (*b as f64).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-30);
-        println!("relative L2 error {:.3e}", err / norm);
-        assert!(
-            err / norm < 2e-3,
-            "relative L2 error {:.3e} over TF32's 2e-3",
-            err / norm
-        );
+        let err = relative_l2(got, want);
+        println!("relative L2 error {err:.3e}");
+        assert!(err < 2e-3, "relative L2 error {err:.3e} over TF32's 2e-3");
     }
     #[cfg(not(feature = "test-cuda"))]
     got.assert_approx_eq::<f32>(&want, Tolerance::rel_abs(rel, abs));
