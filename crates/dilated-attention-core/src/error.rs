@@ -176,6 +176,63 @@ pub enum DilatedAttentionError {
         /// Why, and where it will come from.
         reason: String,
     },
+    /// A collective or point-to-point transfer between ranks failed (the peer is gone, or the
+    /// two sides disagree on what is sent).
+    #[error("rank {rank}: {operation} with rank {peer} failed: {reason}")]
+    Communication {
+        /// The rank that saw the failure.
+        rank: usize,
+        /// The other side.
+        peer: usize,
+        /// Which transfer.
+        operation: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A transfer waited longer than the communicator's timeout.
+    #[error(
+        "rank {rank}: {operation} waited {waited_ms} ms for rank {peer} and gave up; the peer may have failed or be running a different schedule"
+    )]
+    CommunicationTimeout {
+        /// The rank that waited.
+        rank: usize,
+        /// The rank it waited for.
+        peer: usize,
+        /// Which transfer.
+        operation: &'static str,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// A shard layout that does not cover the sequence exactly once.
+    #[error("invalid shard layout: {reason}")]
+    InvalidShards {
+        /// What is wrong, with the values.
+        reason: String,
+    },
+    /// A rank's local tensor does not have the length the shard layout gives it.
+    #[error(
+        "rank {rank}: {name} holds {actual} tokens but the shard layout gives this rank {expected}"
+    )]
+    ShardMismatch {
+        /// Which input.
+        name: &'static str,
+        /// The rank.
+        rank: usize,
+        /// The layout's local length.
+        expected: usize,
+        /// The tensor's sequence length.
+        actual: usize,
+    },
+    /// NaN or infinite values where finite ones are required (the production ring's checks).
+    #[error("rank {rank}: {name} has {count} non-finite values (NaN or Inf)")]
+    NonFinite {
+        /// Which tensor.
+        name: &'static str,
+        /// The rank.
+        rank: usize,
+        /// How many values are not finite.
+        count: usize,
+    },
 }
 
 /// Result alias of this library.

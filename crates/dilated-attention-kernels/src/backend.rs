@@ -25,11 +25,15 @@
 //! # let _ = lse;
 //! ```
 
+use std::sync::Arc;
+
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
+use burn::tensor::{Bool, Device, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, Result, reference_dilated_attention,
 };
+
+use crate::CustomAttention;
 
 /// A Burn backend that can run dilated attention.
 ///
@@ -38,6 +42,31 @@ use dilated_attention_core::{
 /// and `Fusion` run the fused kernels where [`Self::fused_dilated_attention_available`] says so,
 /// and `Autodiff` over such a backend differentiates through the fused backward kernels.
 pub trait DilatedAttentionBackend: Backend {
+    /// The backend without gradient tracking: `Self`, or `B` for `Autodiff<B>`. A
+    /// [`CustomAttention`] runs on it.
+    type Inner: DilatedAttentionBackend;
+
+    /// A float primitive as the inner backend's (detached from the autodiff graph).
+    fn inner_float(tensor: FloatTensor<Self>) -> FloatTensor<Self::Inner>;
+
+    /// A bool primitive as the inner backend's.
+    fn inner_bool(tensor: BoolTensor<Self>) -> BoolTensor<Self::Inner>;
+
+    /// The inner backend's device for `device`.
+    fn inner_device(device: &Device<Self>) -> Device<Self::Inner>;
+
+    /// Runs `function` forward; under `Autodiff` its own backward becomes the backward step of
+    /// both outputs (see [`CustomAttention`]).
+    ///
+    /// # Errors
+    /// The forward's errors.
+    fn custom_attention(
+        function: Arc<dyn CustomAttention<Self::Inner>>,
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)>;
+
     /// Dilated attention with the per-query log-sum-exp, on primitives.
     ///
     /// # Shapes
@@ -110,6 +139,43 @@ pub trait DilatedAttentionBackend: Backend {
         Err(no_kernels())
     }
 }
+
+/// The [`DilatedAttentionBackend`] items of a backend without gradient tracking: it is its own
+/// inner backend, and a custom attention is its forward.
+macro_rules! untracked_backend_items {
+    () => {
+        type Inner = Self;
+
+        fn inner_float(
+            tensor: burn::tensor::ops::FloatTensor<Self>,
+        ) -> burn::tensor::ops::FloatTensor<Self> {
+            tensor
+        }
+
+        fn inner_bool(
+            tensor: burn::tensor::ops::BoolTensor<Self>,
+        ) -> burn::tensor::ops::BoolTensor<Self> {
+            tensor
+        }
+
+        fn inner_device(device: &burn::tensor::Device<Self>) -> burn::tensor::Device<Self> {
+            device.clone()
+        }
+
+        fn custom_attention(
+            function: std::sync::Arc<dyn $crate::CustomAttention<Self>>,
+            query: burn::tensor::ops::FloatTensor<Self>,
+            key: burn::tensor::ops::FloatTensor<Self>,
+            value: burn::tensor::ops::FloatTensor<Self>,
+        ) -> dilated_attention_core::Result<(
+            burn::tensor::ops::FloatTensor<Self>,
+            burn::tensor::ops::FloatTensor<Self>,
+        )> {
+            function.forward(query, key, value)
+        }
+    };
+}
+pub(crate) use untracked_backend_items;
 
 fn no_kernels() -> DilatedAttentionError {
     DilatedAttentionError::Unsupported {

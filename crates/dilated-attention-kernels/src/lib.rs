@@ -30,10 +30,12 @@
 mod attention;
 mod backend;
 mod backends;
+mod custom_attention;
 mod functional;
 #[cfg(feature = "cubecl")]
 mod fused;
 
 pub use attention::*;
 pub use backend::*;
+pub use custom_attention::*;
 pub use functional::*;

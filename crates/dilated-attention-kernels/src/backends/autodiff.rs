@@ -8,8 +8,10 @@
 //! once; one that also uses the LSE runs them once more with the LSE's gradient, and the
 //! gradients add up.
 
+use std::sync::Arc;
+
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{DType, FloatDType, TensorMetadata};
+use burn::tensor::{DType, Device, FloatDType, TensorMetadata};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
@@ -18,7 +20,7 @@ use burn_autodiff::{Autodiff, NodeId};
 use dilated_attention_core::{DilatedAttentionConfig, Result};
 
 use crate::backend::dims4;
-use crate::{DilatedAttentionBackend, reference_with_lse};
+use crate::{CustomAttention, DilatedAttentionBackend, reference_with_lse};
 
 /// What the backward kernels need, saved by the forward.
 #[derive(Debug, Clone)]
@@ -99,7 +101,117 @@ impl<B: DilatedAttentionBackend> Backward<B, 3> for LseBackward {
     }
 }
 
+/// What a [`CustomAttention`]'s backward needs, saved by its forward.
+#[derive(Debug, Clone)]
+struct CustomState<B: DilatedAttentionBackend> {
+    function: Arc<dyn CustomAttention<B>>,
+    inputs: [FloatTensor<B>; 3],
+    output: FloatTensor<B>,
+    lse: FloatTensor<B>,
+}
+
+impl<B: DilatedAttentionBackend> CustomState<B> {
+    fn backward(
+        self,
+        parents: [Option<NodeId>; 3],
+        grads: &mut Gradients,
+        grad_output: Option<FloatTensor<B>>,
+        grad_lse: Option<FloatTensor<B>>,
+    ) {
+        let gradients = self
+            .function
+            .backward(self.inputs, self.output, self.lse, grad_output, grad_lse)
+            .unwrap_or_else(|e| panic!("backward of {:?}: {e}", self.function));
+        for (parent, gradient) in parents.into_iter().zip(gradients) {
+            if let Some(id) = parent {
+                grads.register::<B>(id, gradient);
+            }
+        }
+    }
+}
+
+/// Backward step of a custom attention's output.
+#[derive(Debug)]
+struct CustomOutputBackward;
+
+impl<B: DilatedAttentionBackend> Backward<B, 3> for CustomOutputBackward {
+    type State = CustomState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
+        ops.state.backward(parents, grads, Some(grad), None);
+    }
+}
+
+/// Backward step of a custom attention's log-sum-exp.
+#[derive(Debug)]
+struct CustomLseBackward;
+
+impl<B: DilatedAttentionBackend> Backward<B, 3> for CustomLseBackward {
+    type State = CustomState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let parents = ops.parents.map(|p| p.map(|node| node.id));
+        ops.state.backward(parents, grads, None, Some(grad));
+    }
+}
+
 impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend for Autodiff<B, C> {
+    type Inner = B;
+
+    fn inner_float(tensor: FloatTensor<Self>) -> FloatTensor<B> {
+        tensor.primitive
+    }
+
+    fn inner_bool(tensor: BoolTensor<Self>) -> BoolTensor<B> {
+        tensor
+    }
+
+    fn inner_device(device: &Device<Self>) -> Device<B> {
+        device.clone()
+    }
+
+    fn custom_attention(
+        function: Arc<dyn CustomAttention<B>>,
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        let inputs = [
+            query.primitive.clone(),
+            key.primitive.clone(),
+            value.primitive.clone(),
+        ];
+        let (output, lse) =
+            function.forward(inputs[0].clone(), inputs[1].clone(), inputs[2].clone())?;
+        let state = CustomState {
+            function,
+            inputs,
+            output: output.clone(),
+            lse: lse.clone(),
+        };
+        let nodes = [query.node, key.node, value.node];
+        let output = match CustomOutputBackward
+            .prepare::<C>(nodes.clone())
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state.clone(), output),
+            OpsKind::UnTracked(prep) => prep.finish(output),
+        };
+        let lse = match CustomLseBackward
+            .prepare::<C>(nodes)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, lse),
+            OpsKind::UnTracked(prep) => prep.finish(lse),
+        };
+        Ok((output, lse))
+    }
+
     fn dilated_attention_with_lse(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,

@@ -8,7 +8,7 @@ use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElemen
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
 
 use crate::DilatedAttentionBackend;
-use crate::backend::fused_or_reference;
+use crate::backend::{fused_or_reference, untracked_backend_items};
 use crate::fused::launch::{self, BackwardInputs};
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
@@ -18,6 +18,8 @@ where
     I: IntElement,
     BT: BoolElement,
 {
+    untracked_backend_items!();
+
     fn dilated_attention_with_lse(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,

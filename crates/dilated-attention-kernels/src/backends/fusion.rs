@@ -14,7 +14,7 @@ use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
 
 use crate::DilatedAttentionBackend;
-use crate::backend::{check_fused_call, fused_or_reference};
+use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -117,6 +117,8 @@ impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for
 }
 
 impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fusion<B> {
+    untracked_backend_items!();
+
     fn dilated_attention_with_lse(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,

@@ -5,6 +5,7 @@ use burn_ndarray::{
 };
 
 use crate::DilatedAttentionBackend;
+use crate::backend::untracked_backend_items;
 
 impl<E: FloatNdArrayElement, I: IntNdArrayElement, Q: QuantElement> DilatedAttentionBackend
     for NdArray<E, I, Q>
@@ -12,4 +13,5 @@ where
     NdArrayTensor: From<SharedArray<E>>,
     NdArrayTensor: From<SharedArray<I>>,
 {
+    untracked_backend_items!();
 }

@@ -1,0 +1,56 @@
+//! [`Communicator`]: what the sequence-parallel algorithms need from a group of ranks.
+//!
+//! A rank is one device holding one shard of the sequence. The algorithms only exchange flat
+//! tensors: point to point with ring neighbours (or any peer), all-gather, and all-reduce for
+//! the gradients of replicated parameters. Two implementations: [`InProcessCommunicator`]
+//! (several Burn devices of one process, driven from threads) and, with the `nccl` feature, NCCL
+//! between GPUs.
+//!
+//! [`InProcessCommunicator`]: crate::InProcessCommunicator
+
+use core::fmt::Debug;
+
+use burn::tensor::{Device, Tensor, backend::Backend};
+use dilated_attention_core::Result;
+
+/// A group of ranks that exchange tensors; one value per rank.
+///
+/// Every call is collective over the ranks it names: each rank must make the same calls in the
+/// same order (SPMD). A rank that waits longer than the communicator's timeout returns
+/// [`CommunicationTimeout`](dilated_attention_core::DilatedAttentionError::CommunicationTimeout),
+/// and a peer that is gone gives
+/// [`Communication`](dilated_attention_core::DilatedAttentionError::Communication): never a hang.
+pub trait Communicator<B: Backend>: Send + Sync + Debug {
+    /// This rank, in `0..world_size`.
+    fn rank(&self) -> usize;
+
+    /// Number of ranks.
+    fn world_size(&self) -> usize;
+
+    /// The device this rank computes on.
+    fn device(&self) -> &Device<B>;
+
+    /// Sends `send` (if any) to rank `to` and receives a tensor of `recv_len` elements (if any)
+    /// from rank `from`, in one step that cannot deadlock when every rank calls it with a
+    /// matching schedule (rank `a` sending to `b` while `b` receives from `a`).
+    ///
+    /// # Errors
+    /// A failed or timed-out transfer, or a received length other than `recv_len`.
+    fn exchange(
+        &self,
+        send: Option<(usize, Tensor<B, 1>)>,
+        recv: Option<(usize, usize)>,
+    ) -> Result<Option<Tensor<B, 1>>>;
+
+    /// Every rank's `tensor`, in rank order (lengths may differ between ranks).
+    ///
+    /// # Errors
+    /// A failed or timed-out transfer.
+    fn all_gather(&self, tensor: Tensor<B, 1>) -> Result<Vec<Tensor<B, 1>>>;
+
+    /// The element-wise sum of every rank's `tensor` (same length on every rank).
+    ///
+    /// # Errors
+    /// A failed or timed-out transfer, or ranks with different lengths.
+    fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>>;
+}

@@ -1,0 +1,391 @@
+//! [`RingDilatedAttention`]: dilated attention over a sequence sharded across ranks, with the
+//! same outputs and gradients as one device.
+//!
+//! Each rank calls the module with its shard `[batch, local seq, heads, head_dim]` (from
+//! [`ShardLayout::shard`]) at the same time; the module returns the rank's rows of the output
+//! and log-sum-exp. When every segment of every pair lies inside one rank's shard (LongNet's
+//! configs at long sequences: segments up to `seq / world`), each rank runs the single-device
+//! path on its shard, with no communication at all (the fused kernels where the backend has
+//! them). Otherwise the sharded algorithm of [`crate::sharded_attention`] runs, and under
+//! `Autodiff` its own backward sends key/value gradients back to their owners.
+//!
+//! ```
+//! use std::{sync::Arc, thread};
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Distribution, Tensor};
+//! use dilated_attention_core::{reference_dilated_attention, DilatedAttentionConfig};
+//! use dilated_attention_ring::{
+//!     Communicator, InProcessCommunicator, RingDilatedAttentionConfig, ShardLayout,
+//! };
+//!
+//! type B = NdArray;
+//! let device = Default::default();
+//! // one segment of 64 spans both ranks: they exchange their dilated rows
+//! let cfg = DilatedAttentionConfig::new(vec![16, 64], vec![1, 2]).with_causal(true);
+//! let x = Tensor::<B, 4>::random([1, 64, 2, 8], Distribution::Default, &device);
+//! let layout = ShardLayout::contiguous(64, 2)?;
+//!
+//! let ranks = InProcessCommunicator::<B>::group(vec![device; 2]);
+//! let shards: Vec<Tensor<B, 4>> = thread::scope(|s| {
+//!     let handles: Vec<_> = ranks
+//!         .into_iter()
+//!         .map(|comm| {
+//!             let (cfg, layout, x) = (cfg.clone(), layout.clone(), x.clone());
+//!             s.spawn(move || {
+//!                 let rank = comm.rank();
+//!                 let ring = RingDilatedAttentionConfig::new(cfg).init::<B>(Arc::new(comm));
+//!                 let mine = layout.shard(x, rank);
+//!                 ring.forward(mine.clone(), mine.clone(), mine)
+//!             })
+//!         })
+//!         .collect();
+//!     handles.into_iter().map(|h| h.join().unwrap()).collect()
+//! });
+//! let (want, _) = reference_dilated_attention(x.clone(), x.clone(), x, None, &cfg)?;
+//! let got = layout.unshard(shards);
+//! assert!((got - want).abs().max().into_scalar() < 1e-5);
+//! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
+//! ```
+//!
+//! # Memory and traffic per rank
+//! Owned segments cost what the single-device path costs on the shard. For shared segments the
+//! forward holds this rank's shared query rows, one received key/value block, and one chunk of
+//! scores (at most [`SCORE_BUDGET_ELEMENTS`](dilated_attention_core::SCORE_BUDGET_ELEMENTS)) at a
+//! time. The forward receives, per (pair, offset group), the rows of the shared segments its
+//! queries need: at most `2 * batch * (s_i / r_i) * heads_in_group * head_dim` elements per
+//! shared segment (keys and values), whatever the world size; the backward receives them again
+//! and sends as many gradients back.
+
+use core::any::Any;
+use core::marker::PhantomData;
+use std::sync::Arc;
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, ElementConversion, Tensor, TensorData, TensorPrimitive};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, Result,
+};
+use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+use serde::{Deserialize, Serialize};
+
+use crate::shard_plan::ShardPlan;
+use crate::sharded_attention::ShardedAttention;
+use crate::{Communicator, ShardLayout};
+
+/// How the sequence is cut into shards when the module is not given a [`ShardLayout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ShardOrder {
+    /// Rank `i` holds the `i`-th contiguous block.
+    Contiguous,
+    /// Rank `i` holds chunks `i` and `2w - 1 - i` of `2w` ([`ShardLayout::zigzag`]): balanced
+    /// causal work.
+    Zigzag,
+}
+
+/// Config of [`RingDilatedAttention`].
+#[derive(Config, Debug)]
+pub struct RingDilatedAttentionConfig {
+    /// The dilated attention every rank computes its part of.
+    pub attention: DilatedAttentionConfig,
+    /// How shards are cut when no explicit layout is set. Default: contiguous.
+    #[config(default = "ShardOrder::Contiguous")]
+    pub shard_order: ShardOrder,
+    /// The production checks: NaN/Inf in inputs and outputs are errors naming the tensor and
+    /// the rank, and every call verifies that the ranks' shard lengths agree with the layout.
+    /// Default: false.
+    #[config(default = false)]
+    pub fault_checks: bool,
+}
+
+/// Sequence-parallel dilated attention; see the [module docs](self).
+#[derive(Module, Debug)]
+pub struct RingDilatedAttention<B: DilatedAttentionBackend> {
+    #[module(skip)]
+    config: RingDilatedAttentionConfig,
+    #[module(skip)]
+    communicator: CommunicatorHandle,
+    #[module(skip)]
+    layout: Option<ShardLayout>,
+    _backend: PhantomData<B>,
+}
+
+impl RingDilatedAttentionConfig {
+    /// Validates the config and builds the module for this rank.
+    ///
+    /// # Errors
+    /// The attention config's errors.
+    pub fn try_init<B: DilatedAttentionBackend>(
+        &self,
+        communicator: Arc<dyn Communicator<B::Inner>>,
+    ) -> Result<RingDilatedAttention<B>> {
+        self.attention.validate()?;
+        Ok(RingDilatedAttention {
+            config: self.clone(),
+            communicator: CommunicatorHandle::new(communicator),
+            layout: None,
+            _backend: PhantomData,
+        })
+    }
+
+    /// Builds the module for this rank.
+    ///
+    /// # Panics
+    /// If the config is invalid, with the message of [`Self::try_init`]'s error.
+    pub fn init<B: DilatedAttentionBackend>(
+        &self,
+        communicator: Arc<dyn Communicator<B::Inner>>,
+    ) -> RingDilatedAttention<B> {
+        self.try_init(communicator)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
+    /// The config the module was built from.
+    pub fn config(&self) -> &RingDilatedAttentionConfig {
+        &self.config
+    }
+
+    /// This rank's communicator.
+    ///
+    /// # Errors
+    /// [`Unsupported`](DilatedAttentionError::Unsupported) when the module was converted to
+    /// another backend than its communicator's (`valid()` of an `Autodiff` module keeps it).
+    pub fn communicator(&self) -> Result<Arc<dyn Communicator<B::Inner>>> {
+        self.communicator.get::<B::Inner>()
+    }
+
+    /// Uses `layout` (any shard lengths, zigzag, ...) instead of the config's [`ShardOrder`].
+    ///
+    /// # Errors
+    /// [`InvalidShards`](DilatedAttentionError::InvalidShards) when the layout's world size is not
+    /// the communicator's.
+    pub fn with_layout(mut self, layout: ShardLayout) -> Result<Self> {
+        if layout.world_size() != self.communicator.world_size {
+            return Err(DilatedAttentionError::InvalidShards {
+                reason: format!(
+                    "the layout has {} ranks but the communicator has {}",
+                    layout.world_size(),
+                    self.communicator.world_size
+                ),
+            });
+        }
+        self.layout = Some(layout);
+        Ok(self)
+    }
+
+    /// This rank's output rows.
+    ///
+    /// # Panics
+    /// On any error of [`Self::try_forward_with_lse`], with its message.
+    pub fn forward(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        self.try_forward_with_lse(query, key, value, None)
+            .map(|(out, _)| out)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// This rank's output rows, with errors as values.
+    ///
+    /// # Errors
+    /// See [`Self::try_forward_with_lse`].
+    pub fn try_forward(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        self.try_forward_with_lse(query, key, value, None)
+            .map(|(out, _)| out)
+    }
+
+    /// This rank's output rows `[batch, local seq, heads, head_dim]` and log-sum-exp
+    /// `[batch, local seq, heads]`, with an optional key padding mask of this rank's tokens
+    /// (`[batch, local seq]`, true = padded). Every rank must call it at the same time with
+    /// shards of the same batch, heads and head dim.
+    ///
+    /// # Errors
+    /// Shape and config errors; [`ShardMismatch`](DilatedAttentionError::ShardMismatch) when the
+    /// local length is not the layout's; communication failures and timeouts (a failed peer is
+    /// an error, not a hang); with `fault_checks`, [`NonFinite`](DilatedAttentionError::NonFinite)
+    /// and shard lengths that differ between ranks.
+    pub fn try_forward_with_lse(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        let attention = &self.config.attention;
+        attention.validate()?;
+        let shape = AttentionShape::check_inputs(
+            &query.dims(),
+            &key.dims(),
+            &value.dims(),
+            key_padding_mask.as_ref().map(Tensor::dims),
+        )?;
+        let communicator = self.communicator()?;
+        let rank = communicator.rank();
+        let layout = self.layout_for(shape.seq_len)?;
+        if layout.local_len(rank) != shape.seq_len {
+            return Err(DilatedAttentionError::ShardMismatch {
+                name: "query",
+                rank,
+                expected: layout.local_len(rank),
+                actual: shape.seq_len,
+            });
+        }
+        if self.config.fault_checks {
+            check_shard_lengths(communicator.as_ref(), &layout, shape.seq_len)?;
+            for (name, t) in [("query", &query), ("key", &key), ("value", &value)] {
+                self.check_finite(name, t.clone())?;
+            }
+        }
+        let index = DilatedIndexPlan::new(attention, layout.seq_len(), shape.num_heads)?;
+        let plan = ShardPlan::new(&index, &layout, rank)?;
+        let (out, lse) = if plan.is_communication_free() && locally_aligned(&index, &layout) {
+            dilated_attention_with_lse_masked(query, key, value, key_padding_mask, attention)?
+        } else {
+            let function = ShardedAttention {
+                communicator,
+                layout,
+                plan,
+                config: attention.clone(),
+                shape,
+                key_padding_mask: key_padding_mask
+                    .map(|m| Tensor::from_primitive(B::inner_bool(m.into_primitive()))),
+            };
+            let (out, lse) = B::custom_attention(
+                Arc::new(function),
+                query.into_primitive().tensor(),
+                key.into_primitive().tensor(),
+                value.into_primitive().tensor(),
+            )?;
+            (
+                Tensor::from_primitive(TensorPrimitive::Float(out)),
+                Tensor::from_primitive(TensorPrimitive::Float(lse)),
+            )
+        };
+        if self.config.fault_checks {
+            self.check_finite("output", out.clone())?;
+        }
+        Ok((out, lse))
+    }
+
+    /// The layout of a call whose local length is `local_len`.
+    fn layout_for(&self, local_len: usize) -> Result<ShardLayout> {
+        if let Some(layout) = &self.layout {
+            return Ok(layout.clone());
+        }
+        let world = self.communicator.world_size;
+        match self.config.shard_order {
+            ShardOrder::Contiguous => ShardLayout::contiguous(local_len * world, world),
+            ShardOrder::Zigzag => ShardLayout::zigzag(local_len * world, world),
+        }
+    }
+
+    fn check_finite<const D: usize>(&self, name: &'static str, t: Tensor<B, D>) -> Result<()> {
+        let bad = t.clone().is_nan().int().sum() + t.is_inf().int().sum();
+        let count = bad.into_scalar().elem::<i64>() as usize;
+        if count > 0 {
+            return Err(DilatedAttentionError::NonFinite {
+                name,
+                rank: self.communicator.rank,
+                count,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Every rank's local length against the layout (one all-gather).
+fn check_shard_lengths<B: Backend>(
+    communicator: &dyn Communicator<B>,
+    layout: &ShardLayout,
+    local_len: usize,
+) -> Result<()> {
+    let mine =
+        Tensor::<B, 1>::from_data(TensorData::from([local_len as f32]), communicator.device());
+    for (rank, t) in communicator.all_gather(mine)?.into_iter().enumerate() {
+        let got = t.into_scalar().elem::<f64>() as usize;
+        if got != layout.local_len(rank) {
+            return Err(DilatedAttentionError::ShardMismatch {
+                name: "query",
+                rank,
+                expected: layout.local_len(rank),
+                actual: got,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A communicator of any backend, type-erased so that the module's autodiff and inner versions
+/// (`Autodiff<B>` and `B`, whose inner backends are both `B`) share it.
+#[derive(Clone)]
+struct CommunicatorHandle {
+    any: Arc<dyn Any + Send + Sync>,
+    rank: usize,
+    world_size: usize,
+    debug: String,
+}
+
+impl CommunicatorHandle {
+    fn new<B: Backend>(communicator: Arc<dyn Communicator<B>>) -> Self {
+        Self {
+            rank: communicator.rank(),
+            world_size: communicator.world_size(),
+            debug: format!("{communicator:?}"),
+            any: Arc::new(communicator),
+        }
+    }
+
+    fn get<B: Backend>(&self) -> Result<Arc<dyn Communicator<B>>> {
+        self.any
+            .downcast_ref::<Arc<dyn Communicator<B>>>()
+            .cloned()
+            .ok_or_else(|| DilatedAttentionError::Unsupported {
+                kind: "ring".into(),
+                reason: format!(
+                    "the module's communicator ({}) runs on another backend than {}",
+                    self.debug,
+                    core::any::type_name::<B>()
+                ),
+            })
+    }
+}
+
+impl core::fmt::Debug for CommunicatorHandle {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.debug)
+    }
+}
+
+/// Whether every rank's shard, run alone with the same config, selects the same segments as the
+/// whole sequence: ranges in increasing order, each starting at a multiple of every pair's
+/// segment length (globally and in local coordinates), ending at one or at the sequence's end.
+fn locally_aligned(index: &DilatedIndexPlan, layout: &ShardLayout) -> bool {
+    let n = layout.seq_len();
+    (0..layout.world_size()).all(|rank| {
+        let ranges = layout.ranges(rank);
+        let mut base = 0;
+        ranges.iter().enumerate().all(|(i, r)| {
+            let ordered = i == 0 || ranges[i - 1].end <= r.start;
+            let ok = ordered
+                && index.pairs().iter().all(|pair| {
+                    let s = pair.segment_length;
+                    r.start % s == 0
+                        && base % s == 0
+                        && (r.end % s == 0 || (r.end == n && i + 1 == ranges.len()))
+                });
+            base += r.len();
+            ok
+        })
+    })
+}

@@ -1,0 +1,649 @@
+//! The sharded dilated attention of one rank, as a [`CustomAttention`] on the untracked
+//! backend: forward and FlashAttention-style backward, exchanging only dilated key/value rows.
+//!
+//! Per (pair, offset group), a rank's selected rows fall into segments it owns whole, computed
+//! locally with no communication, and segments shared with other ranks. For the shared ones the
+//! ranks run `world_size - 1` steps: at step `t` rank `r` sends to `r + t` the key/value rows
+//! that rank's queries need (only rows of shared segments, and under causal masking only rows
+//! at or before the receiver's last query) and receives from `r - t` the rows it needs, then
+//! merges the block into its running output by log-sum-exp (LongNet sec. 3.1; the ring's merge).
+//! One block is live at a time, so memory per step is constant in the world size.
+//!
+//! The backward recomputes the same blocks from the final log-sum-exp (FlashAttention-2): each
+//! step receives the peer's keys again, adds the block's query gradient locally, and sends the
+//! key/value gradients of the received rows back to their owner, which adds them to its own.
+//! The traffic of the backward is twice the forward's.
+
+use std::sync::Arc;
+
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{
+    Bool, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive, backend::Backend,
+};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, merge_by_lse,
+};
+use dilated_attention_kernels::CustomAttention;
+
+use crate::block::{BlockGrads, block_backward, block_forward};
+use crate::shard_plan::{GroupShard, Row, ShardPlan};
+use crate::{Communicator, ShardLayout};
+
+/// One rank's sharded attention; see the [module docs](self).
+#[derive(Debug)]
+pub(crate) struct ShardedAttention<B: Backend> {
+    pub communicator: Arc<dyn Communicator<B>>,
+    pub layout: ShardLayout,
+    pub plan: ShardPlan,
+    pub config: DilatedAttentionConfig,
+    /// Local shape: `seq` is this rank's length.
+    pub shape: AttentionShape,
+    /// Local key padding mask `[batch, local seq]`, true = padded.
+    pub key_padding_mask: Option<Tensor<B, 2, Bool>>,
+}
+
+/// Keys one group received in one step: their rows and `[batch, rows, heads, head_dim]` blocks.
+type KeyBlock<B> = (Vec<Row>, Tensor<B, 4>, Tensor<B, 4>);
+
+impl<B: Backend> ShardedAttention<B> {
+    fn groups(&self) -> impl Iterator<Item = &GroupShard> {
+        self.plan.pairs.iter().flat_map(|(_, groups)| groups.iter())
+    }
+
+    fn scale(&self) -> f64 {
+        self.config.scale_for(self.shape.head_dim)
+    }
+
+    fn device(&self) -> burn::tensor::Device<B> {
+        self.communicator.device().clone()
+    }
+
+    fn index(&self, values: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {
+        let data: Vec<i64> = values.map(|v| v as i64).collect();
+        let len = data.len();
+        Tensor::from_data(TensorData::new(data, [len]), &self.device())
+    }
+
+    /// `[batch, seq, heads, ..]` restricted to a group's heads and the given local rows.
+    fn gather<const D: usize>(
+        &self,
+        t: &Tensor<B, D>,
+        heads: &[usize],
+        locals: &[usize],
+    ) -> Tensor<B, D> {
+        let t = if heads.len() == self.shape.num_heads {
+            t.clone()
+        } else {
+            t.clone().select(2, self.index(heads.iter().copied()))
+        };
+        t.select(1, self.index(locals.iter().copied()))
+    }
+
+    /// Rows `[batch, m, ..]` at local indices `locals`, put into `[batch, local seq, ..]` with
+    /// `fill` everywhere else.
+    fn scatter<const D: usize>(
+        &self,
+        rows: Option<Tensor<B, D>>,
+        locals: &[usize],
+        dims: [usize; D],
+        fill: f32,
+    ) -> Tensor<B, D> {
+        let device = self.device();
+        let Some(rows) = rows else {
+            return Tensor::full(dims, fill, &device);
+        };
+        let mut one = dims;
+        one[1] = 1;
+        let padded = Tensor::cat(vec![rows, Tensor::full(one, fill, &device)], 1);
+        let mut map = vec![locals.len(); self.shape.seq_len];
+        for (i, &local) in locals.iter().enumerate() {
+            map[local] = i;
+        }
+        padded.select(1, self.index(map.into_iter()))
+    }
+
+    /// A pair's per-group tensors `[batch, seq, group heads, ..]`, concatenated into the pair's
+    /// heads in head order.
+    fn pair_heads<const D: usize>(
+        &self,
+        pair: &PairPlan,
+        per_group: Vec<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
+        let order = pair.heads_in_group_order();
+        let joined = Tensor::cat(per_group, 2);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        if sorted == order {
+            return joined;
+        }
+        let mut inverse = vec![0; order.len()];
+        for (i, &h) in sorted.iter().enumerate() {
+            inverse[i] = order
+                .iter()
+                .position(|&o| o == h)
+                .expect("a head of the pair");
+        }
+        joined.select(2, self.index(inverse.into_iter()))
+    }
+
+    /// The pairs' results combined: merged by log-sum-exp (LongNet) or side by side
+    /// (HeadGrouped).
+    fn combine_outputs(
+        &self,
+        parts: Vec<(Tensor<B, 4>, Tensor<B, 3>)>,
+    ) -> (Tensor<B, 4>, Tensor<B, 3>) {
+        match self.config.mode {
+            DilationMode::LongNet => merge_by_lse(parts),
+            DilationMode::HeadGrouped => {
+                let (outs, lses): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+                (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+            }
+        }
+    }
+
+    /// `1 - padding` of the whole sequence `[batch, seq]` (every rank's mask, all-gathered),
+    /// and of this rank's tokens `[batch, local seq]`; `None` without a mask.
+    fn keep_masks(&self) -> Result<Option<(Tensor<B, 2>, Tensor<B, 2>)>> {
+        let Some(mask) = &self.key_padding_mask else {
+            return Ok(None);
+        };
+        let local = mask.clone().float().neg().add_scalar(1.0);
+        let batch = self.shape.batch;
+        let flat = local.clone().reshape([batch * self.shape.seq_len]);
+        let parts = self
+            .communicator
+            .all_gather(flat)?
+            .into_iter()
+            .enumerate()
+            .map(|(rank, t)| t.reshape([batch, self.layout.local_len(rank)]))
+            .collect();
+        Ok(Some((self.layout.unshard(parts), local)))
+    }
+
+    /// Visibility of shared query rows over received key rows: same segment, causal, not padded.
+    fn shared_visibility(
+        &self,
+        segment_length: usize,
+        queries: &[Row],
+        keys: &[Row],
+        key_keep: Option<Tensor<B, 2>>,
+    ) -> impl Fn(core::ops::Range<usize>) -> Option<Tensor<B, 4>> {
+        let causal = self.config.causal;
+        let device = self.device();
+        let (q_pos, k_pos): (Vec<usize>, Vec<usize>) = (
+            queries.iter().map(|r| r.position).collect(),
+            keys.iter().map(|r| r.position).collect(),
+        );
+        let batch = self.shape.batch;
+        move |rows| {
+            let visible: Vec<f32> = q_pos[rows.clone()]
+                .iter()
+                .flat_map(|&q| {
+                    k_pos.iter().map(move |&k| {
+                        let same = q / segment_length == k / segment_length;
+                        f32::from(u8::from(same && (!causal || k <= q)))
+                    })
+                })
+                .collect();
+            let (m, n) = (rows.len(), k_pos.len());
+            let visible = Tensor::<B, 1>::from_data(TensorData::new(visible, [m * n]), &device)
+                .reshape([1, 1, m, n]);
+            Some(match &key_keep {
+                None => visible,
+                Some(keep) => {
+                    visible.expand([batch, 1, m, n])
+                        * keep
+                            .clone()
+                            .reshape([batch, 1, 1, n])
+                            .expand([batch, 1, m, n])
+                }
+            })
+        }
+    }
+
+    /// Visibility inside owned segments of `rows` rows each: causal, not padded.
+    fn owned_visibility(
+        &self,
+        segments: usize,
+        rows_per_segment: usize,
+        key_keep: Option<Tensor<B, 2>>,
+    ) -> impl Fn(core::ops::Range<usize>) -> Option<Tensor<B, 4>> {
+        let causal = self.config.causal;
+        let device = self.device();
+        let batch = self.shape.batch;
+        let m = rows_per_segment;
+        move |rows| {
+            let len = rows.len();
+            let tri = causal.then(|| {
+                let data: Vec<f32> = rows
+                    .clone()
+                    .flat_map(|q| (0..m).map(move |k| f32::from(u8::from(k <= q))))
+                    .collect();
+                Tensor::<B, 1>::from_data(TensorData::new(data, [len * m]), &device)
+                    .reshape([1, 1, len, m])
+            });
+            let keep = key_keep.as_ref().map(|keep| {
+                keep.clone()
+                    .reshape([batch, segments, 1, m])
+                    .expand([batch, segments, len, m])
+            });
+            match (tri, keep) {
+                (None, None) => None,
+                (Some(t), None) => Some(t),
+                (None, Some(k)) => Some(k),
+                (Some(t), Some(k)) => Some(t.expand([batch, segments, len, m]) * k),
+            }
+        }
+    }
+
+    /// The key/value rows of every group for step `t` (0: this rank's own shared rows): sends
+    /// what rank `r + t` needs, receives from `r - t`.
+    fn keys_for_step(
+        &self,
+        t: usize,
+        key: &Tensor<B, 4>,
+        value: &Tensor<B, 4>,
+    ) -> Result<Vec<Option<KeyBlock<B>>>> {
+        let (me, world) = (self.plan.rank, self.communicator.world_size());
+        let causal = self.config.causal;
+        let [batch, _, _, head_dim] = self.shape.dims();
+        if t == 0 {
+            return Ok(self
+                .groups()
+                .map(|g| {
+                    let rows = g.keys_sent(me, me, causal);
+                    (!rows.is_empty() && !g.shared.is_empty()).then(|| {
+                        let locals: Vec<usize> = rows.iter().map(|r| r.local).collect();
+                        let k = self.gather(key, &g.heads, &locals);
+                        let v = self.gather(value, &g.heads, &locals);
+                        (rows, k, v)
+                    })
+                })
+                .collect());
+        }
+        let (dst, src) = ((me + t) % world, (me + world - t) % world);
+        let mut payload = Vec::new();
+        for g in self.groups() {
+            let rows = g.keys_sent(me, dst, causal);
+            if rows.is_empty() {
+                continue;
+            }
+            let locals: Vec<usize> = rows.iter().map(|r| r.local).collect();
+            for t in [key, value] {
+                let part = self.gather(t, &g.heads, &locals);
+                let numel = part.shape().num_elements();
+                payload.push(part.reshape([numel]));
+            }
+        }
+        let incoming: Vec<Vec<Row>> = self
+            .groups()
+            .map(|g| g.keys_sent(src, me, causal))
+            .collect();
+        let sizes: Vec<usize> = self
+            .groups()
+            .zip(&incoming)
+            .map(|(g, rows)| batch * rows.len() * g.heads.len() * head_dim)
+            .collect();
+        let total: usize = sizes.iter().sum::<usize>() * 2;
+        let send = (!payload.is_empty()).then(|| (dst, Tensor::cat(payload, 0)));
+        let received = self
+            .communicator
+            .exchange(send, (total > 0).then_some((src, total)))?;
+        let mut at = 0;
+        Ok(self
+            .groups()
+            .zip(incoming)
+            .zip(sizes)
+            .map(|((g, rows), size)| {
+                if size == 0 {
+                    return None;
+                }
+                let flat = received
+                    .as_ref()
+                    .expect("a non-empty transfer was received");
+                let dims = [batch, rows.len(), g.heads.len(), head_dim];
+                let k = flat.clone().narrow(0, at, size).reshape(dims);
+                let v = flat.clone().narrow(0, at + size, size).reshape(dims);
+                at += 2 * size;
+                (!g.shared.is_empty()).then_some((rows, k, v))
+            })
+            .collect())
+    }
+}
+
+fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+fn five<B: Backend>(t: Tensor<B, 4>, segments: usize) -> Tensor<B, 5> {
+    let [b, m, h, d] = t.dims();
+    t.reshape([b, segments, m / segments, h, d])
+}
+
+impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
+    fn forward(
+        &self,
+        query: FloatTensor<B>,
+        key: FloatTensor<B>,
+        value: FloatTensor<B>,
+    ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+        let (q, k, v): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+            (float(query), float(key), float(value));
+        let [batch, seq, _, head_dim] = self.shape.dims();
+        let scale = self.scale();
+        let keep = self.keep_masks()?;
+        let groups: Vec<&GroupShard> = self.groups().collect();
+
+        // owned segments: local, no communication
+        let mut owned: Vec<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let mut parts = Vec::new();
+            for batch_rows in &g.owned {
+                let pick = |t: &Tensor<B, 4>| {
+                    five(
+                        self.gather(t, &g.heads, &batch_rows.locals),
+                        batch_rows.segments,
+                    )
+                };
+                let key_keep = keep.as_ref().map(|(_, local)| {
+                    local
+                        .clone()
+                        .select(1, self.index(batch_rows.locals.iter().copied()))
+                });
+                let visible = self.owned_visibility(batch_rows.segments, batch_rows.rows, key_keep);
+                let (o, l) = block_forward(pick(&q), pick(&k), pick(&v), &visible, scale);
+                let rows = batch_rows.locals.len();
+                parts.push((
+                    o.reshape([batch, rows, g.heads.len(), head_dim]),
+                    l.reshape([batch, rows, g.heads.len()]),
+                ));
+            }
+            owned.push(parts);
+        }
+
+        // shared segments: one step per peer, merged as blocks arrive
+        let shared_q: Vec<Tensor<B, 4>> = groups
+            .iter()
+            .map(|g| {
+                self.gather(
+                    &q,
+                    &g.heads,
+                    &g.shared.iter().map(|r| r.local).collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        let mut shared: Vec<Option<(Tensor<B, 4>, Tensor<B, 3>)>> = vec![None; groups.len()];
+        for t in 0..self.communicator.world_size() {
+            let blocks = self.keys_for_step(t, &k, &v)?;
+            for (i, block) in blocks.into_iter().enumerate() {
+                let Some((rows, kb, vb)) = block else {
+                    continue;
+                };
+                let g = groups[i];
+                let key_keep = keep.as_ref().map(|(global, _)| {
+                    global
+                        .clone()
+                        .select(1, self.index(rows.iter().map(|r| r.position)))
+                });
+                let visible = self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
+                let (o, l) = block_forward(
+                    shared_q[i].clone().unsqueeze_dim(1),
+                    kb.unsqueeze_dim(1),
+                    vb.unsqueeze_dim(1),
+                    &visible,
+                    scale,
+                );
+                let part = (o.squeeze_dim::<4>(1), l.squeeze_dim::<3>(1));
+                shared[i] = Some(match shared[i].take() {
+                    None => part,
+                    Some(acc) => merge_by_lse(vec![acc, part]),
+                });
+            }
+        }
+
+        // rows back in place, groups into pairs, pairs combined
+        let mut results = Vec::new();
+        let mut i = 0;
+        for (pair, pair_groups) in &self.plan.pairs {
+            let mut outs = Vec::new();
+            let mut lses = Vec::new();
+            for g in pair_groups {
+                let mut parts = std::mem::take(&mut owned[i]);
+                if let Some(s) = shared[i].take() {
+                    parts.push(s);
+                }
+                let (o, l): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+                let locals = g.all_locals();
+                let hg = g.heads.len();
+                let nonempty = !o.is_empty();
+                outs.push(self.scatter(
+                    nonempty.then(|| Tensor::cat(o, 1)),
+                    &locals,
+                    [batch, seq, hg, head_dim],
+                    0.0,
+                ));
+                lses.push(self.scatter(
+                    nonempty.then(|| Tensor::cat(l, 1)),
+                    &locals,
+                    [batch, seq, hg],
+                    f32::NEG_INFINITY,
+                ));
+                i += 1;
+            }
+            results.push((self.pair_heads(pair, outs), self.pair_heads(pair, lses)));
+        }
+        let (out, lse) = self.combine_outputs(results);
+        Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
+    }
+
+    fn backward(
+        &self,
+        [query, key, value]: [FloatTensor<B>; 3],
+        output: FloatTensor<B>,
+        lse: FloatTensor<B>,
+        grad_output: Option<FloatTensor<B>>,
+        grad_lse: Option<FloatTensor<B>>,
+    ) -> Result<[FloatTensor<B>; 3]> {
+        let (q, k, v): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+            (float(query), float(key), float(value));
+        let out: Tensor<B, 4> = float(output);
+        let lse: Tensor<B, 3> = float(lse);
+        let d_out: Tensor<B, 4> = grad_output.map(float).unwrap_or_else(|| out.zeros_like());
+        let mut delta: Tensor<B, 3> = (d_out.clone() * out).sum_dim(3).squeeze_dim::<3>(3);
+        if let Some(d_lse) = grad_lse {
+            delta = delta - float::<B, 3>(d_lse);
+        }
+        let [batch, seq, _, head_dim] = self.shape.dims();
+        let scale = self.scale();
+        let keep = self.keep_masks()?;
+        let groups: Vec<&GroupShard> = self.groups().collect();
+        let (me, world) = (self.plan.rank, self.communicator.world_size());
+        let causal = self.config.causal;
+
+        // per group: gradients of its rows, owned batches first, then shared rows
+        let mut grads: Vec<[Vec<Tensor<B, 4>>; 3]> = Vec::with_capacity(groups.len());
+        for g in &groups {
+            let mut parts: [Vec<Tensor<B, 4>>; 3] = Default::default();
+            for rows in &g.owned {
+                let pick =
+                    |t: &Tensor<B, 4>| five(self.gather(t, &g.heads, &rows.locals), rows.segments);
+                let pick3 = |t: &Tensor<B, 3>| {
+                    let t = self.gather(t, &g.heads, &rows.locals);
+                    let [b, m, h] = t.dims();
+                    t.reshape([b, rows.segments, m / rows.segments, h])
+                };
+                let key_keep = keep.as_ref().map(|(_, local)| {
+                    local
+                        .clone()
+                        .select(1, self.index(rows.locals.iter().copied()))
+                });
+                let visible = self.owned_visibility(rows.segments, rows.rows, key_keep);
+                let block = BlockGrads {
+                    grad_output: pick(&d_out),
+                    lse: pick3(&lse),
+                    delta: pick3(&delta),
+                };
+                let dims = [batch, rows.locals.len(), g.heads.len(), head_dim];
+                let got = block_backward(pick(&q), pick(&k), pick(&v), block, &visible, scale);
+                for (acc, grad) in parts.iter_mut().zip(got) {
+                    acc.push(grad.reshape(dims));
+                }
+            }
+            grads.push(parts);
+        }
+
+        let shared_locals: Vec<Vec<usize>> = groups
+            .iter()
+            .map(|g| g.shared.iter().map(|r| r.local).collect())
+            .collect();
+        let shared_in =
+            |t: &Tensor<B, 4>, i: usize| self.gather(t, &groups[i].heads, &shared_locals[i]);
+        let shared_stat =
+            |t: &Tensor<B, 3>, i: usize| self.gather(t, &groups[i].heads, &shared_locals[i]);
+        let mut d_shared: Vec<Option<[Tensor<B, 4>; 3]>> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                (!g.shared.is_empty()).then(|| {
+                    let zeros = shared_in(&q, i).zeros_like();
+                    [zeros.clone(), zeros.clone(), zeros]
+                })
+            })
+            .collect();
+        // where each sent key row sits among a group's shared rows
+        let slots = |i: usize, rows: &[Row]| {
+            let shared = &groups[i].shared;
+            self.index(rows.iter().map(|r| {
+                shared
+                    .iter()
+                    .position(|s| s.local == r.local)
+                    .expect("a sent key is a shared row")
+            }))
+        };
+        for t in 0..world {
+            let blocks = self.keys_for_step(t, &k, &v)?;
+            let mut returned = Vec::new();
+            for (i, block) in blocks.into_iter().enumerate() {
+                let Some((rows, kb, vb)) = block else {
+                    continue;
+                };
+                let g = groups[i];
+                let key_keep = keep.as_ref().map(|(global, _)| {
+                    global
+                        .clone()
+                        .select(1, self.index(rows.iter().map(|r| r.position)))
+                });
+                let visible = self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
+                let block = BlockGrads {
+                    grad_output: shared_in(&d_out, i).unsqueeze_dim(1),
+                    lse: shared_stat(&lse, i).unsqueeze_dim(1),
+                    delta: shared_stat(&delta, i).unsqueeze_dim(1),
+                };
+                let [dq, dk, dv] = block_backward(
+                    shared_in(&q, i).unsqueeze_dim(1),
+                    kb.unsqueeze_dim(1),
+                    vb.unsqueeze_dim(1),
+                    block,
+                    &visible,
+                    scale,
+                )
+                .map(|x| x.squeeze_dim::<4>(1));
+                let acc = d_shared[i]
+                    .as_mut()
+                    .expect("a group with a block has shared rows");
+                acc[0] = acc[0].clone() + dq;
+                if t == 0 {
+                    let slot = slots(i, &rows);
+                    acc[1] =
+                        acc[1]
+                            .clone()
+                            .select_assign(1, slot.clone(), dk, IndexingUpdateOp::Add);
+                    acc[2] = acc[2]
+                        .clone()
+                        .select_assign(1, slot, dv, IndexingUpdateOp::Add);
+                } else {
+                    for grad in [dk, dv] {
+                        let numel = grad.shape().num_elements();
+                        returned.push(grad.reshape([numel]));
+                    }
+                }
+            }
+            if t == 0 {
+                continue;
+            }
+            // key gradients go back to their owner; ours come back from the rank we sent keys to
+            let (dst, src) = ((me + t) % world, (me + world - t) % world);
+            let ours: Vec<Vec<Row>> = groups
+                .iter()
+                .map(|g| g.keys_sent(me, dst, causal))
+                .collect();
+            let sizes: Vec<usize> = groups
+                .iter()
+                .zip(&ours)
+                .map(|(g, rows)| batch * rows.len() * g.heads.len() * head_dim)
+                .collect();
+            let total: usize = sizes.iter().sum::<usize>() * 2;
+            let send = (!returned.is_empty()).then(|| (src, Tensor::cat(returned, 0)));
+            let received = self
+                .communicator
+                .exchange(send, (total > 0).then_some((dst, total)))?;
+            let mut at = 0;
+            for (i, (rows, size)) in ours.iter().zip(sizes).enumerate() {
+                if size == 0 {
+                    continue;
+                }
+                let flat = received
+                    .as_ref()
+                    .expect("a non-empty transfer was received");
+                let dims = [batch, rows.len(), groups[i].heads.len(), head_dim];
+                let dk = flat.clone().narrow(0, at, size).reshape(dims);
+                let dv = flat.clone().narrow(0, at + size, size).reshape(dims);
+                at += 2 * size;
+                let slot = slots(i, rows);
+                let acc = d_shared[i].as_mut().expect("a sent key is a shared row");
+                acc[1] = acc[1]
+                    .clone()
+                    .select_assign(1, slot.clone(), dk, IndexingUpdateOp::Add);
+                acc[2] = acc[2]
+                    .clone()
+                    .select_assign(1, slot, dv, IndexingUpdateOp::Add);
+            }
+        }
+
+        // rows back in place, groups into pairs, pairs summed (LongNet) or side by side
+        let mut per_pair: Vec<[Tensor<B, 4>; 3]> = Vec::new();
+        let mut i = 0;
+        for (pair, pair_groups) in &self.plan.pairs {
+            let mut full: [Vec<Tensor<B, 4>>; 3] = Default::default();
+            for g in pair_groups {
+                let mut parts = std::mem::take(&mut grads[i]);
+                if let Some(shared) = d_shared[i].take() {
+                    for (acc, grad) in parts.iter_mut().zip(shared) {
+                        acc.push(grad);
+                    }
+                }
+                let locals = g.all_locals();
+                let dims = [batch, seq, g.heads.len(), head_dim];
+                for (out, rows) in full.iter_mut().zip(parts) {
+                    let rows = (!rows.is_empty()).then(|| Tensor::cat(rows, 1));
+                    out.push(self.scatter(rows, &locals, dims, 0.0));
+                }
+                i += 1;
+            }
+            per_pair.push(full.map(|groups| self.pair_heads(pair, groups)));
+        }
+        let combined: Vec<Tensor<B, 4>> = (0..3)
+            .map(|which| {
+                let parts = per_pair.iter().map(|p| p[which].clone());
+                match self.config.mode {
+                    DilationMode::LongNet => {
+                        parts.reduce(|a, b| a + b).expect("a config has a pair")
+                    }
+                    DilationMode::HeadGrouped => Tensor::cat(parts.collect(), 2),
+                }
+            })
+            .collect();
+        let [dq, dk, dv]: [Tensor<B, 4>; 3] = combined.try_into().expect("three gradients");
+        Ok([dq, dk, dv].map(|t| t.into_primitive().tensor()))
+    }
+}

@@ -1,0 +1,374 @@
+//! The sharded ring equals one device: outputs, log-sum-exps and gradients of 1, 2, 3 and 4
+//! in-process ranks against the reference path on the whole sequence, for random shapes and
+//! configs (both modes, causal, padding, uneven and zigzag shards), f32 to 1e-5.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{Bool, Tensor, backend::Backend};
+use dilated_attention_core::oracle::{OracleCase, arbitrary_case, seeded_normal};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, reference_dilated_attention,
+};
+use dilated_attention_ring::{
+    Communicator, InProcessCommunicator, RingDilatedAttentionConfig, ShardLayout, ShardOrder,
+};
+use proptest::prelude::*;
+
+type B = NdArray;
+type A = Autodiff<NdArray>;
+
+/// How a case cuts its sequence.
+#[derive(Debug, Clone, Copy)]
+enum Cut {
+    Even,
+    Uneven,
+    Zigzag,
+}
+
+fn layout(seq: usize, world: usize, cut: Cut) -> Option<ShardLayout> {
+    match cut {
+        Cut::Even => ShardLayout::contiguous(seq, world).ok(),
+        Cut::Zigzag => ShardLayout::zigzag(seq, world).ok(),
+        Cut::Uneven => {
+            // rank r holds about (r + 1) parts: lengths 1, 2, 3, ... scaled
+            let weights: usize = (1..=world).sum();
+            if seq < weights {
+                return None;
+            }
+            let mut lengths: Vec<usize> = (1..=world).map(|w| seq * w / weights).collect();
+            let rest = seq - lengths.iter().sum::<usize>();
+            lengths[world - 1] += rest;
+            ShardLayout::from_lengths(&lengths).ok()
+        }
+    }
+}
+
+/// Runs `f(rank communicator)` on `world` threads and returns the results in rank order.
+fn on_ranks<T: Send>(world: usize, f: impl Fn(InProcessCommunicator<B>) -> T + Sync) -> Vec<T> {
+    let ranks = InProcessCommunicator::<B>::group_with_timeout(
+        vec![Default::default(); world],
+        Duration::from_secs(60),
+    );
+    thread::scope(|s| {
+        let f = &f;
+        let handles: Vec<_> = ranks.into_iter().map(|c| s.spawn(move || f(c))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    })
+}
+
+fn max_abs_diff<const D: usize, BB: Backend>(a: Tensor<BB, D>, b: Tensor<BB, D>) -> f32 {
+    let a: Vec<f32> = a.into_data().convert::<f32>().to_vec().unwrap();
+    let b: Vec<f32> = b.into_data().convert::<f32>().to_vec().unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| {
+            if x == y {
+                0.0 // equal infinities
+            } else {
+                (x - y).abs() / (1.0 + y.abs())
+            }
+        })
+        .fold(0.0, f32::max)
+}
+
+fn finite_lse<BB: Backend>(lse: Tensor<BB, 3>) -> Tensor<BB, 3> {
+    lse.clone()
+        .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0)
+}
+
+fn ring_forward(case: &OracleCase, layout: &ShardLayout) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    let device = Default::default();
+    let [q, k, v] = case.inputs::<B>(&device);
+    let mask = case.padding_mask::<B>(&device);
+    let cfg = RingDilatedAttentionConfig::new(case.config()).with_fault_checks(true);
+    let results = on_ranks(layout.world_size(), |comm| {
+        let rank = comm.rank();
+        let ring = cfg
+            .init::<B>(Arc::new(comm))
+            .with_layout(layout.clone())
+            .unwrap();
+        let shard = |t: &Tensor<B, 4>| layout.shard(t.clone(), rank);
+        let mask = mask.clone().map(|m| layout.shard(m, rank));
+        ring.try_forward_with_lse(shard(&q), shard(&k), shard(&v), mask)
+            .unwrap()
+    });
+    let (outs, lses): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+    (layout.unshard(outs), layout.unshard(lses))
+}
+
+/// Gradients of `sum(out * w) + sum(lse * u)` (lse with -inf read as 0) of q, k and v.
+fn ring_gradients(case: &OracleCase, layout: &ShardLayout) -> [Tensor<B, 4>; 3] {
+    let device = Default::default();
+    let inputs = case.inputs::<B>(&device);
+    let mask = case.padding_mask::<B>(&device);
+    let w = seeded_normal::<B, 4>(case.seed ^ 11, case.shape, &device);
+    let u = seeded_normal::<B, 3>(
+        case.seed ^ 13,
+        [case.shape[0], case.shape[1], case.shape[2]],
+        &device,
+    );
+    let cfg = RingDilatedAttentionConfig::new(case.config());
+    let results = on_ranks(layout.world_size(), |comm| {
+        let rank = comm.rank();
+        let ring = cfg
+            .init::<A>(Arc::new(comm))
+            .with_layout(layout.clone())
+            .unwrap();
+        let [q, k, v] = inputs
+            .clone()
+            .map(|t| Tensor::<A, 4>::from_inner(layout.shard(t, rank)).require_grad());
+        let mask: Option<Tensor<A, 2, Bool>> = mask
+            .clone()
+            .map(|m| Tensor::from_primitive(layout.shard(m, rank).into_primitive()));
+        let (out, lse) = ring
+            .try_forward_with_lse(q.clone(), k.clone(), v.clone(), mask)
+            .unwrap();
+        let loss = (out * Tensor::from_inner(layout.shard(w.clone(), rank))).sum()
+            + (finite_lse(lse) * Tensor::from_inner(layout.shard(u.clone(), rank))).sum();
+        let grads = loss.backward();
+        [q, k, v].map(|t| t.grad(&grads).unwrap())
+    });
+    let mut per_input: [Vec<Tensor<B, 4>>; 3] = Default::default();
+    for grads in results {
+        for (acc, g) in per_input.iter_mut().zip(grads) {
+            acc.push(g);
+        }
+    }
+    per_input.map(|shards| layout.unshard(shards))
+}
+
+fn reference_gradients(case: &OracleCase) -> [Tensor<B, 4>; 3] {
+    let device = Default::default();
+    let [q, k, v] = case
+        .inputs::<B>(&device)
+        .map(|t| Tensor::<A, 4>::from_inner(t).require_grad());
+    let mask = case.padding_mask::<B>(&device).map(Tensor::from_inner);
+    let w = seeded_normal::<B, 4>(case.seed ^ 11, case.shape, &device);
+    let u = seeded_normal::<B, 3>(
+        case.seed ^ 13,
+        [case.shape[0], case.shape[1], case.shape[2]],
+        &device,
+    );
+    let (out, lse) =
+        reference_dilated_attention(q.clone(), k.clone(), v.clone(), mask, &case.config()).unwrap();
+    let loss =
+        (out * Tensor::from_inner(w)).sum() + (finite_lse(lse) * Tensor::from_inner(u)).sum();
+    let grads = loss.backward();
+    [q, k, v].map(|t| t.grad(&grads).unwrap())
+}
+
+fn small_case() -> impl Strategy<Value = (OracleCase, usize, Cut)> {
+    (
+        arbitrary_case(vec![4, 8]),
+        1usize..=4,
+        prop_oneof![Just(Cut::Even), Just(Cut::Uneven), Just(Cut::Zigzag)],
+        8usize..=96,
+    )
+        .prop_map(|(mut case, world, cut, seq)| {
+            // keep the suite fast: shorter sequences, segments that often exceed a shard
+            case.shape[1] = seq;
+            case.shape[0] = case.shape[0].min(2);
+            for s in &mut case.segments {
+                *s = (*s % 100).max(1);
+            }
+            (case, world, cut)
+        })
+        .prop_filter("valid case and layout", |(case, world, cut)| {
+            case.valid() && layout(case.shape[1], *world, *cut).is_some()
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ring_forward_equals_one_device((case, world, cut) in small_case()) {
+        let layout = layout(case.shape[1], world, cut).unwrap();
+        let device = Default::default();
+        let [q, k, v] = case.inputs::<B>(&device);
+        let (want_out, want_lse) =
+            reference_dilated_attention(q, k, v, case.padding_mask::<B>(&device), &case.config()).unwrap();
+        let (out, lse) = ring_forward(&case, &layout);
+        let (e_out, e_lse) = (max_abs_diff(out, want_out), max_abs_diff(lse, want_lse));
+        prop_assert!(e_out < 1e-5 && e_lse < 1e-5, "{case:?} {cut:?} world {world}: out {e_out} lse {e_lse}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ring_gradients_equal_one_device((case, world, cut) in small_case()) {
+        let layout = layout(case.shape[1], world, cut).unwrap();
+        let got = ring_gradients(&case, &layout);
+        let want = reference_gradients(&case);
+        for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.into_iter().zip(want)) {
+            let err = max_abs_diff(g, w);
+            prop_assert!(err < 1e-5, "{case:?} {cut:?} world {world}: {name} error {err}");
+        }
+    }
+}
+
+/// A segment spanning every rank, causal, with padding: the path that exchanges the most.
+#[test]
+fn one_segment_over_four_ranks_matches_forward_and_gradients() {
+    let case = OracleCase {
+        shape: [2, 61, 3, 8],
+        segments: vec![8, 61],
+        rates: vec![1, 2],
+        mode: dilated_attention_core::DilationMode::LongNet,
+        causal: true,
+        padding: Some(0.25),
+        seed: 0x5eed_0001,
+    };
+    for cut in [Cut::Even, Cut::Uneven, Cut::Zigzag] {
+        let layout = layout(61, 4, cut).unwrap();
+        let device = Default::default();
+        let [q, k, v] = case.inputs::<B>(&device);
+        let (want, want_lse) =
+            reference_dilated_attention(q, k, v, case.padding_mask::<B>(&device), &case.config())
+                .unwrap();
+        let (out, lse) = ring_forward(&case, &layout);
+        assert!(max_abs_diff(out, want) < 1e-5, "{cut:?}");
+        assert!(max_abs_diff(lse, want_lse) < 1e-5, "{cut:?}");
+        for (g, w) in ring_gradients(&case, &layout)
+            .into_iter()
+            .zip(reference_gradients(&case))
+        {
+            assert!(max_abs_diff(g, w) < 1e-5, "{cut:?}");
+        }
+    }
+}
+
+#[test]
+fn a_shard_of_the_wrong_length_is_a_typed_error() {
+    let cfg = RingDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![16], vec![1]));
+    let errors = on_ranks(2, |comm| {
+        let ring = cfg
+            .init::<B>(Arc::new(comm))
+            .with_layout(ShardLayout::from_lengths(&[10, 22]).unwrap())
+            .unwrap();
+        let x = seeded_normal::<B, 4>(3, [1, 16, 2, 4], &Default::default());
+        ring.try_forward(x.clone(), x.clone(), x).unwrap_err()
+    });
+    assert!(matches!(
+        errors[0],
+        DilatedAttentionError::ShardMismatch {
+            rank: 0,
+            expected: 10,
+            actual: 16,
+            ..
+        }
+    ));
+    assert!(matches!(
+        errors[1],
+        DilatedAttentionError::ShardMismatch {
+            rank: 1,
+            expected: 22,
+            actual: 16,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn ranks_with_different_lengths_fail_the_production_check() {
+    // both ranks think the layout is even, but rank 1 holds 12 tokens
+    let cfg = RingDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![64], vec![1]))
+        .with_fault_checks(true);
+    let errors = on_ranks(2, |comm| {
+        let len = if comm.rank() == 0 { 10 } else { 12 };
+        let ring = cfg.init::<B>(Arc::new(comm));
+        let x = seeded_normal::<B, 4>(3, [1, len, 2, 4], &Default::default());
+        ring.try_forward(x.clone(), x.clone(), x).unwrap_err()
+    });
+    for e in errors {
+        assert!(
+            matches!(e, DilatedAttentionError::ShardMismatch { .. }),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn nan_input_is_reported_by_the_production_checks() {
+    let cfg = RingDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![8], vec![1]))
+        .with_fault_checks(true);
+    let ring = cfg.init::<B>(Arc::new(InProcessCommunicator::solo(Default::default())));
+    let x = seeded_normal::<B, 4>(3, [1, 8, 2, 4], &Default::default());
+    let bad = x.clone().slice_assign(
+        [0..1, 2..3, 0..1, 0..1],
+        Tensor::full([1, 1, 1, 1], f32::NAN, &Default::default()),
+    );
+    let err = ring.try_forward(x.clone(), bad, x).unwrap_err();
+    assert_eq!(
+        err,
+        DilatedAttentionError::NonFinite {
+            name: "key",
+            rank: 0,
+            count: 1
+        }
+    );
+}
+
+#[test]
+fn a_peer_that_fails_mid_ring_is_an_error_not_a_hang() {
+    // rank 1 dies before the exchange; rank 0 must return an error
+    let cfg = RingDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![32], vec![1]));
+    let results = on_ranks(2, |comm| {
+        if comm.rank() == 1 {
+            drop(comm);
+            return None;
+        }
+        let ring = cfg.init::<B>(Arc::new(comm));
+        let x = seeded_normal::<B, 4>(5, [1, 16, 2, 4], &Default::default());
+        Some(ring.try_forward(x.clone(), x.clone(), x).unwrap_err())
+    });
+    let err = results[0].clone().unwrap();
+    assert!(
+        matches!(
+            err,
+            DilatedAttentionError::Communication {
+                rank: 0,
+                peer: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn zigzag_order_from_the_config_matches_one_device() {
+    let case = OracleCase {
+        shape: [1, 48, 2, 8],
+        segments: vec![48],
+        rates: vec![1],
+        mode: dilated_attention_core::DilationMode::LongNet,
+        causal: true,
+        padding: None,
+        seed: 77,
+    };
+    let layout = ShardLayout::zigzag(48, 3).unwrap();
+    let device = Default::default();
+    let [q, k, v] = case.inputs::<B>(&device);
+    let (want, _) =
+        reference_dilated_attention(q.clone(), k.clone(), v.clone(), None, &case.config()).unwrap();
+    let cfg = RingDilatedAttentionConfig::new(case.config()).with_shard_order(ShardOrder::Zigzag);
+    let outs = on_ranks(3, |comm| {
+        let rank = comm.rank();
+        let ring = cfg.init::<B>(Arc::new(comm));
+        ring.forward(
+            layout.shard(q.clone(), rank),
+            layout.shard(k.clone(), rank),
+            layout.shard(v.clone(), rank),
+        )
+    });
+    assert!(max_abs_diff(layout.unshard(outs), want) < 1e-5);
+}
