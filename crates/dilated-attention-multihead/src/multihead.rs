@@ -27,7 +27,10 @@ use dilated_attention_core::{
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
-use crate::apply_rotary;
+use dilated_attention_ring::{Communicator, RingDilatedAttention, RingDilatedAttentionConfig};
+use std::sync::Arc;
+
+use crate::apply_rotary_at;
 
 /// Configuration of [`MultiheadDilatedAttention`].
 #[derive(Config, Debug)]
@@ -80,6 +83,8 @@ pub struct MultiheadDilatedAttention<B: Backend> {
     attention: DilatedAttentionConfig,
     #[module(skip)]
     rotary_base: Option<f64>,
+    /// Sequence parallelism: this rank's part of the attention over a sharded sequence.
+    pub sequence_parallel: Option<RingDilatedAttention<B>>,
 }
 
 impl MultiheadDilatedAttentionConfig {
@@ -147,6 +152,7 @@ impl MultiheadDilatedAttentionConfig {
             num_heads: self.num_heads,
             attention: self.attention.clone(),
             rotary_base: self.rotary.then_some(self.rotary_base),
+            sequence_parallel: None,
         })
     }
 
@@ -195,6 +201,25 @@ impl<B: Backend> MultiheadDilatedAttention<B> {
 }
 
 impl<B: DilatedAttentionBackend> MultiheadDilatedAttention<B> {
+    /// Makes the module sequence-parallel over the ranks of `communicator`: each rank then
+    /// passes its shard `[batch, local seq, embed_dim]` of the sequence (contiguous shards of
+    /// equal length by default; see [`RingDilatedAttention::with_layout`] for others) and gets
+    /// its rows of the output, equal to one device's. Rotary positions are the rows' positions in
+    /// the whole sequence. Parameters stay replicated: sum their gradients over the ranks with
+    /// [`dilated_attention_ring::all_reduce_gradients`] before each optimizer step.
+    ///
+    /// # Errors
+    /// The attention config's errors.
+    pub fn with_sequence_parallel(
+        mut self,
+        communicator: Arc<dyn Communicator<B::Inner>>,
+    ) -> Result<Self> {
+        let ring =
+            RingDilatedAttentionConfig::new(self.attention.clone()).try_init(communicator)?;
+        self.sequence_parallel = Some(ring);
+        Ok(self)
+    }
+
     /// Self- or cross-projection attention over one sequence length.
     ///
     /// # Shapes
@@ -267,11 +292,29 @@ impl<B: DilatedAttentionBackend> MultiheadDilatedAttention<B> {
         let mut k = split(self.k_proj.forward(key));
         let v = split(self.v_proj.forward(value));
         if let Some(base) = self.rotary_base {
-            q = apply_rotary(q, base);
-            k = apply_rotary(k, base);
+            // rows keep their positions in the whole sequence, also on a shard
+            let positions: Vec<usize> = match &self.sequence_parallel {
+                Some(ring) => {
+                    let layout = ring.layout_for(seq)?;
+                    layout.positions(ring.rank()).collect()
+                }
+                None => (0..seq).collect(),
+            };
+            if positions.len() != seq {
+                return Err(DilatedAttentionError::ShardMismatch {
+                    name: "query",
+                    rank: self.sequence_parallel.as_ref().map_or(0, |r| r.rank()),
+                    expected: positions.len(),
+                    actual: seq,
+                });
+            }
+            q = apply_rotary_at(q, &positions, base);
+            k = apply_rotary_at(k, &positions, base);
         }
-        let (out, _lse) =
-            dilated_attention_with_lse_masked(q, k, v, key_padding_mask, &self.attention)?;
+        let (out, _lse) = match &self.sequence_parallel {
+            Some(ring) => ring.try_forward_with_lse(q, k, v, key_padding_mask)?,
+            None => dilated_attention_with_lse_masked(q, k, v, key_padding_mask, &self.attention)?,
+        };
         let mut out = out.reshape([batch, seq, self.embed_dim]);
         if let Some(norm) = &self.norm {
             out = norm.forward(out);

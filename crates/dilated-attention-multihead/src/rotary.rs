@@ -27,7 +27,23 @@ use burn::tensor::{Tensor, TensorData, backend::Backend};
 /// # Panics
 /// If `head_dim` is odd (the multihead config rejects that before calling).
 pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, base: f64) -> Tensor<B, 4> {
+    let seq = x.dims()[1];
+    let positions: Vec<usize> = (0..seq).collect();
+    apply_rotary_at(x, &positions, base)
+}
+
+/// [`apply_rotary`] with the position of each row given: the rows of a sequence-parallel shard
+/// keep their global positions (`positions.len()` = `seq`).
+///
+/// # Panics
+/// If `head_dim` is odd or `positions` does not have one entry per row.
+pub fn apply_rotary_at<B: Backend>(
+    x: Tensor<B, 4>,
+    positions: &[usize],
+    base: f64,
+) -> Tensor<B, 4> {
     let [_, seq, _, head_dim] = x.dims();
+    assert_eq!(positions.len(), seq, "one position per row");
     assert!(
         head_dim % 2 == 0,
         "rotary embedding needs an even head_dim, got {head_dim}"
@@ -36,7 +52,7 @@ pub fn apply_rotary<B: Backend>(x: Tensor<B, 4>, base: f64) -> Tensor<B, 4> {
     let device = x.device();
     let mut cos = Vec::with_capacity(seq * half);
     let mut sin = Vec::with_capacity(seq * half);
-    for pos in 0..seq {
+    for &pos in positions {
         for i in 0..half {
             let angle = pos as f64 * base.powf(-2.0 * i as f64 / head_dim as f64);
             cos.push(angle.cos() as f32);

@@ -13,6 +13,7 @@
 
 mod block;
 mod communicator;
+mod gradient_sync;
 mod in_process;
 mod layout;
 mod ring_attention;
@@ -20,6 +21,7 @@ mod shard_plan;
 mod sharded_attention;
 
 pub use communicator::*;
+pub use gradient_sync::*;
 pub use in_process::*;
 pub use layout::*;
 pub use ring_attention::*;

@@ -101,7 +101,7 @@ pub struct RingDilatedAttentionConfig {
 
 /// Sequence-parallel dilated attention; see the [module docs](self).
 #[derive(Module, Debug)]
-pub struct RingDilatedAttention<B: DilatedAttentionBackend> {
+pub struct RingDilatedAttention<B: Backend> {
     #[module(skip)]
     config: RingDilatedAttentionConfig,
     #[module(skip)]
@@ -142,19 +142,20 @@ impl RingDilatedAttentionConfig {
     }
 }
 
-impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
+impl<B: Backend> RingDilatedAttention<B> {
     /// The config the module was built from.
     pub fn config(&self) -> &RingDilatedAttentionConfig {
         &self.config
     }
 
-    /// This rank's communicator.
-    ///
-    /// # Errors
-    /// [`Unsupported`](DilatedAttentionError::Unsupported) when the module was converted to
-    /// another backend than its communicator's (`valid()` of an `Autodiff` module keeps it).
-    pub fn communicator(&self) -> Result<Arc<dyn Communicator<B::Inner>>> {
-        self.communicator.get::<B::Inner>()
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.communicator.rank
+    }
+
+    /// Number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.communicator.world_size
     }
 
     /// Uses `layout` (any shard lengths, zigzag, ...) instead of the config's [`ShardOrder`].
@@ -174,6 +175,35 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
         }
         self.layout = Some(layout);
         Ok(self)
+    }
+
+    /// The layout of a call whose local length is `local_len`: the one set with
+    /// [`Self::with_layout`], else the config's [`ShardOrder`] over `local_len * world_size`
+    /// tokens.
+    ///
+    /// # Errors
+    /// [`InvalidShards`](DilatedAttentionError::InvalidShards) when the order cannot cut that
+    /// sequence.
+    pub fn layout_for(&self, local_len: usize) -> Result<ShardLayout> {
+        if let Some(layout) = &self.layout {
+            return Ok(layout.clone());
+        }
+        let world = self.communicator.world_size;
+        match self.config.shard_order {
+            ShardOrder::Contiguous => ShardLayout::contiguous(local_len * world, world),
+            ShardOrder::Zigzag => ShardLayout::zigzag(local_len * world, world),
+        }
+    }
+}
+
+impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
+    /// This rank's communicator.
+    ///
+    /// # Errors
+    /// [`Unsupported`](DilatedAttentionError::Unsupported) when the module was converted to
+    /// another backend than its communicator's (`valid()` of an `Autodiff` module keeps it).
+    pub fn communicator(&self) -> Result<Arc<dyn Communicator<B::Inner>>> {
+        self.communicator.get::<B::Inner>()
     }
 
     /// This rank's output rows.
@@ -276,18 +306,6 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             self.check_finite("output", out.clone())?;
         }
         Ok((out, lse))
-    }
-
-    /// The layout of a call whose local length is `local_len`.
-    fn layout_for(&self, local_len: usize) -> Result<ShardLayout> {
-        if let Some(layout) = &self.layout {
-            return Ok(layout.clone());
-        }
-        let world = self.communicator.world_size;
-        match self.config.shard_order {
-            ShardOrder::Contiguous => ShardLayout::contiguous(local_len * world, world),
-            ShardOrder::Zigzag => ShardLayout::zigzag(local_len * world, world),
-        }
     }
 
     fn check_finite<const D: usize>(&self, name: &'static str, t: Tensor<B, D>) -> Result<()> {
