@@ -10,11 +10,15 @@
 //! let cfg = StandardConfig::new(16, 4, vec![32, 64], vec![1, 2]).with_causal(true);
 //! let attention = create_attention::<NdArray>(AttentionKind::Dilated, &cfg, &device)?;
 //! let q = Tensor::<NdArray, 4>::random([1, 80, 4, 16], Distribution::Default, &device);
-//! let out = attention.try_forward_heads(q.clone(), q.clone(), q)?;
+//! let out = attention.try_forward_heads(q.clone(), q.clone(), q.clone())?;
 //! assert_eq!(out.dims(), [1, 80, 4, 16]);
 //!
+//! // the ring over a world of one device (see `create_ring_attention` for several ranks)
+//! let ring = create_attention::<NdArray>(AttentionKind::Ring, &cfg, &device)?;
+//! assert_eq!(ring.try_forward_heads(q.clone(), q.clone(), q.clone())?.dims(), [1, 80, 4, 16]);
+//!
 //! // kinds whose capability has not landed yet are typed errors, never silent stand-ins
-//! let err = create_attention::<NdArray>(AttentionKind::Ring, &cfg, &device).unwrap_err();
+//! let err = create_attention::<NdArray>(AttentionKind::Hilbert, &cfg, &device).unwrap_err();
 //! assert!(matches!(err, DilatedAttentionError::Unsupported { .. }));
 //! # Ok::<(), DilatedAttentionError>(())
 //! ```
@@ -31,6 +35,10 @@ use dilated_attention_core::{
 };
 use dilated_attention_kernels::{DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit};
 use dilated_attention_multihead::{MultiheadDilatedAttention, MultiheadDilatedAttentionConfig};
+use dilated_attention_ring::{
+    Communicator, InProcessCommunicator, RingDilatedAttention, RingDilatedAttentionConfig,
+};
+use std::sync::Arc;
 
 /// Every kind of attention the factory knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,7 +86,10 @@ impl AttentionKind {
 
     /// True when this build can create the kind.
     pub fn is_available(self) -> bool {
-        matches!(self, Self::Dilated | Self::Multihead)
+        matches!(
+            self,
+            Self::Dilated | Self::Multihead | Self::Ring | Self::Production
+        )
     }
 }
 
@@ -187,6 +198,9 @@ pub enum AnyAttention<B: Backend> {
     Dilated(DilatedAttention<B>),
     /// From [`AttentionKind::Multihead`].
     Multihead(MultiheadDilatedAttention<B>),
+    /// From [`AttentionKind::Ring`] and [`AttentionKind::Production`] (the latter with
+    /// `fault_checks` on).
+    Ring(RingDilatedAttention<B>),
 }
 
 impl<B: Backend> AnyAttention<B> {
@@ -195,6 +209,8 @@ impl<B: Backend> AnyAttention<B> {
         match self {
             Self::Dilated(_) => AttentionKind::Dilated,
             Self::Multihead(_) => AttentionKind::Multihead,
+            Self::Ring(m) if m.config().fault_checks => AttentionKind::Production,
+            Self::Ring(_) => AttentionKind::Ring,
         }
     }
 }
@@ -213,6 +229,7 @@ impl<B: DilatedAttentionBackend> AnyAttention<B> {
     ) -> Result<Tensor<B, 4>> {
         match self {
             Self::Dilated(m) => m.try_forward(query, key, value),
+            Self::Ring(m) => m.try_forward(query, key, value),
             Self::Multihead(_) => {
                 Err(self.wrong_layout("[batch, seq, embed_dim]: call try_forward_embed"))
             }
@@ -232,7 +249,7 @@ impl<B: DilatedAttentionBackend> AnyAttention<B> {
     ) -> Result<Tensor<B, 3>> {
         match self {
             Self::Multihead(m) => m.try_forward(query, key, value, None),
-            Self::Dilated(_) => {
+            Self::Dilated(_) | Self::Ring(_) => {
                 Err(self.wrong_layout("[batch, seq, heads, head_dim]: call try_forward_heads"))
             }
         }
@@ -251,7 +268,8 @@ impl<B: DilatedAttentionBackend> AnyAttention<B> {
 /// # Errors
 /// The config's errors ([`StandardConfig::validate`]), and
 /// [`DilatedAttentionError::Unsupported`] naming the kind for kinds this build does not have yet
-/// (ring, production, Hilbert and block-sparse come with their own issues).
+/// (Hilbert and block-sparse come with their own issues). The ring kinds get a world of one
+/// device here; [`create_ring_attention`] gives them a communicator.
 pub fn create_attention<B: DilatedAttentionBackend>(
     kind: AttentionKind,
     config: &StandardConfig,
@@ -266,13 +284,42 @@ pub fn create_attention<B: DilatedAttentionBackend>(
             config.multihead_config().try_init(device)?,
         )),
         AttentionKind::Production | AttentionKind::Ring => {
-            Err(not_yet(kind, "the sequence-parallel ring"))
+            let solo = InProcessCommunicator::solo(B::inner_device(device));
+            create_ring_attention(kind, config, Arc::new(solo))
         }
         AttentionKind::Hilbert => Err(not_yet(kind, "Hilbert-ordered attention")),
         AttentionKind::BlockSparse | AttentionKind::BlockSparseMultihead => {
             Err(not_yet(kind, "block-sparse attention"))
         }
     }
+}
+
+/// Creates [`AttentionKind::Ring`] or [`AttentionKind::Production`] for one rank of a group:
+/// the factory's config, this rank's communicator (in-process, or NCCL with the ring crate's
+/// `nccl` feature).
+///
+/// # Errors
+/// The config's errors, and [`DilatedAttentionError::Unsupported`] for any other kind.
+pub fn create_ring_attention<B: DilatedAttentionBackend>(
+    kind: AttentionKind,
+    config: &StandardConfig,
+    communicator: Arc<dyn Communicator<B::Inner>>,
+) -> Result<AnyAttention<B>> {
+    config.validate()?;
+    let fault_checks = match kind {
+        AttentionKind::Ring => false,
+        AttentionKind::Production => true,
+        other => {
+            return Err(DilatedAttentionError::Unsupported {
+                kind: other.to_string(),
+                reason: "create_ring_attention makes the ring kinds (ring, production); use create_attention".into(),
+            });
+        }
+    };
+    let ring = RingDilatedAttentionConfig::new(config.attention_config())
+        .with_fault_checks(fault_checks)
+        .try_init(communicator)?;
+    Ok(AnyAttention::Ring(ring))
 }
 
 fn not_yet(kind: AttentionKind, capability: &str) -> DilatedAttentionError {
@@ -334,6 +381,42 @@ mod tests {
         let q = Tensor::<B, 4>::random([2, 40, 4, 8], Distribution::Default, &device);
         assert!(matches!(
             m.try_forward_heads(q.clone(), q.clone(), q),
+            Err(DilatedAttentionError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn ring_kinds_on_one_device_equal_dilated_and_production_checks_values() {
+        let device = Default::default();
+        let cfg = config().with_causal(true);
+        let dilated = create_attention::<B>(AttentionKind::Dilated, &cfg, &device).unwrap();
+        let ring = create_attention::<B>(AttentionKind::Ring, &cfg, &device).unwrap();
+        let production = create_attention::<B>(AttentionKind::Production, &cfg, &device).unwrap();
+        assert_eq!(ring.kind(), AttentionKind::Ring);
+        assert_eq!(production.kind(), AttentionKind::Production);
+        let q = Tensor::<B, 4>::random([2, 37, 4, 8], Distribution::Default, &device);
+        let want = dilated
+            .try_forward_heads(q.clone(), q.clone(), q.clone())
+            .unwrap();
+        for m in [&ring, &production] {
+            let got = m
+                .try_forward_heads(q.clone(), q.clone(), q.clone())
+                .unwrap();
+            let err = (got - want.clone()).abs().max().into_scalar();
+            assert!(err < 1e-6, "{}: {err}", m.kind());
+        }
+        let nan = q.clone().mul_scalar(f32::NAN);
+        assert!(matches!(
+            production.try_forward_heads(nan, q.clone(), q.clone()),
+            Err(DilatedAttentionError::NonFinite { name: "query", .. })
+        ));
+    }
+
+    #[test]
+    fn create_ring_attention_makes_only_ring_kinds() {
+        let comm = Arc::new(InProcessCommunicator::<B>::solo(Default::default()));
+        assert!(matches!(
+            create_ring_attention::<B>(AttentionKind::Dilated, &config(), comm),
             Err(DilatedAttentionError::Unsupported { .. })
         ));
     }

@@ -1,6 +1,7 @@
 //! Long-context attention for [Burn](https://burn.dev): LongNet-style dilated attention
-//! (arXiv 2307.02486) with a per-query log-sum-exp, multihead modules, transformer layers, a
-//! LongNet language model and a factory, on any Burn backend.
+//! (arXiv 2307.02486) with a per-query log-sum-exp, sequence parallelism across devices (the
+//! ring), multihead modules, transformer layers, a LongNet language model and a factory, on any
+//! Burn backend.
 //!
 //! Backends are cargo features: `ndarray` (default, CPU), `wgpu`, `cuda`. Autodiff is always
 //! available: wrap the backend in `Autodiff<_>` to train.
@@ -38,6 +39,7 @@ pub use burn;
 pub use dilated_attention_core as core;
 pub use dilated_attention_kernels as kernels;
 pub use dilated_attention_multihead as multihead;
+pub use dilated_attention_ring as ring;
 
 pub use dilated_attention_core::{
     AttentionImplementation, AttentionShape, DilatedAttentionConfig, DilatedAttentionError,
@@ -51,16 +53,21 @@ pub use dilated_attention_multihead::{
     DilatedTransformerLayer, DilatedTransformerLayerConfig, FeedForward, FeedForwardConfig,
     LongNetLm, LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
 };
+pub use dilated_attention_ring::{
+    Communicator, InProcessCommunicator, RingDilatedAttention, RingDilatedAttentionConfig,
+    ShardLayout, ShardOrder, all_reduce_gradients,
+};
 
 /// Everything a model file needs: `use dilated_attention::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AnyAttention, AttentionImplementation, AttentionKind, DilatedAttention,
+        AnyAttention, AttentionImplementation, AttentionKind, Communicator, DilatedAttention,
         DilatedAttentionBackend, DilatedAttentionConfig, DilatedAttentionError,
         DilatedAttentionInit, DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode,
-        LongNetLm, LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
-        StandardConfig, create_attention, dilated_attention_with_lse,
-        dilated_attention_with_lse_masked,
+        InProcessCommunicator, LongNetLm, LongNetLmConfig, MultiheadDilatedAttention,
+        MultiheadDilatedAttentionConfig, RingDilatedAttention, RingDilatedAttentionConfig,
+        ShardLayout, ShardOrder, StandardConfig, all_reduce_gradients, create_attention,
+        create_ring_attention, dilated_attention_with_lse, dilated_attention_with_lse_masked,
     };
 }
 
