@@ -10,7 +10,7 @@
 
 use core::fmt::Debug;
 
-use burn::tensor::{Device, Tensor, backend::Backend};
+use burn::tensor::{DType, Device, Tensor, backend::Backend};
 use dilated_attention_core::Result;
 
 /// A group of ranks that exchange tensors; one value per rank.
@@ -30,16 +30,17 @@ pub trait Communicator<B: Backend>: Send + Sync + Debug {
     /// The device this rank computes on.
     fn device(&self) -> &Device<B>;
 
-    /// Sends `send` (if any) to rank `to` and receives a tensor of `recv_len` elements (if any)
-    /// from rank `from`, in one step that cannot deadlock when every rank calls it with a
-    /// matching schedule (rank `a` sending to `b` while `b` receives from `a`).
+    /// Sends `send` (if any) to rank `to` and receives `recv` (if any): a tensor from rank
+    /// `recv.from` of `recv.len` elements of `recv.dtype`, in one step that cannot deadlock when
+    /// every rank calls it with a matching schedule (rank `a` sending to `b` while `b` receives
+    /// from `a`).
     ///
     /// # Errors
-    /// A failed or timed-out transfer, or a received length other than `recv_len`.
+    /// A failed or timed-out transfer, or a received length or dtype other than announced.
     fn exchange(
         &self,
         send: Option<(usize, Tensor<B, 1>)>,
-        recv: Option<(usize, usize)>,
+        recv: Option<Receive>,
     ) -> Result<Option<Tensor<B, 1>>>;
 
     /// Every rank's `tensor`, in rank order (lengths may differ between ranks).
@@ -53,4 +54,16 @@ pub trait Communicator<B: Backend>: Send + Sync + Debug {
     /// # Errors
     /// A failed or timed-out transfer, or ranks with different lengths.
     fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>>;
+}
+
+/// What an [`Communicator::exchange`] receives: from which rank, how many elements, which dtype
+/// (the receiver must know it: NCCL transfers raw bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receive {
+    /// The sending rank.
+    pub from: usize,
+    /// Number of elements.
+    pub len: usize,
+    /// Element type.
+    pub dtype: DType,
 }

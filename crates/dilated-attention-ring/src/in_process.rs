@@ -38,7 +38,7 @@ use std::time::Duration;
 use burn::tensor::{Device, Tensor, TensorData, backend::Backend};
 use dilated_attention_core::{DilatedAttentionError, Result};
 
-use crate::Communicator;
+use crate::{Communicator, Receive};
 
 /// How long a receive waits by default before it reports a timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -203,23 +203,25 @@ impl<B: Backend> Communicator<B> for InProcessCommunicator<B> {
     fn exchange(
         &self,
         send: Option<(usize, Tensor<B, 1>)>,
-        recv: Option<(usize, usize)>,
+        recv: Option<Receive>,
     ) -> Result<Option<Tensor<B, 1>>> {
         const OPERATION: &str = "exchange";
         if let Some((to, tensor)) = send {
             self.send(to, OPERATION, tensor)?;
         }
-        let Some((from, len)) = recv else {
+        let Some(Receive { from, len, dtype }) = recv else {
             return Ok(None);
         };
         let tensor = self.receive(from, OPERATION)?;
-        let got = tensor.dims()[0];
-        if got != len {
+        let (got, got_dtype) = (tensor.dims()[0], tensor.dtype());
+        if got != len || got_dtype != dtype {
             return Err(DilatedAttentionError::Communication {
                 rank: self.rank,
                 peer: from,
                 operation: OPERATION,
-                reason: format!("expected {len} elements, received {got}"),
+                reason: format!(
+                    "expected {len} elements of {dtype:?}, received {got} of {got_dtype:?}"
+                ),
             });
         }
         Ok(Some(tensor))
@@ -272,6 +274,14 @@ mod tests {
 
     type B = NdArray;
 
+    fn receive(from: usize, len: usize) -> Receive {
+        Receive {
+            from,
+            len,
+            dtype: burn::tensor::DType::F32,
+        }
+    }
+
     fn tensor(values: &[f32], comm: &InProcessCommunicator<B>) -> Tensor<B, 1> {
         Tensor::from_data(
             TensorData::new(values.to_vec(), [values.len()]),
@@ -290,7 +300,7 @@ mod tests {
                     let got = comm
                         .exchange(
                             Some(((me + 1) % world, tensor(&[me as f32; 3], comm))),
-                            Some((left, 3)),
+                            Some(receive(left, 3)),
                         )
                         .unwrap()
                         .unwrap();
@@ -324,7 +334,7 @@ mod tests {
     fn a_dropped_peer_is_an_error_not_a_hang() {
         let mut ranks = InProcessCommunicator::<B>::group(vec![Default::default(); 2]);
         drop(ranks.pop());
-        let err = ranks[0].exchange(None, Some((1, 4))).unwrap_err();
+        let err = ranks[0].exchange(None, Some(receive(1, 4))).unwrap_err();
         assert!(
             matches!(err, DilatedAttentionError::Communication { peer: 1, .. }),
             "{err}"
@@ -337,7 +347,7 @@ mod tests {
             vec![Default::default(); 2],
             Duration::from_millis(50),
         );
-        let err = ranks[0].exchange(None, Some((1, 4))).unwrap_err();
+        let err = ranks[0].exchange(None, Some(receive(1, 4))).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -357,14 +367,14 @@ mod tests {
         ranks[1]
             .exchange(Some((0, tensor(&[1.0, 2.0], &ranks[1]))), None)
             .unwrap();
-        let err = ranks[0].exchange(None, Some((1, 3))).unwrap_err();
+        let err = ranks[0].exchange(None, Some(receive(1, 3))).unwrap_err();
         assert!(
-            err.to_string().contains("expected 3 elements, received 2"),
+            err.to_string().contains("expected 3 elements of F32, received 2 of F32"),
             "{err}"
         );
         // rank 1 sends for all_gather while rank 0 expects an exchange
         let _ = ranks[1].send(0, "all_gather", tensor(&[1.0], &ranks[1]));
-        let err = ranks[0].exchange(None, Some((1, 1))).unwrap_err();
+        let err = ranks[0].exchange(None, Some(receive(1, 1))).unwrap_err();
         assert!(err.to_string().contains("different schedules"), "{err}");
     }
 }

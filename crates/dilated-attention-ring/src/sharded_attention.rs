@@ -27,7 +27,7 @@ use dilated_attention_kernels::CustomAttention;
 
 use crate::block::{BlockGrads, block_backward, block_forward};
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
-use crate::{Communicator, ShardLayout};
+use crate::{Communicator, Receive, ShardLayout};
 
 /// One rank's sharded attention; see the [module docs](self).
 #[derive(Debug)]
@@ -286,9 +286,12 @@ impl<B: Backend> ShardedAttention<B> {
             .collect();
         let total: usize = sizes.iter().sum::<usize>() * 2;
         let send = (!payload.is_empty()).then(|| (dst, Tensor::cat(payload, 0)));
-        let received = self
-            .communicator
-            .exchange(send, (total > 0).then_some((src, total)))?;
+        let receive = (total > 0).then_some(Receive {
+            from: src,
+            len: total,
+            dtype: key.dtype(),
+        });
+        let received = self.communicator.exchange(send, receive)?;
         let mut at = 0;
         Ok(self
             .groups()
@@ -584,9 +587,14 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
                 .collect();
             let total: usize = sizes.iter().sum::<usize>() * 2;
             let send = (!returned.is_empty()).then(|| (src, Tensor::cat(returned, 0)));
-            let received = self
-                .communicator
-                .exchange(send, (total > 0).then_some((dst, total)))?;
+            let received = self.communicator.exchange(
+                send,
+                (total > 0).then_some(Receive {
+                    from: dst,
+                    len: total,
+                    dtype: k.dtype(),
+                }),
+            )?;
             let mut at = 0;
             for (i, (rows, size)) in ours.iter().zip(sizes).enumerate() {
                 if size == 0 {
