@@ -369,7 +369,8 @@ mod tests {
             .unwrap();
         let err = ranks[0].exchange(None, Some(receive(1, 3))).unwrap_err();
         assert!(
-            err.to_string().contains("expected 3 elements of F32, received 2 of F32"),
+            err.to_string()
+                .contains("expected 3 elements of F32, received 2 of F32"),
             "{err}"
         );
         // rank 1 sends for all_gather while rank 0 expects an exchange

@@ -16,6 +16,8 @@ mod communicator;
 mod gradient_sync;
 mod in_process;
 mod layout;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod ring_attention;
 mod shard_plan;
 mod sharded_attention;

@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{
-    Bool, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive, backend::Backend,
+    Bool, DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive,
+    backend::Backend,
 };
 use dilated_attention_core::{
     AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, merge_by_lse,
@@ -256,7 +257,7 @@ impl<B: Backend> ShardedAttention<B> {
                         let locals: Vec<usize> = rows.iter().map(|r| r.local).collect();
                         let k = self.gather(key, &g.heads, &locals);
                         let v = self.gather(value, &g.heads, &locals);
-                        (rows, k, v)
+                        (rows, wide(k), wide(v))
                     })
                 })
                 .collect());
@@ -308,7 +309,7 @@ impl<B: Backend> ShardedAttention<B> {
                 let k = flat.clone().narrow(0, at, size).reshape(dims);
                 let v = flat.clone().narrow(0, at + size, size).reshape(dims);
                 at += 2 * size;
-                (!g.shared.is_empty()).then_some((rows, k, v))
+                (!g.shared.is_empty()).then(|| (rows, wide(k), wide(v)))
             })
             .collect())
     }
@@ -316,6 +317,24 @@ impl<B: Backend> ShardedAttention<B> {
 
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+/// The block math runs in f32 whatever the inputs' dtype (softmax statistics in half precision
+/// would lose the accuracy the merge needs); transfers of keys and values keep the inputs' dtype.
+fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(FloatDType::F32)
+    }
+}
+
+fn narrow_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(FloatDType::from(dtype))
+    }
 }
 
 fn five<B: Backend>(t: Tensor<B, 4>, segments: usize) -> Tensor<B, 5> {
@@ -330,8 +349,10 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
         key: FloatTensor<B>,
         value: FloatTensor<B>,
     ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
-        let (q, k, v): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+        let (q, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
             (float(query), float(key), float(value));
+        let dtype = q.dtype();
+        let (q, k, v) = (wide(q), wide(k_in.clone()), wide(v_in.clone()));
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
         let keep = self.keep_masks()?;
@@ -377,7 +398,7 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             .collect();
         let mut shared: Vec<Option<(Tensor<B, 4>, Tensor<B, 3>)>> = vec![None; groups.len()];
         for t in 0..self.communicator.world_size() {
-            let blocks = self.keys_for_step(t, &k, &v)?;
+            let blocks = self.keys_for_step(t, &k_in, &v_in)?;
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {
                     continue;
@@ -436,6 +457,7 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             results.push((self.pair_heads(pair, outs), self.pair_heads(pair, lses)));
         }
         let (out, lse) = self.combine_outputs(results);
+        let (out, lse) = (narrow_to(out, dtype), narrow_to(lse, dtype));
         Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
     }
 
@@ -447,14 +469,18 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
         grad_output: Option<FloatTensor<B>>,
         grad_lse: Option<FloatTensor<B>>,
     ) -> Result<[FloatTensor<B>; 3]> {
-        let (q, k, v): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+        let (q, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
             (float(query), float(key), float(value));
-        let out: Tensor<B, 4> = float(output);
-        let lse: Tensor<B, 3> = float(lse);
-        let d_out: Tensor<B, 4> = grad_output.map(float).unwrap_or_else(|| out.zeros_like());
+        let dtype = q.dtype();
+        let (q, k, v) = (wide(q), wide(k_in.clone()), wide(v_in.clone()));
+        let out: Tensor<B, 4> = wide(float(output));
+        let lse: Tensor<B, 3> = wide(float(lse));
+        let d_out: Tensor<B, 4> = grad_output
+            .map(|g| wide(float(g)))
+            .unwrap_or_else(|| out.zeros_like());
         let mut delta: Tensor<B, 3> = (d_out.clone() * out).sum_dim(3).squeeze_dim::<3>(3);
         if let Some(d_lse) = grad_lse {
-            delta = delta - float::<B, 3>(d_lse);
+            delta = delta - wide(float::<B, 3>(d_lse));
         }
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
@@ -524,7 +550,7 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             }))
         };
         for t in 0..world {
-            let blocks = self.keys_for_step(t, &k, &v)?;
+            let blocks = self.keys_for_step(t, &k_in, &v_in)?;
             let mut returned = Vec::new();
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {
@@ -592,7 +618,7 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
                 (total > 0).then_some(Receive {
                     from: dst,
                     len: total,
-                    dtype: k.dtype(),
+                    dtype: DType::F32, // key/value gradients travel in f32
                 }),
             )?;
             let mut at = 0;
@@ -652,6 +678,6 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             })
             .collect();
         let [dq, dk, dv]: [Tensor<B, 4>; 3] = combined.try_into().expect("three gradients");
-        Ok([dq, dk, dv].map(|t| t.into_primitive().tensor()))
+        Ok([dq, dk, dv].map(|t| narrow_to(t, dtype).into_primitive().tensor()))
     }
 }

@@ -1,0 +1,572 @@
+//! [`NcclCommunicator`]: ranks that are CUDA GPUs, in one process or one process per GPU
+//! (possibly on several machines), over NCCL through cudarc (libnccl is loaded at run time).
+//!
+//! Transfers read and write the Burn tensors' own device buffers (no host round trip). Ordering
+//! with Burn's compute stream is explicit: before a transfer the rank waits for its queued work
+//! (`B::sync`), NCCL runs on the communicator's own stream, and the call returns when that
+//! stream is done, so the received tensor is ready for any later Burn op. A transfer that does
+//! not finish within the timeout aborts the communicator and returns
+//! [`CommunicationTimeout`](DilatedAttentionError::CommunicationTimeout).
+//!
+//! Bootstrap ([`NcclCommunicator::from_env`]), as torchrun users expect: `RANK`, `WORLD_SIZE`,
+//! `LOCAL_RANK` (the GPU, default `RANK`), and either `MASTER_ADDR`/`MASTER_PORT` (rank 0 serves
+//! NCCL's unique id over TCP; default `127.0.0.1:29500`) or `DILATED_NCCL_ID_FILE` (rank 0 writes
+//! it to a shared file).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use cudarc::driver::CudaContext;
+use cudarc::driver::result::stream as cu_stream;
+use cudarc::driver::sys as cu;
+use cudarc::nccl::result as nccl;
+use cudarc::nccl::sys as nccl_sys;
+use dilated_attention_core::{DilatedAttentionError, Result};
+
+use super::cuda_buffer::{CudaBuffer, NcclBackend};
+use crate::{Communicator, Receive};
+
+/// NCCL's unique id of a communicator: rank 0 makes it, every rank needs it.
+#[derive(Clone, Copy)]
+pub struct NcclId(pub [u8; 128]);
+
+impl NcclId {
+    /// A fresh id (loads libnccl).
+    ///
+    /// # Errors
+    /// [`Communication`](DilatedAttentionError::Communication) when NCCL fails.
+    pub fn new() -> Result<Self> {
+        let id =
+            nccl::get_uniqueid().map_err(|e| setup_error(0, format!("ncclGetUniqueId: {e:?}")))?;
+        Ok(Self(id.internal.map(|c| c as u8)))
+    }
+
+    fn raw(&self) -> nccl_sys::ncclUniqueId {
+        nccl_sys::ncclUniqueId {
+            internal: self.0.map(|b| b as core::ffi::c_char),
+        }
+    }
+}
+
+/// The raw NCCL handles (pointers, hence the manual `Send`/`Sync`: every use is behind the
+/// communicator's lock).
+struct Handles {
+    comm: nccl_sys::ncclComm_t,
+    stream: cu::CUstream,
+    aborted: bool,
+}
+
+// SAFETY: the handles are only used while holding the communicator's mutex, with the CUDA
+// context bound to the calling thread; NCCL communicators may be used from any thread.
+unsafe impl Send for Handles {}
+
+/// One rank of an NCCL group; see the [module docs](self).
+pub struct NcclCommunicator<B: NcclBackend> {
+    rank: usize,
+    world_size: usize,
+    device: Device<B>,
+    context: Arc<CudaContext>,
+    handles: Mutex<Handles>,
+    timeout: Duration,
+}
+
+impl<B: NcclBackend> core::fmt::Debug for NcclCommunicator<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NcclCommunicator")
+            .field("rank", &self.rank)
+            .field("world_size", &self.world_size)
+            .field("device", &self.device)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// How long a transfer (and the bootstrap) may take by default.
+pub const NCCL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl<B: NcclBackend> NcclCommunicator<B> {
+    /// Joins the group of `world_size` ranks identified by `id` as `rank`, on `device`.
+    ///
+    /// # Errors
+    /// [`Communication`](DilatedAttentionError::Communication) when CUDA or NCCL fail (libnccl not
+    /// found, a peer never joins, ...).
+    pub fn new(device: Device<B>, rank: usize, world_size: usize, id: NcclId) -> Result<Self> {
+        let context = CudaContext::new(B::cuda_ordinal(&device))
+            .map_err(|e| setup_error(rank, format!("CUDA context: {e:?}")))?;
+        context
+            .bind_to_thread()
+            .map_err(|e| setup_error(rank, format!("CUDA context: {e:?}")))?;
+        let stream = cu_stream::create(cu_stream::StreamKind::NonBlocking)
+            .map_err(|e| setup_error(rank, format!("CUDA stream: {e:?}")))?;
+        let mut comm = core::ptr::null_mut();
+        // SAFETY: `comm` is a valid out-pointer; the id comes from ncclGetUniqueId.
+        unsafe { nccl::comm_init_rank(&mut comm, world_size as i32, id.raw(), rank as i32) }
+            .map_err(|e| setup_error(rank, format!("ncclCommInitRank: {e:?}")))?;
+        Ok(Self {
+            rank,
+            world_size,
+            device,
+            context,
+            handles: Mutex::new(Handles {
+                comm,
+                stream,
+                aborted: false,
+            }),
+            timeout: NCCL_DEFAULT_TIMEOUT,
+        })
+    }
+
+    /// Every GPU of `devices` as one rank of a group in this process (rank `i` on
+    /// `devices[i]`); drive each from its own thread.
+    ///
+    /// # Errors
+    /// As [`Self::new`].
+    pub fn local_group(devices: Vec<Device<B>>) -> Result<Vec<Self>> {
+        let id = NcclId::new()?;
+        let world = devices.len();
+        // ncclCommInitRank blocks until every rank joins: one thread per rank
+        std::thread::scope(|s| {
+            let handles: Vec<_> = devices
+                .into_iter()
+                .enumerate()
+                .map(|(rank, device)| s.spawn(move || Self::new(device, rank, world, id)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("NCCL init thread"))
+                .collect()
+        })
+    }
+
+    /// Joins the group described by the environment (see the [module docs](self)), on
+    /// `device_for(LOCAL_RANK)`.
+    ///
+    /// # Errors
+    /// [`Communication`](DilatedAttentionError::Communication) for missing or malformed variables,
+    /// a rendezvous that fails within the timeout, and the errors of [`Self::new`].
+    pub fn from_env(device_for: impl FnOnce(usize) -> Device<B>) -> Result<Self> {
+        let var = |name: &str| std::env::var(name).ok();
+        let number = |name: &'static str| -> Result<usize> {
+            var(name)
+                .ok_or_else(|| setup_error(0, format!("{name} is not set")))?
+                .parse()
+                .map_err(|e| setup_error(0, format!("{name}: {e}")))
+        };
+        let rank = number("RANK")?;
+        let world_size = number("WORLD_SIZE")?;
+        let local_rank = var("LOCAL_RANK").map_or(Ok(rank), |_| number("LOCAL_RANK"))?;
+        if rank >= world_size {
+            return Err(setup_error(
+                rank,
+                format!("RANK {rank} >= WORLD_SIZE {world_size}"),
+            ));
+        }
+        let id = match var("DILATED_NCCL_ID_FILE") {
+            Some(path) => id_through_file(Path::new(&path), rank, NCCL_DEFAULT_TIMEOUT)?,
+            None => {
+                let host = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
+                let port = var("MASTER_PORT").unwrap_or_else(|| "29500".into());
+                id_through_tcp(
+                    &format!("{host}:{port}"),
+                    rank,
+                    world_size,
+                    NCCL_DEFAULT_TIMEOUT,
+                )?
+            }
+        };
+        Self::new(device_for(local_rank), rank, world_size, id)
+    }
+
+    /// The same communicator with another transfer timeout.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn error(&self, peer: usize, operation: &'static str, reason: String) -> DilatedAttentionError {
+        DilatedAttentionError::Communication {
+            rank: self.rank,
+            peer,
+            operation,
+            reason,
+        }
+    }
+
+    /// Runs `enqueue` (NCCL calls on the communicator's stream) after Burn's queued work, and
+    /// waits for the stream within the timeout.
+    fn run(
+        &self,
+        peer: usize,
+        operation: &'static str,
+        enqueue: impl FnOnce(
+            nccl_sys::ncclComm_t,
+            nccl_sys::cudaStream_t,
+        ) -> core::result::Result<(), String>,
+    ) -> Result<()> {
+        let mut handles = self
+            .handles
+            .lock()
+            .map_err(|_| self.error(peer, operation, "a previous transfer panicked".into()))?;
+        if handles.aborted {
+            return Err(self.error(
+                peer,
+                operation,
+                "the communicator was aborted after a timeout".into(),
+            ));
+        }
+        self.context
+            .bind_to_thread()
+            .map_err(|e| self.error(peer, operation, format!("CUDA context: {e:?}")))?;
+        B::sync(&self.device)
+            .map_err(|e| self.error(peer, operation, format!("Burn sync: {e:?}")))?;
+        enqueue(handles.comm, handles.stream as nccl_sys::cudaStream_t)
+            .map_err(|e| self.error(peer, operation, e))?;
+        let start = Instant::now();
+        loop {
+            // SAFETY: the stream is live while the communicator is.
+            match unsafe { cu::cuStreamQuery(handles.stream) } {
+                cu::CUresult::CUDA_SUCCESS => return Ok(()),
+                cu::CUresult::CUDA_ERROR_NOT_READY => {}
+                other => return Err(self.error(peer, operation, format!("CUDA: {other:?}"))),
+            }
+            let mut async_error = nccl_sys::ncclResult_t::ncclSuccess;
+            // SAFETY: valid communicator and out-pointer.
+            unsafe { nccl_sys::ncclCommGetAsyncError(handles.comm, &mut async_error) };
+            if !matches!(
+                async_error,
+                nccl_sys::ncclResult_t::ncclSuccess | nccl_sys::ncclResult_t::ncclInProgress
+            ) {
+                return Err(self.error(peer, operation, format!("NCCL: {async_error:?}")));
+            }
+            if start.elapsed() > self.timeout {
+                // SAFETY: valid communicator; it is not used again.
+                let _ = unsafe { nccl::comm_abort(handles.comm) };
+                handles.aborted = true;
+                return Err(DilatedAttentionError::CommunicationTimeout {
+                    rank: self.rank,
+                    peer,
+                    operation,
+                    waited_ms: self.timeout.as_millis() as u64,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+    }
+
+    fn empty(&self, len: usize, dtype: DType) -> Tensor<B, 1> {
+        Tensor::empty([len], (&self.device, dtype))
+    }
+}
+
+impl<B: NcclBackend> Drop for NcclCommunicator<B> {
+    fn drop(&mut self) {
+        if let Ok(handles) = self.handles.get_mut() {
+            let _ = self.context.bind_to_thread();
+            // SAFETY: the handles are ours and no longer used.
+            unsafe {
+                if !handles.aborted {
+                    let _ = nccl::comm_destroy(handles.comm);
+                }
+                let _ = cu_stream::destroy(handles.stream);
+            }
+        }
+    }
+}
+
+fn nccl_dtype(dtype: DType) -> core::result::Result<nccl_sys::ncclDataType_t, String> {
+    Ok(match dtype {
+        DType::F32 => nccl_sys::ncclDataType_t::ncclFloat32,
+        DType::F16 => nccl_sys::ncclDataType_t::ncclFloat16,
+        DType::BF16 => nccl_sys::ncclDataType_t::ncclBfloat16,
+        DType::F64 => nccl_sys::ncclDataType_t::ncclFloat64,
+        other => return Err(format!("no NCCL type for {other:?}")),
+    })
+}
+
+fn buffer<B: NcclBackend>(tensor: &Tensor<B, 1>) -> CudaBuffer {
+    B::cuda_buffer(tensor.clone().into_primitive().tensor())
+}
+
+fn ok(
+    result: core::result::Result<nccl::NcclStatus, nccl::NcclError>,
+    call: &str,
+) -> core::result::Result<(), String> {
+    result.map(|_| ()).map_err(|e| format!("{call}: {e:?}"))
+}
+
+impl<B: NcclBackend> Communicator<B> for NcclCommunicator<B> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn device(&self) -> &Device<B> {
+        &self.device
+    }
+
+    fn exchange(
+        &self,
+        send: Option<(usize, Tensor<B, 1>)>,
+        recv: Option<Receive>,
+    ) -> Result<Option<Tensor<B, 1>>> {
+        const OPERATION: &str = "exchange";
+        let peer = send
+            .as_ref()
+            .map(|s| s.0)
+            .or(recv.map(|r| r.from))
+            .unwrap_or(self.rank);
+        let received = recv.map(|r| self.empty(r.len, r.dtype));
+        let send_buffer = send
+            .as_ref()
+            .map(|(to, t)| (*to, t.dtype(), t.dims()[0], buffer(t)));
+        let recv_buffer = received.as_ref().map(buffer);
+        self.run(peer, OPERATION, |comm, stream| {
+            ok(nccl::group_start(), "ncclGroupStart")?;
+            if let Some((to, dtype, len, buf)) = &send_buffer {
+                // SAFETY: a live device buffer of `len` elements of `dtype`.
+                ok(
+                    unsafe {
+                        nccl::send(
+                            buf.ptr as *const _,
+                            *len,
+                            nccl_dtype(*dtype)?,
+                            *to as i32,
+                            comm,
+                            stream,
+                        )
+                    },
+                    "ncclSend",
+                )?;
+            }
+            if let (Some(r), Some(buf)) = (recv, &recv_buffer) {
+                // SAFETY: a fresh device buffer of `r.len` elements of `r.dtype`.
+                ok(
+                    unsafe {
+                        nccl::recv(
+                            buf.ptr as *mut _,
+                            r.len,
+                            nccl_dtype(r.dtype)?,
+                            r.from as i32,
+                            comm,
+                            stream,
+                        )
+                    },
+                    "ncclRecv",
+                )?;
+            }
+            ok(nccl::group_end(), "ncclGroupEnd")
+        })?;
+        drop((send_buffer, recv_buffer));
+        Ok(received)
+    }
+
+    fn all_gather(&self, tensor: Tensor<B, 1>) -> Result<Vec<Tensor<B, 1>>> {
+        const OPERATION: &str = "all_gather";
+        let world = self.world_size;
+        // lengths first (exact in f32 as two 20-bit halves), then one padded all-gather
+        let len = tensor.dims()[0];
+        let mine = Tensor::<B, 1>::from_data(
+            TensorData::from([(len >> 20) as f32, (len & 0xF_FFFF) as f32]),
+            (&self.device, DType::F32),
+        );
+        let lengths = self.all_gather_equal(mine, OPERATION)?;
+        let lengths: Vec<f32> = lengths
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .map_err(|e| self.error(self.rank, OPERATION, format!("{e:?}")))?;
+        let lengths: Vec<usize> = lengths
+            .chunks(2)
+            .map(|c| ((c[0] as usize) << 20) + c[1] as usize)
+            .collect();
+        let longest = lengths.iter().copied().max().unwrap_or(0).max(1);
+        let padded = if len == longest {
+            tensor
+        } else {
+            Tensor::cat(
+                vec![
+                    tensor.clone(),
+                    Tensor::zeros([longest - len], (&self.device, tensor.dtype())),
+                ],
+                0,
+            )
+        };
+        let all = self.all_gather_equal(padded, OPERATION)?;
+        Ok((0..world)
+            .map(|r| all.clone().narrow(0, r * longest, lengths[r]))
+            .collect())
+    }
+
+    fn all_reduce_sum(&self, tensor: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+        const OPERATION: &str = "all_reduce_sum";
+        let (len, dtype) = (tensor.dims()[0], tensor.dtype());
+        let out = self.empty(len, dtype);
+        let (src, dst) = (buffer(&tensor), buffer(&out));
+        self.run(self.rank, OPERATION, |comm, stream| {
+            // SAFETY: live device buffers of `len` elements of `dtype`.
+            ok(
+                unsafe {
+                    nccl::all_reduce(
+                        src.ptr as *const _,
+                        dst.ptr as *mut _,
+                        len,
+                        nccl_dtype(dtype)?,
+                        nccl_sys::ncclRedOp_t::ncclSum,
+                        comm,
+                        stream,
+                    )
+                },
+                "ncclAllReduce",
+            )
+        })?;
+        drop((src, dst));
+        Ok(out)
+    }
+}
+
+impl<B: NcclBackend> NcclCommunicator<B> {
+    /// All-gather of equally long tensors, concatenated in rank order.
+    fn all_gather_equal(
+        &self,
+        tensor: Tensor<B, 1>,
+        operation: &'static str,
+    ) -> Result<Tensor<B, 1>> {
+        let (len, dtype) = (tensor.dims()[0], tensor.dtype());
+        let out = self.empty(len * self.world_size, dtype);
+        let (src, dst) = (buffer(&tensor), buffer(&out));
+        self.run(self.rank, operation, |comm, stream| {
+            // SAFETY: live device buffers of `len` and `len * world` elements of `dtype`.
+            ok(
+                unsafe {
+                    nccl::all_gather(
+                        src.ptr as *const _,
+                        dst.ptr as *mut _,
+                        len,
+                        nccl_dtype(dtype)?,
+                        comm,
+                        stream,
+                    )
+                },
+                "ncclAllGather",
+            )
+        })?;
+        drop((src, dst));
+        Ok(out)
+    }
+}
+
+fn setup_error(rank: usize, reason: String) -> DilatedAttentionError {
+    DilatedAttentionError::Communication {
+        rank,
+        peer: 0,
+        operation: "nccl setup",
+        reason,
+    }
+}
+
+/// Rank 0 serves the id to `world_size - 1` connections at `address`; the others fetch it.
+fn id_through_tcp(
+    address: &str,
+    rank: usize,
+    world_size: usize,
+    timeout: Duration,
+) -> Result<NcclId> {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = address
+        .to_socket_addrs()
+        .map_err(|e| setup_error(rank, format!("MASTER_ADDR/MASTER_PORT {address}: {e}")))?
+        .next()
+        .ok_or_else(|| setup_error(rank, format!("{address} resolves to nothing")))?;
+    if rank == 0 {
+        let id = NcclId::new()?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| setup_error(0, format!("bind {addr}: {e}")))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| setup_error(0, format!("{e}")))?;
+        let mut served = 1;
+        while served < world_size {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream
+                        .set_nonblocking(false)
+                        .and_then(|_| stream.write_all(&id.0))
+                        .map_err(|e| setup_error(0, format!("serving the NCCL id: {e}")))?;
+                    served += 1;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err(setup_error(
+                            0,
+                            format!("only {served} of {world_size} ranks reached {addr} in time"),
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(setup_error(0, format!("accept on {addr}: {e}"))),
+            }
+        }
+        return Ok(id);
+    }
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(mut stream) => {
+                let mut id = [0u8; 128];
+                stream
+                    .set_read_timeout(Some(
+                        deadline
+                            .saturating_duration_since(Instant::now())
+                            .max(Duration::from_millis(1)),
+                    ))
+                    .and_then(|_| stream.read_exact(&mut id))
+                    .map_err(|e| {
+                        setup_error(rank, format!("reading the NCCL id from {addr}: {e}"))
+                    })?;
+                return Ok(NcclId(id));
+            }
+            Err(e) => {
+                if Instant::now() > deadline {
+                    return Err(setup_error(
+                        rank,
+                        format!("rank 0 never answered at {addr}: {e}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Rank 0 writes the id to `path` (atomically, by rename); the others wait for it.
+fn id_through_file(path: &Path, rank: usize, timeout: Duration) -> Result<NcclId> {
+    if rank == 0 {
+        let id = NcclId::new()?;
+        let tmp = path.with_extension("partial");
+        std::fs::write(&tmp, id.0)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .map_err(|e| setup_error(0, format!("writing {}: {e}", path.display())))?;
+        return Ok(id);
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(bytes) = std::fs::read(path)
+            && let Ok(id) = <[u8; 128]>::try_from(bytes.as_slice())
+        {
+            return Ok(NcclId(id));
+        }
+        if Instant::now() > deadline {
+            return Err(setup_error(
+                rank,
+                format!("{} did not appear in time", path.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
