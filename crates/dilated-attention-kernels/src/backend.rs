@@ -142,6 +142,7 @@ pub trait DilatedAttentionBackend: Backend {
 
 /// The [`DilatedAttentionBackend`] items of a backend without gradient tracking: it is its own
 /// inner backend, and a custom attention is its forward.
+#[allow(unused_macros)] // used only by the impls that the enabled features compile
 macro_rules! untracked_backend_items {
     () => {
         type Inner = Self;
@@ -175,6 +176,7 @@ macro_rules! untracked_backend_items {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use untracked_backend_items;
 
 fn no_kernels() -> DilatedAttentionError {

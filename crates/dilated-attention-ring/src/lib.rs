@@ -21,9 +21,11 @@ pub mod nccl;
 mod ring_attention;
 mod shard_plan;
 mod sharded_attention;
+mod traffic;
 
 pub use communicator::*;
 pub use gradient_sync::*;
 pub use in_process::*;
 pub use layout::*;
 pub use ring_attention::*;
+pub use traffic::*;
