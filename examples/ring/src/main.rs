@@ -1,0 +1,211 @@
+//! `ring`: sequence-parallel dilated attention on several ranks, checked against one device and
+//! measured (one JSON line per rank and pass).
+//!
+//! ```text
+//! # CPU: 2 in-process ranks (NdArray devices on threads), a segment over both shards
+//! cargo run --release -p ring_launcher -- --ranks 2 --seq 8192 --segments 2048,seq --rates 1,8 --check --backward
+//! # GPUs: one process per GPU over NCCL (torchrun-style env, set by --launch)
+//! cargo build --release -p ring_launcher --features cuda
+//! ring --launch 2 --seq 2097152 --dtype bf16 --backward
+//! ring --single --device cuda --seq 1048576 --dtype bf16 --backward   # the one-GPU baseline
+//! ```
+
+mod args;
+mod peak_memory;
+mod run;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+
+use burn::backend::NdArray;
+use clap::Parser;
+use dilated_attention::{Communicator, InProcessCommunicator};
+
+use crate::args::Args;
+use crate::run::{MemoryProbe, run_rank, run_single};
+
+#[global_allocator]
+static ALLOCATOR: peak_memory::PeakTracking = peak_memory::PeakTracking;
+
+const CPU_MEMORY: MemoryProbe<'static> = MemoryProbe {
+    peak: &|| peak_memory::peak_bytes() as u64,
+    reset: &peak_memory::reset_peak,
+};
+
+fn print(result: Result<Vec<String>, dilated_attention::DilatedAttentionError>) -> bool {
+    match result {
+        Ok(lines) => {
+            for line in lines {
+                println!("{line}");
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    #[cfg(feature = "cuda")]
+    {
+        if let Some(ranks) = args.launch {
+            return gpu::launch(ranks);
+        }
+        if args.nccl {
+            return gpu::nccl_rank(&args);
+        }
+        if args.single && args.device == args::DeviceKind::Cuda {
+            return gpu::single(&args);
+        }
+    }
+    if args.single {
+        let ok = print(run_single::<NdArray>(
+            &Default::default(),
+            &args,
+            "ndarray",
+            &CPU_MEMORY,
+        ));
+        return if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let ranks = InProcessCommunicator::<NdArray>::group(vec![Default::default(); args.ranks]);
+    let results: Vec<_> = thread::scope(|s| {
+        let handles: Vec<_> = ranks
+            .into_iter()
+            .map(|comm| {
+                let args = &args;
+                s.spawn(move || {
+                    let comm: Arc<dyn Communicator<NdArray>> = Arc::new(comm);
+                    run_rank::<NdArray>(comm, args, "ndarray", &CPU_MEMORY)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("rank thread"))
+            .collect()
+    });
+    let ok = results.into_iter().map(print).fold(true, |a, b| a & b);
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod gpu {
+    //! The CUDA modes: NCCL ranks, the launcher, the one-GPU baseline.
+
+    use std::process::{Command, ExitCode};
+    use std::sync::Arc;
+
+    use burn::backend::Cuda;
+    use burn::backend::cuda::CudaDevice;
+    use burn_cubecl::cubecl::Runtime;
+    use burn_cubecl::cubecl::cuda::CudaRuntime;
+    use dilated_attention::Communicator;
+    use dilated_attention_ring::nccl::NcclCommunicator;
+
+    use crate::args::Args;
+    use crate::run::{MemoryProbe, run_rank, run_single};
+
+    fn reserved(device: &CudaDevice) -> u64 {
+        CudaRuntime::client(device)
+            .memory_usage()
+            .map(|u| u.bytes_reserved)
+            .unwrap_or(0)
+    }
+
+    /// This process as NCCL rank `RANK` of `WORLD_SIZE`, on GPU `LOCAL_RANK`.
+    pub fn nccl_rank(args: &Args) -> ExitCode {
+        let comm = match NcclCommunicator::<Cuda>::from_env(CudaDevice::new) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let device = comm.device().clone();
+        let peak = move || reserved(&device);
+        let memory = MemoryProbe {
+            peak: &peak,
+            reset: &|| {},
+        };
+        let comm: Arc<dyn Communicator<Cuda>> = Arc::new(comm);
+        if crate::print(run_rank::<Cuda>(comm, args, "cuda-nccl", &memory)) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+
+    /// One GPU, the whole sequence.
+    pub fn single(args: &Args) -> ExitCode {
+        let device = CudaDevice::new(0);
+        let dev = device.clone();
+        let peak = move || reserved(&dev);
+        let memory = MemoryProbe {
+            peak: &peak,
+            reset: &|| {},
+        };
+        if crate::print(run_single::<Cuda>(&device, args, "cuda", &memory)) {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+
+    /// Starts `ranks` copies of this binary with `--nccl`, one per GPU, and waits for them.
+    pub fn launch(ranks: usize) -> ExitCode {
+        let exe = std::env::current_exe().expect("the path of this binary");
+        let mut forwarded: Vec<String> = Vec::new();
+        let mut skip = false;
+        for a in std::env::args().skip(1) {
+            if skip {
+                skip = false;
+                continue;
+            }
+            if a == "--launch" {
+                skip = true;
+                continue;
+            }
+            if a.starts_with("--launch=") {
+                continue;
+            }
+            forwarded.push(a);
+        }
+        let port = std::env::var("MASTER_PORT")
+            .unwrap_or_else(|_| (29500 + std::process::id() % 1000).to_string());
+        let children: Vec<_> = (0..ranks)
+            .map(|rank| {
+                Command::new(&exe)
+                    .args(&forwarded)
+                    .arg("--nccl")
+                    .env("RANK", rank.to_string())
+                    .env("WORLD_SIZE", ranks.to_string())
+                    .env("LOCAL_RANK", rank.to_string())
+                    .env("MASTER_ADDR", "127.0.0.1")
+                    .env("MASTER_PORT", &port)
+                    .spawn()
+                    .expect("starting a rank process")
+            })
+            .collect();
+        let ok = children
+            .into_iter()
+            .map(|mut c| c.wait().map(|s| s.success()).unwrap_or(false))
+            .fold(true, |a, b| a & b);
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    }
+}
