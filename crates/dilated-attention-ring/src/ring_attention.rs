@@ -63,9 +63,12 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, ElementConversion, Tensor, TensorData, TensorPrimitive};
+use burn::tensor::{
+    Bool, DType, ElementConversion, FloatDType, Tensor, TensorData, TensorPrimitive,
+};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, Result,
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, DilationMode,
+    Result, merge_by_lse,
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 use serde::{Deserialize, Serialize};
@@ -278,34 +281,72 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             }
         }
         let index = DilatedIndexPlan::new(attention, layout.seq_len(), shape.num_heads)?;
-        let plan = ShardPlan::new(&index, &layout, rank)?;
-        let (out, lse) = if plan.is_communication_free() && locally_aligned(&index, &layout) {
-            dilated_attention_with_lse_masked(query, key, value, key_padding_mask, attention)?
-        } else {
-            let function = ShardedAttention {
-                communicator,
-                layout,
-                plan,
-                config: attention.clone(),
-                shape,
-                key_padding_mask: key_padding_mask
-                    .map(|m| Tensor::from_primitive(B::inner_bool(m.into_primitive()))),
-            };
-            let (out, lse) = B::custom_attention(
-                Arc::new(function),
-                query.into_primitive().tensor(),
-                key.into_primitive().tensor(),
-                value.into_primitive().tensor(),
+        let local: Vec<bool> = index
+            .pairs()
+            .iter()
+            .map(|pair| shard_aligned(pair.segment_length, &layout))
+            .collect();
+        let mask = key_padding_mask;
+        let (out, lse) = if local.iter().all(|&l| l) {
+            // every segment inside a shard: the single-device path (fused kernels) on the shard
+            dilated_attention_with_lse_masked(query, key, value, mask, attention)?
+        } else if attention.mode == DilationMode::LongNet && local.iter().any(|&l| l) {
+            // LongNet: local pairs on the single-device path, the others sharded, merged by LSE
+            let (near, far) = split_pairs(attention, &local);
+            let (o1, l1) = dilated_attention_with_lse_masked(
+                query.clone(),
+                key.clone(),
+                value.clone(),
+                mask.clone(),
+                &near,
             )?;
-            (
-                Tensor::from_primitive(TensorPrimitive::Float(out)),
-                Tensor::from_primitive(TensorPrimitive::Float(lse)),
-            )
+            let (o2, l2) = self.sharded(query, key, value, mask, &far, &layout, shape)?;
+            let dtype = o1.dtype();
+            let (out, lse) = merge_by_lse(vec![(wide(o1), wide(l1)), (wide(o2), wide(l2))]);
+            (narrow_to(out, dtype), narrow_to(lse, dtype))
+        } else {
+            self.sharded(query, key, value, mask, attention, &layout, shape)?
         };
         if self.config.fault_checks {
             self.check_finite("output", out.clone())?;
         }
         Ok((out, lse))
+    }
+
+    /// The sharded algorithm over `config`'s pairs, as one differentiable step.
+    #[allow(clippy::too_many_arguments)]
+    fn sharded(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        key_padding_mask: Option<Tensor<B, 2, Bool>>,
+        config: &DilatedAttentionConfig,
+        layout: &ShardLayout,
+        shape: AttentionShape,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        let communicator = self.communicator()?;
+        let rank = communicator.rank();
+        let index = DilatedIndexPlan::new(config, layout.seq_len(), shape.num_heads)?;
+        let function = ShardedAttention {
+            communicator,
+            layout: layout.clone(),
+            plan: ShardPlan::new(&index, layout, rank)?,
+            config: config.clone(),
+            shape,
+            key_padding_mask: key_padding_mask
+                .map(|m| Tensor::from_primitive(B::inner_bool(m.into_primitive()))),
+        };
+        let (out, lse) = B::custom_attention(
+            Arc::new(function),
+            query.into_primitive().tensor(),
+            key.into_primitive().tensor(),
+            value.into_primitive().tensor(),
+        )?;
+        Ok((
+            Tensor::from_primitive(TensorPrimitive::Float(out)),
+            Tensor::from_primitive(TensorPrimitive::Float(lse)),
+        ))
     }
 
     fn check_finite<const D: usize>(&self, name: &'static str, t: Tensor<B, D>) -> Result<()> {
@@ -385,25 +426,60 @@ impl core::fmt::Debug for CommunicatorHandle {
     }
 }
 
-/// Whether every rank's shard, run alone with the same config, selects the same segments as the
-/// whole sequence: ranges in increasing order, each starting at a multiple of every pair's
-/// segment length (globally and in local coordinates), ending at one or at the sequence's end.
-fn locally_aligned(index: &DilatedIndexPlan, layout: &ShardLayout) -> bool {
+/// Whether every rank's shard, run alone, selects the same segments of length `s` as the whole
+/// sequence: ranges in increasing order, each starting at a multiple of `s` (globally and in
+/// local coordinates) and ending at one or at the sequence's end. Then no segment crosses a
+/// shard and the pair needs no communication.
+fn shard_aligned(s: usize, layout: &ShardLayout) -> bool {
     let n = layout.seq_len();
     (0..layout.world_size()).all(|rank| {
         let ranges = layout.ranges(rank);
         let mut base = 0;
         ranges.iter().enumerate().all(|(i, r)| {
-            let ordered = i == 0 || ranges[i - 1].end <= r.start;
-            let ok = ordered
-                && index.pairs().iter().all(|pair| {
-                    let s = pair.segment_length;
-                    r.start % s == 0
-                        && base % s == 0
-                        && (r.end % s == 0 || (r.end == n && i + 1 == ranges.len()))
-                });
+            let ok = (i == 0 || ranges[i - 1].end <= r.start)
+                && r.start % s == 0
+                && base % s == 0
+                && (r.end % s == 0 || (r.end == n && i + 1 == ranges.len()));
             base += r.len();
             ok
         })
     })
+}
+
+/// The config's pairs split by `local[i]`: (local pairs, the others).
+fn split_pairs(
+    config: &DilatedAttentionConfig,
+    local: &[bool],
+) -> (DilatedAttentionConfig, DilatedAttentionConfig) {
+    let pick = |want: bool| {
+        let mut part = config.clone();
+        let (segments, rates) = config
+            .segment_lengths
+            .iter()
+            .zip(&config.dilation_rates)
+            .zip(local)
+            .filter(|(_, l)| **l == want)
+            .map(|((s, r), _)| (*s, *r))
+            .unzip();
+        part.segment_lengths = segments;
+        part.dilation_rates = rates;
+        part
+    };
+    (pick(true), pick(false))
+}
+
+fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    if t.dtype() == DType::F32 {
+        t
+    } else {
+        t.cast(FloatDType::F32)
+    }
+}
+
+fn narrow_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(FloatDType::from(dtype))
+    }
 }

@@ -105,6 +105,7 @@ impl ShardPlan {
     }
 
     /// True when no group of any pair has a shared row on any rank: nothing to communicate.
+    #[cfg(test)]
     pub fn is_communication_free(&self) -> bool {
         self.pairs.iter().all(|(_, groups)| {
             groups

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{DType, Device, FloatDType, TensorMetadata};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorMetadata, TensorPrimitive};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
@@ -130,31 +130,27 @@ impl<B: DilatedAttentionBackend> CustomState<B> {
     }
 }
 
-/// Backward step of a custom attention's output.
+/// Backward step of a custom attention: one node for the output and the log-sum-exp packed
+/// together (`[.., head_dim + 1]`), so that a loss using both runs the function's backward once.
 #[derive(Debug)]
-struct CustomOutputBackward;
+struct CustomPackedBackward;
 
-impl<B: DilatedAttentionBackend> Backward<B, 3> for CustomOutputBackward {
+impl<B: DilatedAttentionBackend> Backward<B, 3> for CustomPackedBackward {
     type State = CustomState<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
+        let packed =
+            Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(grads.consume::<B>(&ops.node)));
+        let [b, n, h, d1] = packed.dims();
+        let grad_output = packed.clone().narrow(3, 0, d1 - 1);
+        let grad_lse = packed.narrow(3, d1 - 1, 1).reshape([b, n, h]);
         let parents = ops.parents.map(|p| p.map(|node| node.id));
-        ops.state.backward(parents, grads, Some(grad), None);
-    }
-}
-
-/// Backward step of a custom attention's log-sum-exp.
-#[derive(Debug)]
-struct CustomLseBackward;
-
-impl<B: DilatedAttentionBackend> Backward<B, 3> for CustomLseBackward {
-    type State = CustomState<B>;
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let grad = grads.consume::<B>(&ops.node);
-        let parents = ops.parents.map(|p| p.map(|node| node.id));
-        ops.state.backward(parents, grads, None, Some(grad));
+        ops.state.backward(
+            parents,
+            grads,
+            Some(grad_output.into_primitive().tensor()),
+            Some(grad_lse.into_primitive().tensor()),
+        );
     }
 }
 
@@ -186,30 +182,38 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
         ];
         let (output, lse) =
             function.forward(inputs[0].clone(), inputs[1].clone(), inputs[2].clone())?;
+        let out = Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(output.clone()));
+        let lse_t = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse.clone()));
+        let [b, n, h, d] = out.dims();
+        let lse_as_out = if lse_t.dtype() == out.dtype() {
+            lse_t
+        } else {
+            lse_t.cast(FloatDType::from(out.dtype()))
+        };
+        let packed = Tensor::cat(vec![out, lse_as_out.reshape([b, n, h, 1])], 3);
         let state = CustomState {
             function,
             inputs,
-            output: output.clone(),
-            lse: lse.clone(),
+            output,
+            lse,
         };
         let nodes = [query.node, key.node, value.node];
-        let output = match CustomOutputBackward
-            .prepare::<C>(nodes.clone())
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state.clone(), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        };
-        let lse = match CustomLseBackward
+        let packed = match CustomPackedBackward
             .prepare::<C>(nodes)
             .compute_bound()
             .stateful()
         {
-            OpsKind::Tracked(prep) => prep.finish(state, lse),
-            OpsKind::UnTracked(prep) => prep.finish(lse),
+            OpsKind::Tracked(prep) => prep.finish(state, packed.into_primitive().tensor()),
+            OpsKind::UnTracked(prep) => prep.finish(packed.into_primitive().tensor()),
         };
-        Ok((output, lse))
+        // both outputs are views of the one tracked node
+        let packed = Tensor::<Self, 4>::from_primitive(TensorPrimitive::Float(packed));
+        let output = packed.clone().narrow(3, 0, d);
+        let lse = packed.narrow(3, d, 1).reshape([b, n, h]);
+        Ok((
+            output.into_primitive().tensor(),
+            lse.into_primitive().tensor(),
+        ))
     }
 
     fn dilated_attention_with_lse(
