@@ -54,6 +54,10 @@ pub struct Args {
     /// Untimed warm-up calls.
     #[arg(long, default_value_t = 1)]
     pub warmup: usize,
+    /// Run the check over f32 and bf16, both modes, causal and not (8 configs, one process, so
+    /// kernels compile once); implies `--check`.
+    #[arg(long)]
+    pub suite: bool,
     /// Run one device on the whole sequence instead of the ranks (the baseline).
     #[arg(long)]
     pub single: bool,
@@ -99,6 +103,29 @@ pub enum Precision {
 }
 
 impl Args {
+    /// The runs this invocation makes: itself, or the 8 of `--suite`.
+    pub fn runs(&self) -> Vec<Args> {
+        if !self.suite {
+            return vec![self.clone()];
+        }
+        let mut runs = Vec::new();
+        for dtype in [Precision::F32, Precision::Bf16] {
+            for mode in [Mode::Longnet, Mode::HeadGrouped] {
+                for causal in [false, true] {
+                    runs.push(Args {
+                        dtype,
+                        mode,
+                        causal,
+                        check: true,
+                        suite: false,
+                        ..self.clone()
+                    });
+                }
+            }
+        }
+        runs
+    }
+
     /// The attention config of the run.
     pub fn config(&self) -> Result<DilatedAttentionConfig, String> {
         let segments = self

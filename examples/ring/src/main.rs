@@ -62,6 +62,11 @@ fn main() -> ExitCode {
             return gpu::single(&args);
         }
     }
+    // NdArray computes in f32 only
+    if args.dtype != args::Precision::F32 {
+        eprintln!("error: the CPU backend (NdArray) runs f32 only; --dtype needs the CUDA build");
+        return ExitCode::FAILURE;
+    }
     if args.single {
         let ok = print(run_single::<NdArray>(
             &Default::default(),
@@ -83,7 +88,21 @@ fn main() -> ExitCode {
                 let args = &args;
                 s.spawn(move || {
                     let comm: Arc<dyn Communicator<NdArray>> = Arc::new(comm);
-                    run_rank::<NdArray>(comm, args, "ndarray", &CPU_MEMORY)
+                    let mut lines = Vec::new();
+                    // NdArray computes in f32 only: the suite's half-precision runs need CUDA
+                    for run in args
+                        .runs()
+                        .into_iter()
+                        .filter(|r| r.dtype == args::Precision::F32)
+                    {
+                        lines.extend(run_rank::<NdArray>(
+                            comm.clone(),
+                            &run,
+                            "ndarray",
+                            &CPU_MEMORY,
+                        )?);
+                    }
+                    Ok(lines)
                 })
             })
             .collect();
@@ -140,7 +159,12 @@ mod gpu {
             reset: &|| {},
         };
         let comm: Arc<dyn Communicator<Cuda>> = Arc::new(comm);
-        if crate::print(run_rank::<Cuda>(comm, args, "cuda-nccl", &memory)) {
+        let mut ok = true;
+        for run in args.runs() {
+            // print as we go: a long run shows progress
+            ok &= crate::print(run_rank::<Cuda>(comm.clone(), &run, "cuda-nccl", &memory));
+        }
+        if ok {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE

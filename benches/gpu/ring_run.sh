@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call for the sequence-parallel ring over NCCL (issues 4 and 6): correctness of 1 and
+# 2 GPUs against one GPU on the whole sequence, then scaling (n on one GPU, 2n on two).
+# Expects .device-bin/ring(.gz), built here with
+#   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
+# Usage: benches/gpu/ring_run.sh [check|scale|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+STAGE=${1:-all}
+mkdir -p "$OUT"
+for f in .device-bin/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+chmod +x .device-bin/* 2>/dev/null
+export NCCL_NVLS_ENABLE=0 CUBECL_AUTOTUNE_LEVEL=minimal
+R=./.device-bin/ring
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi topo -m | tee -a "$OUT/gpu.txt"
+GPUS=$(nvidia-smi -L | wc -l)
+if [[ $STAGE == check || $STAGE == all ]]; then
+  echo "== check: NCCL world 1, then 2 GPUs; 32K tokens, a segment over both shards (sharded path)"
+  $R --launch 1 --seq 32768 --segments 2048,seq --rates 1,16 --check --backward --repeats 1 --warmup 0 2>&1 | tee "$OUT/check.jsonl"
+  if (( GPUS >= 2 )); then
+    timeout 420 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 --suite --backward --repeats 1 --warmup 0 2>&1 | tee -a "$OUT/check.jsonl"
+    echo "== check: LongNet pairs inside the shards (no communication, fused path), zigzag and causal"
+    $R --launch 2 --seq 65536 --check --backward --dtype bf16 --repeats 1 --warmup 0 2>&1 | tee -a "$OUT/check.jsonl"
+    $R --launch 2 --seq 65536 --segments 2048,4096,seq --rates 1,2,16 --zigzag --causal --check --backward --dtype bf16 --repeats 1 --warmup 0 2>&1 | tee -a "$OUT/check.jsonl"
+  fi
+fi
+if [[ $STAGE == scale || $STAGE == all ]]; then
+  echo "== scale: pairs (2048,1),(4096,2),(8192,4), bf16; n on one GPU, 2n on two"
+  for n in 1048576 4194304; do
+    $R --single --device cuda --seq $n --dtype bf16 --backward --repeats 3 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+    (( GPUS >= 2 )) && $R --launch 2 --seq $((2 * n)) --dtype bf16 --backward --repeats 3 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  done
+  echo "== scale: the largest forward (32-bit addressing limit per GPU: n h d < 2^32)"
+  $R --single --device cuda --seq 8388607 --dtype bf16 --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  (( GPUS >= 2 )) && $R --launch 2 --seq 16777214 --dtype bf16 --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  echo "== scale: plus a pair over the whole sequence (s / r = 2048 rows): the sharded path"
+  $R --single --device cuda --seq 1048576 --segments 2048,4096,8192,seq --rates 1,2,4,512 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  (( GPUS >= 2 )) && $R --launch 2 --seq 2097152 --segments 2048,4096,8192,seq --rates 1,2,4,1024 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+fi
