@@ -3,7 +3,7 @@
 # 2 GPUs against one GPU on the whole sequence, then scaling (n on one GPU, 2n on two).
 # Expects .device-bin/ring(.gz), built here with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
-# Usage: benches/gpu/ring_run.sh [check|scale|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+# Usage: benches/gpu/ring_run.sh [check|scale|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 STAGE=${1:-all}
@@ -35,6 +35,20 @@ if [[ $STAGE == scale || $STAGE == all ]]; then
   $R --single --device cuda --seq 8388607 --dtype bf16 --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
   (( GPUS >= 2 )) && $R --launch 2 --seq 16777214 --dtype bf16 --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
   echo "== scale: plus a pair over the whole sequence (s / r = 2048 rows): the sharded path"
-  $R --single --device cuda --seq 1048576 --segments 2048,4096,8192,seq --rates 1,2,4,512 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
-  (( GPUS >= 2 )) && $R --launch 2 --seq 2097152 --segments 2048,4096,8192,seq --rates 1,2,4,1024 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  timeout 200 $R --single --device cuda --seq 1048576 --segments 2048,4096,8192,seq --rates 1,2,4,512 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  (( GPUS >= 2 )) && timeout 200 $R --launch 2 --seq 2097152 --segments 2048,4096,8192,seq --rates 1,2,4,1024 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+fi
+if [[ $STAGE == suite8k ]]; then
+  echo "== check at 8K tokens: f32/bf16 x LongNet/HeadGrouped x causal/not, a segment over both GPUs"
+  timeout 500 $R --launch 2 --seq 8192 --segments 512,seq --rates 1,16 --suite --backward --repeats 1 --warmup 0 2>&1 | tee "$OUT/check8k.jsonl"
+fi
+if [[ $STAGE == diag ]]; then
+  echo "== diag: the sharded path's owned segments and multi-head groups, 2 GPUs, f32 forward"
+  for v in "--segments 3000 --rates 1" "--segments 3000 --rates 2" "--mode head-grouped --segments 512,seq --rates 1,16"; do
+    echo "-- $v"
+    timeout 150 $R --launch 2 --seq 8192 $v --check --repeats 1 --warmup 0 2>&1 | cut -c1-420 | grep -E "max_err|error|Error" | head -n 4
+  done
+  echo "-- head-grouped with CUBECL_DEBUG_LOG (kernel names only)"
+  CUBECL_DEBUG_LOG=1 timeout 150 $R --launch 2 --seq 8192 --mode head-grouped --segments 512,seq --rates 1,16 --repeats 1 --warmup 0 > "$OUT/diag_log.txt" 2>&1
+  grep -nE "__global__|error|Error" "$OUT/diag_log.txt" | tail -n 30
 fi
