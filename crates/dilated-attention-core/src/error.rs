@@ -223,6 +223,19 @@ pub enum DilatedAttentionError {
         /// The tensor's sequence length.
         actual: usize,
     },
+    /// A call would need more device memory than the configured limit, even one batch element
+    /// at a time (the production ring's memory guard).
+    #[error(
+        "rank {rank}: the call needs about {needed} bytes per batch element beyond its inputs, over the memory limit of {limit} bytes; use more ranks, a shorter sequence, or a higher limit"
+    )]
+    MemoryLimit {
+        /// The rank.
+        rank: usize,
+        /// Estimated bytes for one batch element.
+        needed: u64,
+        /// The configured limit.
+        limit: u64,
+    },
     /// NaN or infinite values where finite ones are required (the production ring's checks).
     #[error("rank {rank}: {name} has {count} non-finite values (NaN or Inf)")]
     NonFinite {

@@ -16,6 +16,7 @@ mod communicator;
 mod gradient_sync;
 mod in_process;
 mod layout;
+mod memory_guard;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 mod ring_attention;

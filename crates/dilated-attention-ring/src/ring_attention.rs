@@ -73,6 +73,7 @@ use dilated_attention_core::{
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 use serde::{Deserialize, Serialize};
 
+use crate::memory_guard::{CallPath, batch_chunks, estimate_call_bytes};
 use crate::shard_plan::ShardPlan;
 use crate::sharded_attention::ShardedAttention;
 use crate::{Communicator, ShardLayout};
@@ -100,6 +101,12 @@ pub struct RingDilatedAttentionConfig {
     /// Default: false.
     #[config(default = false)]
     pub fault_checks: bool,
+    /// With `fault_checks`: the most memory one call may allocate on a rank beyond its inputs
+    /// (by the estimate of `docs/architecture.md`'s memory models). A larger batch runs in
+    /// chunks; a call over the limit even for one batch element is a
+    /// [`MemoryLimit`](DilatedAttentionError::MemoryLimit) error instead of an out-of-memory
+    /// crash. Default: none.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// Sequence-parallel dilated attention; see the [module docs](self).
@@ -286,13 +293,69 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             .iter()
             .map(|pair| shard_aligned(pair.segment_length, &layout))
             .collect();
-        let mask = key_padding_mask;
-        let (out, lse) = if local.iter().all(|&l| l) {
+        let chunks = match (self.config.fault_checks, self.config.memory_limit_bytes) {
+            (true, Some(limit)) => {
+                self.batch_chunks(&query, &index, &layout, &local, shape, limit)?
+            }
+            _ => 1,
+        };
+        let (out, lse) = if chunks == 1 {
+            self.attend(query, key, value, key_padding_mask, &layout, shape, &local)?
+        } else {
+            // batch elements are independent: run the call chunk by chunk
+            let step = shape.batch.div_ceil(chunks);
+            let mut outs = Vec::with_capacity(chunks);
+            let mut lses = Vec::with_capacity(chunks);
+            for start in (0..shape.batch).step_by(step) {
+                let len = step.min(shape.batch - start);
+                let part = AttentionShape {
+                    batch: len,
+                    ..shape
+                };
+                let cut = |t: &Tensor<B, 4>| t.clone().narrow(0, start, len);
+                let mask = key_padding_mask
+                    .as_ref()
+                    .map(|m| m.clone().narrow(0, start, len));
+                let (o, l) = self.attend(
+                    cut(&query),
+                    cut(&key),
+                    cut(&value),
+                    mask,
+                    &layout,
+                    part,
+                    &local,
+                )?;
+                outs.push(o);
+                lses.push(l);
+            }
+            (Tensor::cat(outs, 0), Tensor::cat(lses, 0))
+        };
+        if self.config.fault_checks {
+            self.check_finite("output", out.clone())?;
+        }
+        Ok((out, lse))
+    }
+
+    /// One call over (a batch chunk of) the shard: shard-local pairs on the single-device path,
+    /// the others sharded.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        mask: Option<Tensor<B, 2, Bool>>,
+        layout: &ShardLayout,
+        shape: AttentionShape,
+        local: &[bool],
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        let attention = &self.config.attention;
+        Ok(if local.iter().all(|&l| l) {
             // every segment inside a shard: the single-device path (fused kernels) on the shard
             dilated_attention_with_lse_masked(query, key, value, mask, attention)?
         } else if attention.mode == DilationMode::LongNet && local.iter().any(|&l| l) {
             // LongNet: local pairs on the single-device path, the others sharded, merged by LSE
-            let (near, far) = split_pairs(attention, &local);
+            let (near, far) = split_pairs(attention, local);
             let (o1, l1) = dilated_attention_with_lse_masked(
                 query.clone(),
                 key.clone(),
@@ -300,17 +363,92 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
                 mask.clone(),
                 &near,
             )?;
-            let (o2, l2) = self.sharded(query, key, value, mask, &far, &layout, shape)?;
+            let (o2, l2) = self.sharded(query, key, value, mask, &far, layout, shape)?;
             let dtype = o1.dtype();
             let (out, lse) = merge_by_lse(vec![(wide(o1), wide(l1)), (wide(o2), wide(l2))]);
             (narrow_to(out, dtype), narrow_to(lse, dtype))
         } else {
-            self.sharded(query, key, value, mask, attention, &layout, shape)?
+            self.sharded(query, key, value, mask, attention, layout, shape)?
+        })
+    }
+
+    /// The memory guard's estimate of what a call with inputs of `dims` (this rank's
+    /// `[batch, local seq, heads, head_dim]`) on `device` allocates beyond its inputs, for the
+    /// longest shard of the layout (so every rank gets the same answer).
+    ///
+    /// # Errors
+    /// Shape, config and layout errors.
+    pub fn estimated_call_bytes(
+        &self,
+        dims: [usize; 4],
+        dtype: DType,
+        device: &B::Device,
+    ) -> Result<u64> {
+        let shape = AttentionShape::from_dims("query", &dims)?;
+        let layout = self.layout_for(shape.seq_len)?;
+        let index =
+            DilatedIndexPlan::new(&self.config.attention, layout.seq_len(), shape.num_heads)?;
+        let local: Vec<bool> = index
+            .pairs()
+            .iter()
+            .map(|pair| shard_aligned(pair.segment_length, &layout))
+            .collect();
+        Ok(self
+            .estimator(&index, &layout, &local, shape, dtype, device)(
+            shape.batch,
+        ))
+    }
+
+    /// The estimate as a function of the batch size.
+    fn estimator<'a>(
+        &self,
+        index: &'a DilatedIndexPlan,
+        layout: &ShardLayout,
+        local: &[bool],
+        shape: AttentionShape,
+        dtype: DType,
+        device: &B::Device,
+    ) -> impl Fn(usize) -> u64 + 'a {
+        let attention = &self.config.attention;
+        let longest = (0..layout.world_size())
+            .map(|r| layout.local_len(r))
+            .max()
+            .unwrap_or(shape.seq_len);
+        let worst = AttentionShape {
+            seq_len: longest,
+            ..shape
         };
-        if self.config.fault_checks {
-            self.check_finite("output", out.clone())?;
+        let sharded = !local.iter().all(|&l| l);
+        let path = if B::fused_dilated_attention_available(worst.dims(), attention) {
+            CallPath::Fused
+        } else if B::ad_enabled(device) {
+            CallPath::ReferenceTraining
+        } else {
+            CallPath::Reference
+        };
+        let bytes = dtype.size();
+        move |batch: usize| {
+            let part = AttentionShape { batch, ..worst };
+            estimate_call_bytes(&part, index, path, sharded, bytes)
         }
-        Ok((out, lse))
+    }
+
+    /// The memory guard: how many batch chunks keep the call under `limit` on every rank.
+    fn batch_chunks(
+        &self,
+        query: &Tensor<B, 4>,
+        index: &DilatedIndexPlan,
+        layout: &ShardLayout,
+        local: &[bool],
+        shape: AttentionShape,
+        limit: u64,
+    ) -> Result<usize> {
+        let estimate = self.estimator(index, layout, local, shape, query.dtype(), &query.device());
+        batch_chunks(shape.batch, limit, &estimate).ok_or(DilatedAttentionError::MemoryLimit {
+            rank: self.communicator.rank,
+            needed: estimate(1),
+            limit,
+        })
     }
 
     /// The sharded algorithm over `config`'s pairs, as one differentiable step.

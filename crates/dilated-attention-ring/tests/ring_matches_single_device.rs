@@ -372,3 +372,51 @@ fn zigzag_order_from_the_config_matches_one_device() {
     });
     assert!(max_abs_diff(layout.unshard(outs), want) < 1e-5);
 }
+
+#[test]
+fn the_memory_guard_chunks_the_batch_or_refuses_the_call() {
+    let attention = DilatedAttentionConfig::new(vec![8, 64], vec![1, 4]).with_causal(true);
+    let x = seeded_normal::<B, 4>(9, [4, 64, 2, 8], &Default::default());
+    let layout = ShardLayout::contiguous(64, 2).unwrap();
+    let results = on_ranks(2, |comm| {
+        let rank = comm.rank();
+        let comm: Arc<dyn dilated_attention_ring::Communicator<B>> = Arc::new(comm);
+        let shard = layout.shard(x.clone(), rank);
+        let free = RingDilatedAttentionConfig::new(attention.clone())
+            .init::<B>(comm.clone())
+            .with_layout(layout.clone())
+            .unwrap();
+        let want = free.forward(shard.clone(), shard.clone(), shard.clone());
+        let device = Default::default();
+        let two = free
+            .estimated_call_bytes([2, 32, 2, 8], burn::tensor::DType::F32, &device)
+            .unwrap();
+        let one = free
+            .estimated_call_bytes([1, 32, 2, 8], burn::tensor::DType::F32, &device)
+            .unwrap();
+        let guarded = |limit| {
+            RingDilatedAttentionConfig::new(attention.clone())
+                .with_fault_checks(true)
+                .with_memory_limit_bytes(Some(limit))
+                .init::<B>(comm.clone())
+                .with_layout(layout.clone())
+                .unwrap()
+        };
+        // room for two batch elements at a time: two chunks, the same output
+        let got = guarded(two)
+            .try_forward(shard.clone(), shard.clone(), shard.clone())
+            .unwrap();
+        let err = guarded(one - 1)
+            .try_forward(shard.clone(), shard.clone(), shard)
+            .unwrap_err();
+        (max_abs_diff(got, want), err, one, two)
+    });
+    for (diff, err, one, two) in results {
+        assert!(two > one);
+        assert_eq!(diff, 0.0, "chunking the batch changes nothing");
+        assert!(
+            matches!(err, DilatedAttentionError::MemoryLimit { needed, limit, .. } if needed == one && limit == one - 1),
+            "{err}"
+        );
+    }
+}
