@@ -43,6 +43,13 @@ pub trait Communicator<B: Backend>: Send + Sync + Debug {
         recv: Option<Receive>,
     ) -> Result<Option<Tensor<B, 1>>>;
 
+    /// True when a send returns before the peer receives (the transfer is buffered), so that a
+    /// rank may post the next step's send before computing the current one. Default: false
+    /// (sends and receives must be paired in one [`Self::exchange`]).
+    fn buffered_sends(&self) -> bool {
+        false
+    }
+
     /// Every rank's `tensor`, in rank order (lengths may differ between ranks).
     ///
     /// # Errors

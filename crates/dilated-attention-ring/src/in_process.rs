@@ -200,6 +200,10 @@ impl<B: Backend> Communicator<B> for InProcessCommunicator<B> {
         &self.device
     }
 
+    fn buffered_sends(&self) -> bool {
+        true
+    }
+
     fn exchange(
         &self,
         send: Option<(usize, Tensor<B, 1>)>,

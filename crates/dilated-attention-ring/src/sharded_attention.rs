@@ -43,6 +43,17 @@ pub(crate) struct ShardedAttention<B: Backend> {
     pub key_padding_mask: Option<Tensor<B, 2, Bool>>,
 }
 
+/// Which half of a step's transfer [`ShardedAttention::keys_for_step`] makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Send this step's keys and receive the peer's (one paired exchange).
+    Both,
+    /// Only post this step's send (communicators whose sends are buffered).
+    Send,
+    /// Only receive (the send was posted earlier).
+    Receive,
+}
+
 /// Keys one group received in one step: their rows and `[batch, rows, heads, head_dim]` blocks.
 type KeyBlock<B> = (Vec<Row>, Tensor<B, 4>, Tensor<B, 4>);
 
@@ -244,6 +255,7 @@ impl<B: Backend> ShardedAttention<B> {
         t: usize,
         key: &Tensor<B, 4>,
         value: &Tensor<B, 4>,
+        phase: Phase,
     ) -> Result<Vec<Option<KeyBlock<B>>>> {
         let (me, world) = (self.plan.rank, self.communicator.world_size());
         let causal = self.config.causal;
@@ -264,7 +276,7 @@ impl<B: Backend> ShardedAttention<B> {
         }
         let (dst, src) = ((me + t) % world, (me + world - t) % world);
         let mut payload = Vec::new();
-        for g in self.groups() {
+        for g in self.groups().filter(|_| phase != Phase::Receive) {
             let rows = g.keys_sent(me, dst, causal);
             if rows.is_empty() {
                 continue;
@@ -287,12 +299,15 @@ impl<B: Backend> ShardedAttention<B> {
             .collect();
         let total: usize = sizes.iter().sum::<usize>() * 2;
         let send = (!payload.is_empty()).then(|| (dst, Tensor::cat(payload, 0)));
-        let receive = (total > 0).then_some(Receive {
+        let receive = (total > 0 && phase != Phase::Send).then_some(Receive {
             from: src,
             len: total,
             dtype: key.dtype(),
         });
         let received = self.communicator.exchange(send, receive)?;
+        if phase == Phase::Send {
+            return Ok(Vec::new());
+        }
         let mut at = 0;
         Ok(self
             .groups()
@@ -397,8 +412,20 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             })
             .collect();
         let mut shared: Vec<Option<(Tensor<B, 4>, Tensor<B, 3>)>> = vec![None; groups.len()];
-        for t in 0..self.communicator.world_size() {
-            let blocks = self.keys_for_step(t, &k_in, &v_in)?;
+        // With buffered sends, step t + 1's keys go out before step t's block is computed, so the
+        // transfer overlaps the compute (forward only: the backward's gradients share channels).
+        let world = self.communicator.world_size();
+        let prefetch = self.communicator.buffered_sends() && world > 1;
+        for t in 0..world {
+            let phase = if prefetch && t > 0 {
+                Phase::Receive
+            } else {
+                Phase::Both
+            };
+            let blocks = self.keys_for_step(t, &k_in, &v_in, phase)?;
+            if prefetch && t + 1 < world {
+                self.keys_for_step(t + 1, &k_in, &v_in, Phase::Send)?;
+            }
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {
                     continue;
@@ -550,7 +577,7 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             }))
         };
         for t in 0..world {
-            let blocks = self.keys_for_step(t, &k_in, &v_in)?;
+            let blocks = self.keys_for_step(t, &k_in, &v_in, Phase::Both)?;
             let mut returned = Vec::new();
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {
