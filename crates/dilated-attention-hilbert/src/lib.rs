@@ -1,0 +1,7 @@
+//! Hilbert ordering for dilated attention over tokens that live on a grid: generalised Hilbert
+//! curves over any rectangle, the permutation they define, and (next) Hilbert-ordered dilated
+//! attention.
+
+mod curve2d;
+
+pub use curve2d::*;
