@@ -3,5 +3,7 @@
 //! attention.
 
 mod curve2d;
+mod hilbert_order;
 
 pub use curve2d::*;
+pub use hilbert_order::*;
