@@ -1,0 +1,237 @@
+//! [`HilbertDilatedAttention`]: dilated attention over tokens serialised along a Hilbert curve,
+//! so that every segment is a compact patch of the grid; the output comes back in the input's
+//! order.
+//!
+//! Input and output are `[batch, seq, heads, head_dim]` with tokens in raster order of the grid
+//! (`seq = width * height`), or a plain sequence with the default square grid of side
+//! `ceil(sqrt(seq))` (the PyTorch library's). Today the permutation is a gather before the
+//! attention and one after it, on every backend (the fused kernels reading the index array
+//! directly is still to do); the orders are cached per shape.
+//!
+//! ```
+//! use burn::backend::NdArray;
+//! use burn::tensor::{Distribution, Tensor};
+//! use dilated_attention_core::DilatedAttentionConfig;
+//! use dilated_attention_hilbert::HilbertDilatedAttentionConfig;
+//!
+//! let device = Default::default();
+//! // a 16 x 8 image of tokens: segments of 16 tokens are 4 x 4 patches
+//! let attn = HilbertDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![16, 64], vec![1, 2]))
+//!     .with_grid(Some([16, 8]))
+//!     .init::<NdArray>(&device);
+//! let x = Tensor::<NdArray, 4>::random([1, 128, 4, 8], Distribution::Default, &device);
+//! let out = attn.forward(x.clone(), x.clone(), x);
+//! assert_eq!(out.dims(), [1, 128, 4, 8]);
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result,
+};
+use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+
+use crate::HilbertOrder;
+
+/// Config of [`HilbertDilatedAttention`].
+#[derive(Config, Debug)]
+pub struct HilbertDilatedAttentionConfig {
+    /// The dilated attention run along the curve.
+    pub attention: DilatedAttentionConfig,
+    /// `[width, height]` of the token grid (raster order, `seq = width * height`); `None`: the
+    /// default square of side `ceil(sqrt(seq))`.
+    pub grid: Option<[usize; 2]>,
+}
+
+/// Orders already computed, per (sequence length, grid).
+type OrderCache = Arc<Mutex<HashMap<(usize, Option<[usize; 2]>), Arc<HilbertOrder>>>>;
+
+/// Hilbert-ordered dilated attention; see the [module docs](self).
+#[derive(Module, Debug)]
+pub struct HilbertDilatedAttention<B: Backend> {
+    #[module(skip)]
+    config: HilbertDilatedAttentionConfig,
+    #[module(skip)]
+    cache: OrderCache,
+    _backend: core::marker::PhantomData<B>,
+}
+
+impl HilbertDilatedAttentionConfig {
+    /// Validates the config and builds the module.
+    ///
+    /// # Errors
+    /// The attention config's errors; [`ZeroSize`](DilatedAttentionError::ZeroSize) for a grid
+    /// side of 0.
+    pub fn try_init<B: Backend>(&self, _device: &B::Device) -> Result<HilbertDilatedAttention<B>> {
+        self.attention.validate()?;
+        if let Some([w, h]) = self.grid {
+            HilbertOrder::grid(w, h)?;
+        }
+        Ok(HilbertDilatedAttention {
+            config: self.clone(),
+            cache: OrderCache::default(),
+            _backend: core::marker::PhantomData,
+        })
+    }
+
+    /// Builds the module.
+    ///
+    /// # Panics
+    /// If the config is invalid, with the message of [`Self::try_init`]'s error.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> HilbertDilatedAttention<B> {
+        self.try_init(device).unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl<B: Backend> HilbertDilatedAttention<B> {
+    /// The config the module was built from.
+    pub fn config(&self) -> &HilbertDilatedAttentionConfig {
+        &self.config
+    }
+
+    /// The order for a sequence of `seq_len` tokens (cached).
+    ///
+    /// # Errors
+    /// [`SequenceMismatch`](DilatedAttentionError::SequenceMismatch) when the grid does not have
+    /// `seq_len` cells; [`ZeroSize`](DilatedAttentionError::ZeroSize).
+    pub fn order(&self, seq_len: usize) -> Result<Arc<HilbertOrder>> {
+        let key = (seq_len, self.config.grid);
+        if let Some(order) = self.cache.lock().expect("order cache").get(&key) {
+            return Ok(order.clone());
+        }
+        let order = match self.config.grid {
+            Some([w, h]) => {
+                if w * h != seq_len {
+                    return Err(DilatedAttentionError::SequenceMismatch {
+                        name: "grid (width * height)",
+                        query: seq_len,
+                        actual: w * h,
+                    });
+                }
+                HilbertOrder::grid(w, h)?
+            }
+            None => HilbertOrder::sequence(seq_len)?,
+        };
+        let order = Arc::new(order);
+        self.cache
+            .lock()
+            .expect("order cache")
+            .insert(key, order.clone());
+        Ok(order)
+    }
+}
+
+fn index<B: Backend>(values: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let data: Vec<i64> = values.iter().map(|&v| v as i64).collect();
+    Tensor::from_data(TensorData::new(data, [values.len()]), device)
+}
+
+impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
+    /// Attention output in the input's order.
+    ///
+    /// # Panics
+    /// On any error of [`Self::try_forward_with_lse`], with its message.
+    pub fn forward(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        self.try_forward(query, key, value)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Attention output in the input's order, with errors as values.
+    ///
+    /// # Errors
+    /// See [`Self::try_forward_with_lse`].
+    pub fn try_forward(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        self.try_forward_with_lse(query, key, value, None)
+            .map(|(out, _)| out)
+    }
+
+    /// Output `[batch, seq, heads, head_dim]` and log-sum-exp `[batch, seq, heads]`, both in the
+    /// input's order, with an optional key padding mask (`[batch, seq]`, input order).
+    ///
+    /// # Errors
+    /// Shape and config errors, and the grid errors of [`Self::order`].
+    pub fn try_forward_with_lse(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        let shape = AttentionShape::check_inputs(
+            &query.dims(),
+            &key.dims(),
+            &value.dims(),
+            key_padding_mask.as_ref().map(Tensor::dims),
+        )?;
+        let order = self.order(shape.seq_len)?;
+        let device = query.device();
+        let along = index::<B>(order.order(), &device);
+        let back = index::<B>(order.inverse(), &device);
+        let to_curve = |t: Tensor<B, 4>| t.select(1, along.clone());
+        let mask = key_padding_mask.map(|m| {
+            // 0/1 floats through the gather (see core's note on WGPU boolean masks)
+            m.float().select(1, along.clone()).greater_elem(0.5)
+        });
+        let (out, lse) = dilated_attention_with_lse_masked(
+            to_curve(query),
+            to_curve(key),
+            to_curve(value),
+            mask,
+            &self.config.attention,
+        )?;
+        Ok((out.select(1, back.clone()), lse.select(1, back)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::NdArray;
+
+    type B = NdArray;
+
+    #[test]
+    fn the_cache_keeps_one_order_per_shape() {
+        let attn =
+            HilbertDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![8], vec![1]))
+                .init::<B>(&Default::default());
+        let a = attn.order(50).unwrap();
+        let b = attn.order(50).unwrap();
+        let c = attn.order(64).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, HilbertOrder::sequence(50).unwrap());
+        assert_eq!(*c, HilbertOrder::sequence(64).unwrap());
+        assert_eq!(attn.cache.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_grid_of_the_wrong_size_is_an_error() {
+        let attn =
+            HilbertDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![8], vec![1]))
+                .with_grid(Some([5, 5]))
+                .init::<B>(&Default::default());
+        let x = Tensor::<B, 4>::zeros([1, 24, 2, 4], &Default::default());
+        assert!(matches!(
+            attn.try_forward(x.clone(), x.clone(), x),
+            Err(DilatedAttentionError::SequenceMismatch {
+                query: 24,
+                actual: 25,
+                ..
+            })
+        ));
+    }
+}
