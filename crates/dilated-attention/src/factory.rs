@@ -18,7 +18,7 @@
 //! assert_eq!(ring.try_forward_heads(q.clone(), q.clone(), q.clone())?.dims(), [1, 80, 4, 16]);
 //!
 //! // kinds whose capability has not landed yet are typed errors, never silent stand-ins
-//! let err = create_attention::<NdArray>(AttentionKind::Hilbert, &cfg, &device).unwrap_err();
+//! let err = create_attention::<NdArray>(AttentionKind::BlockSparse, &cfg, &device).unwrap_err();
 //! assert!(matches!(err, DilatedAttentionError::Unsupported { .. }));
 //! # Ok::<(), DilatedAttentionError>(())
 //! ```
@@ -33,6 +33,7 @@ use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, DilationMode, Result, ensure_nonzero,
     ensure_ratio,
 };
+use dilated_attention_hilbert::{HilbertDilatedAttention, HilbertDilatedAttentionConfig};
 use dilated_attention_kernels::{DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit};
 use dilated_attention_multihead::{MultiheadDilatedAttention, MultiheadDilatedAttentionConfig};
 use dilated_attention_ring::{
@@ -88,7 +89,7 @@ impl AttentionKind {
     pub fn is_available(self) -> bool {
         matches!(
             self,
-            Self::Dilated | Self::Multihead | Self::Ring | Self::Production
+            Self::Dilated | Self::Multihead | Self::Ring | Self::Production | Self::Hilbert
         )
     }
 }
@@ -151,6 +152,9 @@ pub struct StandardConfig {
     /// Rotary embedding of the multihead kinds. Default: false.
     #[config(default = false)]
     pub rotary: bool,
+    /// `[width, height]` of the token grid of the Hilbert kind (tokens in raster order);
+    /// `None`: a square of side `ceil(sqrt(seq))`, the PyTorch library's default.
+    pub grid: Option<[usize; 2]>,
 }
 
 impl StandardConfig {
@@ -201,6 +205,8 @@ pub enum AnyAttention<B: Backend> {
     /// From [`AttentionKind::Ring`] and [`AttentionKind::Production`] (the latter with
     /// `fault_checks` on).
     Ring(RingDilatedAttention<B>),
+    /// From [`AttentionKind::Hilbert`].
+    Hilbert(HilbertDilatedAttention<B>),
 }
 
 impl<B: Backend> AnyAttention<B> {
@@ -211,6 +217,7 @@ impl<B: Backend> AnyAttention<B> {
             Self::Multihead(_) => AttentionKind::Multihead,
             Self::Ring(m) if m.config().fault_checks => AttentionKind::Production,
             Self::Ring(_) => AttentionKind::Ring,
+            Self::Hilbert(_) => AttentionKind::Hilbert,
         }
     }
 }
@@ -230,6 +237,7 @@ impl<B: DilatedAttentionBackend> AnyAttention<B> {
         match self {
             Self::Dilated(m) => m.try_forward(query, key, value),
             Self::Ring(m) => m.try_forward(query, key, value),
+            Self::Hilbert(m) => m.try_forward(query, key, value),
             Self::Multihead(_) => {
                 Err(self.wrong_layout("[batch, seq, embed_dim]: call try_forward_embed"))
             }
@@ -249,7 +257,7 @@ impl<B: DilatedAttentionBackend> AnyAttention<B> {
     ) -> Result<Tensor<B, 3>> {
         match self {
             Self::Multihead(m) => m.try_forward(query, key, value, None),
-            Self::Dilated(_) | Self::Ring(_) => {
+            Self::Dilated(_) | Self::Ring(_) | Self::Hilbert(_) => {
                 Err(self.wrong_layout("[batch, seq, heads, head_dim]: call try_forward_heads"))
             }
         }
@@ -268,7 +276,7 @@ impl<B: DilatedAttentionBackend> AnyAttention<B> {
 /// # Errors
 /// The config's errors ([`StandardConfig::validate`]), and
 /// [`DilatedAttentionError::Unsupported`] naming the kind for kinds this build does not have yet
-/// (Hilbert and block-sparse come with their own issues). The ring kinds get a world of one
+/// (block-sparse comes with its own issue). The ring kinds get a world of one
 /// device here; [`create_ring_attention`] gives them a communicator.
 pub fn create_attention<B: DilatedAttentionBackend>(
     kind: AttentionKind,
@@ -287,7 +295,11 @@ pub fn create_attention<B: DilatedAttentionBackend>(
             let solo = InProcessCommunicator::solo(B::inner_device(device));
             create_ring_attention(kind, config, Arc::new(solo))
         }
-        AttentionKind::Hilbert => Err(not_yet(kind, "Hilbert-ordered attention")),
+        AttentionKind::Hilbert => Ok(AnyAttention::Hilbert(
+            HilbertDilatedAttentionConfig::new(config.attention_config())
+                .with_grid(config.grid)
+                .try_init(device)?,
+        )),
         AttentionKind::BlockSparse | AttentionKind::BlockSparseMultihead => {
             Err(not_yet(kind, "block-sparse attention"))
         }
@@ -409,6 +421,26 @@ mod tests {
         assert!(matches!(
             production.try_forward_heads(nan, q.clone(), q.clone()),
             Err(DilatedAttentionError::NonFinite { name: "query", .. })
+        ));
+    }
+
+    #[test]
+    fn hilbert_kind_orders_along_the_grid_given() {
+        let device = Default::default();
+        let cfg = config().with_grid(Some([8, 5]));
+        let m = create_attention::<B>(AttentionKind::Hilbert, &cfg, &device).unwrap();
+        assert_eq!(m.kind(), AttentionKind::Hilbert);
+        let q = Tensor::<B, 4>::random([1, 40, 4, 8], Distribution::Default, &device);
+        assert_eq!(
+            m.try_forward_heads(q.clone(), q.clone(), q.clone())
+                .unwrap()
+                .dims(),
+            [1, 40, 4, 8]
+        );
+        let q = Tensor::<B, 4>::random([1, 39, 4, 8], Distribution::Default, &device);
+        assert!(matches!(
+            m.try_forward_heads(q.clone(), q.clone(), q),
+            Err(DilatedAttentionError::SequenceMismatch { .. })
         ));
     }
 

@@ -37,6 +37,7 @@ pub use factory::*;
 
 pub use burn;
 pub use dilated_attention_core as core;
+pub use dilated_attention_hilbert as hilbert;
 pub use dilated_attention_kernels as kernels;
 pub use dilated_attention_multihead as multihead;
 pub use dilated_attention_ring as ring;
@@ -44,6 +45,9 @@ pub use dilated_attention_ring as ring;
 pub use dilated_attention_core::{
     AttentionImplementation, AttentionShape, DilatedAttentionConfig, DilatedAttentionError,
     DilatedIndexPlan, DilationMode, merge_by_lse, reference_dilated_attention,
+};
+pub use dilated_attention_hilbert::{
+    HilbertDilatedAttention, HilbertDilatedAttentionConfig, HilbertOrder, hilbert_2d,
 };
 pub use dilated_attention_kernels::{
     DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit, dilated_attention_with_lse,
@@ -64,10 +68,11 @@ pub mod prelude {
         AnyAttention, AttentionImplementation, AttentionKind, Communicator, DilatedAttention,
         DilatedAttentionBackend, DilatedAttentionConfig, DilatedAttentionError,
         DilatedAttentionInit, DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode,
-        InProcessCommunicator, LongNetLm, LongNetLmConfig, MultiheadDilatedAttention,
-        MultiheadDilatedAttentionConfig, RingDilatedAttention, RingDilatedAttentionConfig,
-        ShardLayout, ShardOrder, StandardConfig, all_reduce_gradients, create_attention,
-        create_ring_attention, dilated_attention_with_lse, dilated_attention_with_lse_masked,
+        HilbertDilatedAttention, HilbertDilatedAttentionConfig, InProcessCommunicator, LongNetLm,
+        LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
+        RingDilatedAttention, RingDilatedAttentionConfig, ShardLayout, ShardOrder, StandardConfig,
+        all_reduce_gradients, create_attention, create_ring_attention, dilated_attention_with_lse,
+        dilated_attention_with_lse_masked,
     };
 }
 
