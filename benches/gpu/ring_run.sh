@@ -4,6 +4,8 @@
 # Expects .device-bin/ring(.gz), built here with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
 # Usage: benches/gpu/ring_run.sh [check|scale|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+# Each run is bounded by `timeout`; the scale stage can take up to 20 min in all, more than one
+# device call allows: split it (the loop bounds) when the budget is short.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 STAGE=${1:-all}
@@ -12,6 +14,10 @@ for f in .device-bin/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
 chmod +x .device-bin/* 2>/dev/null
 export NCCL_NVLS_ENABLE=0 CUBECL_AUTOTUNE_LEVEL=minimal
 R=./.device-bin/ring
+# `timeout` stops the launcher but not its rank processes: clear them before and after each run,
+# or a stuck run keeps the GPUs' memory and the next runs fail (seen on 2026-11-26).
+clear_ranks() { pkill -x ring 2>/dev/null; sleep 1; }
+clear_ranks
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 nvidia-smi topo -m | tee -a "$OUT/gpu.txt"
 GPUS=$(nvidia-smi -L | wc -l)
@@ -27,16 +33,20 @@ if [[ $STAGE == check || $STAGE == all ]]; then
 fi
 if [[ $STAGE == scale || $STAGE == all ]]; then
   echo "== scale: pairs (2048,1),(4096,2),(8192,4), bf16; n on one GPU, 2n on two"
+  # each run: bounded, JSON lines kept, errors counted (a panicking rank can print thousands)
+  run() { timeout "$1" "${@:2}" > "$OUT/last.txt" 2>&1; echo "rc=$?"; clear_ranks
+          grep -E '^\{' "$OUT/last.txt" | tee -a "$OUT/scale.jsonl"
+          grep -vE '^\{' "$OUT/last.txt" | sort | uniq -c | sort -rn | head -5 | cut -c1-300; }
   for n in 1048576 4194304; do
-    $R --single --device cuda --seq $n --dtype bf16 --backward --repeats 3 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
-    (( GPUS >= 2 )) && $R --launch 2 --seq $((2 * n)) --dtype bf16 --backward --repeats 3 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+    run 120 $R --single --device cuda --seq $n --dtype bf16 --backward --repeats 2 --warmup 1
+    (( GPUS >= 2 )) && run 150 $R --launch 2 --seq $((2 * n)) --dtype bf16 --backward --repeats 2 --warmup 1
   done
   echo "== scale: the largest forward (32-bit addressing limit per GPU: n h d < 2^32)"
-  $R --single --device cuda --seq 8388607 --dtype bf16 --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
-  (( GPUS >= 2 )) && $R --launch 2 --seq 16777214 --dtype bf16 --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  run 120 $R --single --device cuda --seq 8388607 --dtype bf16 --repeats 1 --warmup 1
+  (( GPUS >= 2 )) && run 150 $R --launch 2 --seq 16777214 --dtype bf16 --repeats 1 --warmup 1
   echo "== scale: plus a pair over the whole sequence (s / r = 2048 rows): the sharded path"
-  timeout 200 $R --single --device cuda --seq 1048576 --segments 2048,4096,8192,seq --rates 1,2,4,512 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
-  (( GPUS >= 2 )) && timeout 200 $R --launch 2 --seq 2097152 --segments 2048,4096,8192,seq --rates 1,2,4,1024 --dtype bf16 --backward --repeats 2 --warmup 1 2>&1 | tee -a "$OUT/scale.jsonl"
+  run 200 $R --single --device cuda --seq 1048576 --segments 2048,4096,8192,seq --rates 1,2,4,512 --dtype bf16 --backward --repeats 2 --warmup 1
+  (( GPUS >= 2 )) && run 200 $R --launch 2 --seq 2097152 --segments 2048,4096,8192,seq --rates 1,2,4,1024 --dtype bf16 --backward --repeats 2 --warmup 1
 fi
 if [[ $STAGE == suite8k ]]; then
   echo "== check at 8K tokens: f32/bf16 x LongNet/HeadGrouped x causal/not, a segment over both GPUs"
