@@ -9,8 +9,23 @@
 
 use core::ops::Range;
 
-use burn::tensor::{Tensor, backend::Backend};
+use burn::tensor::{DType, FloatDType, Tensor, backend::Backend};
 use dilated_attention_core::SCORE_BUDGET_ELEMENTS;
+
+/// The block math runs in f32 whatever the inputs' dtype (softmax statistics in half precision
+/// would lose the accuracy the merge needs); transfers of keys and values keep the inputs' dtype.
+pub(crate) fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
+    narrow_to(t, DType::F32)
+}
+
+/// `t` in `dtype` (a no-op when it already is).
+pub(crate) fn narrow_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
+    if t.dtype() == dtype {
+        t
+    } else {
+        t.cast(FloatDType::from(dtype))
+    }
+}
 
 /// Which keys each query sees, for a chunk of query rows:
 /// `[1 or batch, 1 or segments, rows, keys]`,

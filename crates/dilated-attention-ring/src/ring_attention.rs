@@ -63,9 +63,7 @@ use std::sync::Arc;
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{
-    Bool, DType, ElementConversion, FloatDType, Tensor, TensorData, TensorPrimitive,
-};
+use burn::tensor::{Bool, DType, ElementConversion, Tensor, TensorData, TensorPrimitive};
 use dilated_attention_core::{
     AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, DilationMode,
     Result, merge_by_lse,
@@ -73,6 +71,7 @@ use dilated_attention_core::{
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 use serde::{Deserialize, Serialize};
 
+use crate::block::{narrow_to, wide};
 use crate::memory_guard::{CallPath, batch_chunks, estimate_call_bytes};
 use crate::shard_plan::ShardPlan;
 use crate::sharded_attention::ShardedAttention;
@@ -604,20 +603,4 @@ fn split_pairs(
         part
     };
     (pick(true), pick(false))
-}
-
-fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    if t.dtype() == DType::F32 {
-        t
-    } else {
-        t.cast(FloatDType::F32)
-    }
-}
-
-fn narrow_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if t.dtype() == dtype {
-        t
-    } else {
-        t.cast(FloatDType::from(dtype))
-    }
 }

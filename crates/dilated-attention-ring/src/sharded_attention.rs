@@ -18,15 +18,14 @@ use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{
-    Bool, DType, FloatDType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive,
-    backend::Backend,
+    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive, backend::Backend,
 };
 use dilated_attention_core::{
     AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, merge_by_lse,
 };
 use dilated_attention_kernels::CustomAttention;
 
-use crate::block::{BlockGrads, block_backward, block_forward};
+use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
 use crate::{Communicator, Receive, ShardLayout};
 
@@ -308,48 +307,51 @@ impl<B: Backend> ShardedAttention<B> {
         if phase == Phase::Send {
             return Ok(Vec::new());
         }
-        let mut at = 0;
+        let mut parts = self.unpack(received.as_ref(), &incoming, batch, head_dim);
         Ok(self
             .groups()
             .zip(incoming)
-            .zip(sizes)
-            .map(|((g, rows), size)| {
-                if size == 0 {
-                    return None;
-                }
-                let flat = received
-                    .as_ref()
-                    .expect("a non-empty transfer was received");
-                let dims = [batch, rows.len(), g.heads.len(), head_dim];
-                let k = flat.clone().narrow(0, at, size).reshape(dims);
-                let v = flat.clone().narrow(0, at + size, size).reshape(dims);
-                at += 2 * size;
+            .zip(parts.iter_mut())
+            .map(|((g, rows), part)| {
+                let (k, v) = part.take()?;
                 (!g.shared.is_empty()).then(|| (rows, wide(k), wide(v)))
             })
             .collect())
     }
 }
 
+impl<B: Backend> ShardedAttention<B> {
+    /// Cuts a received flat transfer into each group's two blocks (keys and values, or their
+    /// gradients) `[batch, rows, group heads, head_dim]`, in group order; `None` for a group
+    /// with no rows.
+    fn unpack(
+        &self,
+        received: Option<&Tensor<B, 1>>,
+        rows: &[Vec<Row>],
+        batch: usize,
+        head_dim: usize,
+    ) -> Vec<Option<(Tensor<B, 4>, Tensor<B, 4>)>> {
+        let mut at = 0;
+        self.groups()
+            .zip(rows)
+            .map(|(g, rows)| {
+                let dims = [batch, rows.len(), g.heads.len(), head_dim];
+                let size: usize = dims.iter().product();
+                if size == 0 {
+                    return None;
+                }
+                let flat = received.expect("a non-empty transfer was received");
+                let first = flat.clone().narrow(0, at, size).reshape(dims);
+                let second = flat.clone().narrow(0, at + size, size).reshape(dims);
+                at += 2 * size;
+                Some((first, second))
+            })
+            .collect()
+    }
+}
+
 fn float<B: Backend, const D: usize>(t: FloatTensor<B>) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
-}
-
-/// The block math runs in f32 whatever the inputs' dtype (softmax statistics in half precision
-/// would lose the accuracy the merge needs); transfers of keys and values keep the inputs' dtype.
-fn wide<B: Backend, const D: usize>(t: Tensor<B, D>) -> Tensor<B, D> {
-    if t.dtype() == DType::F32 {
-        t
-    } else {
-        t.cast(FloatDType::F32)
-    }
-}
-
-fn narrow_to<B: Backend, const D: usize>(t: Tensor<B, D>, dtype: DType) -> Tensor<B, D> {
-    if t.dtype() == dtype {
-        t
-    } else {
-        t.cast(FloatDType::from(dtype))
-    }
 }
 
 fn five<B: Backend>(t: Tensor<B, 4>, segments: usize) -> Tensor<B, 5> {
@@ -571,8 +573,7 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
             let shared = &groups[i].shared;
             self.index(rows.iter().map(|r| {
                 shared
-                    .iter()
-                    .position(|s| s.local == r.local)
+                    .binary_search_by_key(&r.local, |s| s.local)
                     .expect("a sent key is a shared row")
             }))
         };
@@ -648,18 +649,9 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
                     dtype: DType::F32, // key/value gradients travel in f32
                 }),
             )?;
-            let mut at = 0;
-            for (i, (rows, size)) in ours.iter().zip(sizes).enumerate() {
-                if size == 0 {
-                    continue;
-                }
-                let flat = received
-                    .as_ref()
-                    .expect("a non-empty transfer was received");
-                let dims = [batch, rows.len(), groups[i].heads.len(), head_dim];
-                let dk = flat.clone().narrow(0, at, size).reshape(dims);
-                let dv = flat.clone().narrow(0, at + size, size).reshape(dims);
-                at += 2 * size;
+            let parts = self.unpack(received.as_ref(), &ours, batch, head_dim);
+            for (i, (rows, part)) in ours.iter().zip(parts).enumerate() {
+                let Some((dk, dv)) = part else { continue };
                 let slot = slots(i, rows);
                 let acc = d_shared[i].as_mut().expect("a sent key is a shared row");
                 acc[1] = acc[1]

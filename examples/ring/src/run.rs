@@ -83,6 +83,35 @@ fn inputs<I: DilatedAttentionBackend>(
     }
 }
 
+/// Per-repeat times, times inside the communicator, the last repeat's bytes (sent, received)
+/// and the last repeat's result of `step`, after the warm-up calls.
+type Measured<T> = (Vec<f64>, Vec<f64>, (u64, u64), T);
+
+fn measure<I: DilatedAttentionBackend, T>(
+    args: &Args,
+    counter: &TrafficCounter<I>,
+    memory: &MemoryProbe,
+    step: impl Fn() -> Result<T, DilatedAttentionError>,
+) -> Result<Measured<T>, DilatedAttentionError> {
+    for _ in 0..args.warmup {
+        step()?;
+    }
+    (memory.reset)();
+    let (mut times, mut comm) = (Vec::new(), Vec::new());
+    let mut last = None;
+    let mut traffic = (0, 0);
+    for _ in 0..args.repeats.max(1) {
+        counter.reset();
+        let start = Instant::now();
+        last = Some(step()?);
+        times.push(start.elapsed().as_secs_f64());
+        let totals = counter.totals();
+        comm.push(totals.time.as_secs_f64());
+        traffic = (totals.bytes_sent, totals.bytes_received);
+    }
+    Ok((times, comm, traffic, last.expect("at least one repeat")))
+}
+
 /// Runs one rank and returns its JSON lines.
 ///
 /// # Errors
@@ -139,30 +168,12 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
         })?;
         Ok(out)
     };
-    for _ in 0..args.warmup {
-        forward()?;
-    }
-    (memory.reset)();
-    let (mut times, mut comm) = (Vec::new(), Vec::new());
-    let mut traffic = (0, 0);
-    let mut out = None;
-    for _ in 0..args.repeats.max(1) {
-        counter.reset();
-        let start = Instant::now();
-        out = Some(forward()?);
-        times.push(start.elapsed().as_secs_f64());
-        let totals = counter.totals();
-        comm.push(totals.time.as_secs_f64());
-        traffic = (totals.bytes_sent, totals.bytes_received);
-    }
+    let (times, comm, traffic, out) = measure(args, &counter, memory, forward)?;
     let peak = (memory.peak)();
     let error = match &full {
         Some([fq, fk, fv, _]) => {
             let (want, _) = dilated_attention_with_lse(fq.clone(), fk.clone(), fv.clone(), &cfg)?;
-            Some(max_error(
-                out.expect("at least one repeat"),
-                layout.shard(want, rank),
-            ))
+            Some(max_error(out, layout.shard(want, rank)))
         }
         None => None,
     };
@@ -187,21 +198,7 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
             })?;
             Ok(g)
         };
-        for _ in 0..args.warmup {
-            train()?;
-        }
-        (memory.reset)();
-        let (mut times, mut comm) = (Vec::new(), Vec::new());
-        let mut grads = None;
-        for _ in 0..args.repeats.max(1) {
-            counter.reset();
-            let start = Instant::now();
-            grads = Some(train()?);
-            times.push(start.elapsed().as_secs_f64());
-            let totals = counter.totals();
-            comm.push(totals.time.as_secs_f64());
-            traffic = (totals.bytes_sent, totals.bytes_received);
-        }
+        let (times, comm, traffic, grads) = measure(args, &counter, memory, train)?;
         let peak = (memory.peak)();
         let error = match &full {
             Some([fq, fk, fv, w]) => {
@@ -214,9 +211,9 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
                 let g = (out * Tensor::from_inner(w.clone())).sum().backward();
                 let want =
                     [qa, ka, va].map(|t| layout.shard(t.grad(&g).expect("tracked input"), rank));
-                let got = grads.expect("at least one repeat");
                 Some(
-                    got.into_iter()
+                    grads
+                        .into_iter()
                         .zip(want)
                         .map(|(a, b)| max_error(a, b))
                         .fold(0.0, f64::max),

@@ -57,10 +57,19 @@ impl<B: DilatedAttentionBackend> FusedState<B> {
         );
         // The forward ran on these very tensors and config, so the checks cannot fail here.
         let gradients = result.expect("fused backward on inputs the fused forward accepted");
-        for (parent, gradient) in parents.into_iter().zip(gradients) {
-            if let Some(id) = parent {
-                grads.register::<B>(id, gradient);
-            }
+        register_gradients::<B>(parents, grads, gradients);
+    }
+}
+
+/// Registers the gradients of the tracked parents among q, k and v.
+fn register_gradients<B: DilatedAttentionBackend>(
+    parents: [Option<NodeId>; 3],
+    grads: &mut Gradients,
+    gradients: [FloatTensor<B>; 3],
+) {
+    for (parent, gradient) in parents.into_iter().zip(gradients) {
+        if let Some(id) = parent {
+            grads.register::<B>(id, gradient);
         }
     }
 }
@@ -122,11 +131,7 @@ impl<B: DilatedAttentionBackend> CustomState<B> {
             .function
             .backward(self.inputs, self.output, self.lse, grad_output, grad_lse)
             .unwrap_or_else(|e| panic!("backward of {:?}: {e}", self.function));
-        for (parent, gradient) in parents.into_iter().zip(gradients) {
-            if let Some(id) = parent {
-                grads.register::<B>(id, gradient);
-            }
-        }
+        register_gradients::<B>(parents, grads, gradients);
     }
 }
 
