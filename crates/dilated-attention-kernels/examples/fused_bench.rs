@@ -208,6 +208,10 @@ fn main() {
                         "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"first_call_s\":{:.2},\"repeats\":{}}}",
                         if args.reference {
                             "burn_reference"
+                        } else if std::env::var("DILATED_ATTENTION_KERNEL")
+                            .is_ok_and(|v| v == "portable")
+                        {
+                            "fused_portable"
                         } else {
                             "fused"
                         },

@@ -66,3 +66,24 @@ proptest! {
         }
     }
 }
+
+// The tensor-core forward (CUDA: `cmma` for f16/bf16 at head dims that are multiples of 16);
+// these head dims select it wherever the device has it, the proptests above mix both variants.
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_core_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3);
+        }
+    }
+
+    #[test]
+    fn tensor_core_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2);
+        }
+    }
+}

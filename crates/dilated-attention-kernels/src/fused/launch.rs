@@ -3,6 +3,8 @@
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
+use burn_cubecl::cubecl::features::{MmaConfig, Plane};
+use burn_cubecl::cubecl::ir::{ElemType, FloatKind};
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -15,6 +17,10 @@ use super::backward::{
     attention_delta, dilated_flash_backward_key_value, dilated_flash_backward_query,
 };
 use super::forward::dilated_flash_forward;
+use super::forward_tensor_core::{
+    KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD, TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES,
+    dilated_flash_forward_tensor_core,
+};
 use super::launch_plan::LaunchPlan;
 use crate::backend::check_fused_call;
 
@@ -40,6 +46,104 @@ pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
         tile /= 2;
     }
     tile
+}
+
+/// Environment variable that forces the portable forward kernel (`portable`) even where the
+/// tensor-core one would run: for comparisons and for isolating a fault.
+pub const KERNEL_VARIANT_ENV: &str = "DILATED_ATTENTION_KERNEL";
+
+/// The forward kernel a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForwardVariant {
+    /// Scalar FMAs on shared-memory tiles, one unit per query row: every runtime.
+    Portable,
+    /// `cmma` fragments and plane shuffles, with this many keys per tile.
+    TensorCore { key_tile: usize },
+}
+
+/// Shared memory of the tensor-core forward for `key_tile` keys: key and value tiles and the
+/// per-plane probabilities in the inputs' dtype (2 bytes), the per-plane `f32` scratch and the
+/// visibility column.
+fn tensor_core_shared_bytes(key_tile: usize, head_dim: usize) -> usize {
+    2 * key_tile * (head_dim + KEY_PAD) * 2
+        + TENSOR_CORE_PLANES * 16 * (key_tile + PROBABILITY_PAD) * 2
+        + TENSOR_CORE_PLANES * 16 * (key_tile + SCRATCH_PAD) * 4
+        + key_tile * 4
+}
+
+/// Picks the forward kernel from the device's features: the tensor-core variant for `f16`/`bf16`
+/// inputs with a head dimension that is a multiple of 16 up to 128, on a device whose planes
+/// have 32 units, with plane operations and `cmma` 16x16x16 for the dtype into `f32` (CUDA on
+/// Volta and later; not lavapipe); the portable variant otherwise, or when
+/// [`KERNEL_VARIANT_ENV`] is `portable`.
+pub(crate) fn forward_variant<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    head_dim: usize,
+) -> ForwardVariant {
+    let kind = match dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return ForwardVariant::Portable,
+    };
+    if std::env::var(KERNEL_VARIANT_ENV).is_ok_and(|v| v == "portable")
+        || !head_dim.is_multiple_of(16)
+        || head_dim > 128
+    {
+        return ForwardVariant::Portable;
+    }
+    let properties = client.properties();
+    let hardware = &properties.hardware;
+    let features = client.features();
+    let wanted = MmaConfig {
+        a_type: ElemType::Float(kind).into(),
+        b_type: ElemType::Float(kind).into(),
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        k: 16,
+        n: 16,
+    };
+    if hardware.plane_size_min != 32
+        || hardware.plane_size_max != 32
+        || !features.plane.contains(Plane::Ops)
+        || !features.matmul.cmma.contains(&wanted)
+    {
+        return ForwardVariant::Portable;
+    }
+    let shared = SHARED_MEMORY_BUDGET.min(hardware.max_shared_memory_size);
+    [64, 32, 16]
+        .into_iter()
+        .find(|&tile| tensor_core_shared_bytes(tile, head_dim) <= shared)
+        .map_or(ForwardVariant::Portable, |key_tile| {
+            ForwardVariant::TensorCore { key_tile }
+        })
+}
+
+/// Values per global load of the tensor-core kernel: the widest of 8, 4, 2 that the device's
+/// loads take, that divides the head dimension and every stride but the contiguous last one, and
+/// that the buffers' offsets are aligned to; 1 otherwise.
+fn load_width<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    tensors: &[&CubeTensor<R>],
+    head_dim: usize,
+) -> usize {
+    let widest = client.io_optimized_vector_sizes(2).next().unwrap_or(1);
+    [8, 4, 2]
+        .into_iter()
+        .find(|&width| {
+            width <= widest
+                && head_dim.is_multiple_of(width)
+                && tensors.iter().all(|tensor| {
+                    let strides = tensor.meta.strides();
+                    strides[3] == 1
+                        && strides[..3].iter().all(|s| s.is_multiple_of(width))
+                        && tensor
+                            .handle
+                            .offset_start
+                            .is_none_or(|offset| offset.is_multiple_of(2 * width as u64))
+                })
+        })
+        .unwrap_or(1)
 }
 
 /// Whether the fused kernels take this call; otherwise the reference path runs it.
@@ -171,6 +275,37 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
+    if let ForwardVariant::TensorCore { key_tile } =
+        forward_variant(&call.client, call.dtype, call.shape.head_dim)
+    {
+        debug_assert_eq!(call.plan.block_rows, TENSOR_CORE_BLOCK_ROWS);
+        let width = load_width(&call.client, &[&query, &key, &value], call.shape.head_dim);
+        // SAFETY: as below; the cube has 4 planes of 32 units, the variant's requirements
+        // (dtype, head_dim, plane size, cmma) were checked by `forward_variant`.
+        unsafe {
+            dilated_flash_forward_tensor_core::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                call.table(),
+                output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                call.scale,
+                f32::NEG_INFINITY,
+                key_tile,
+                call.shape.head_dim,
+                config.causal,
+                has_padding,
+                call.dtype.into(),
+            )
+        };
+        return Ok((output, lse));
+    }
     // SAFETY: every index the kernel forms is bounded by the tensors' shapes (rows < seq_len,
     // columns < head_dim, table entries written by `LaunchPlan`).
     unsafe {

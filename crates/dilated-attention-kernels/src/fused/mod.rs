@@ -1,11 +1,13 @@
 //! The fused CubeCL kernels and their launchers (feature `cubecl`).
 //!
 //! - [`launch_plan`]: the table of pairs and head offsets, and the grid;
-//! - [`forward`]: the flash-attention forward over dilated rows;
+//! - [`forward`]: the flash-attention forward over dilated rows (portable variant);
+//! - [`forward_tensor_core`]: the same on tensor cores (`cmma`, plane shuffles);
 //! - [`launch`]: checks, tile sizes and allocation around the launches.
 
 pub(crate) mod backward;
 pub(crate) mod forward;
+pub(crate) mod forward_tensor_core;
 pub(crate) mod launch;
 pub(crate) mod launch_plan;
 pub(crate) mod rows;

@@ -10,13 +10,14 @@ use burn_cubecl::cubecl::prelude::*;
 pub(crate) const MASKED: f32 = -3.0e38;
 
 /// Loads rows `first + t * dilation` for `t` in `tile_start .. tile_start + tile_rows` of
-/// (`batch`, `head`) into `smem` (`tile_rows x head_dim`, row-major), as `f32`; rows at
-/// `t >= count` are zero. Every unit of the cube takes part.
+/// (`batch`, `head`) into `smem` (`tile_rows x head_dim`, row-major), as `S` (`f32` for the
+/// portable kernels, the inputs' dtype for the tensor-core one); rows at `t >= count` are zero.
+/// Every unit of the cube takes part.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_rows_tile<F: Float>(
+pub(crate) fn load_rows_tile<F: Float, S: Float>(
     tensor: &Tensor<F>,
-    smem: &mut SharedMemory<f32>,
+    smem: &mut SharedMemory<S>,
     batch: usize,
     head: usize,
     first: usize,
@@ -35,11 +36,10 @@ pub(crate) fn load_rows_tile<F: Float>(
         if element < tile_rows * head_dim {
             let t = tile_start + element / head_dim;
             let col = element % head_dim;
-            let mut val = 0.0f32;
+            let mut val = S::new(0.0);
             if t < count {
                 let pos = first + t * dilation;
-                val =
-                    f32::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
+                val = S::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
             }
             smem[element] = val;
         }
@@ -109,5 +109,59 @@ pub(crate) fn load_row_values(
         }
         smem[row] = val;
         row += units;
+    }
+}
+
+/// Loads rows `first + t * dilation` for `t` in `tile_start .. tile_start + tile_rows` of
+/// (`batch`, `head`) into `smem` (`tile_rows` rows of `head_dim` values at row stride
+/// `smem_stride`, in the inputs' dtype), reading `N` values per load; rows at `t >= count` are
+/// zero. The tensor's last dimension is contiguous and its other strides are multiples of `N`
+/// (checked by the launcher). Every unit of the cube takes part; all loads are issued before
+/// the first store.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn load_rows_tile_vectorized<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    smem: &mut SharedMemory<F>,
+    batch: usize,
+    head: usize,
+    first: usize,
+    dilation: usize,
+    tile_start: usize,
+    count: usize,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] smem_stride: usize,
+) {
+    let width = tensor.vector_size();
+    let per_row = comptime!(head_dim / width);
+    let total = comptime!(tile_rows * per_row);
+    let rounds = comptime!(total.div_ceil(units));
+    let base = batch * tensor.stride(0) + head * tensor.stride(2);
+    let mut loaded = Array::<Vector<F, N>>::new(rounds);
+    #[unroll]
+    for round in 0..rounds {
+        let element = unit + round * units;
+        let t = tile_start + element / per_row;
+        let mut val = Vector::<F, N>::zeroed();
+        if element < total && t < count {
+            let pos = first + t * dilation;
+            val = tensor[(base + pos * tensor.stride(1) + (element % per_row) * width) / width];
+        }
+        loaded[round] = val;
+    }
+    #[unroll]
+    for round in 0..rounds {
+        let element = unit + round * units;
+        if element < total {
+            let at = (element / per_row) * smem_stride + (element % per_row) * width;
+            let val = loaded[round];
+            #[unroll]
+            for i in 0..width {
+                smem[at + i] = val[i];
+            }
+        }
     }
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
+# tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
+# Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|bench|baseline]...
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+for f in .device-bin/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
+chmod +x .device-bin/* 2>/dev/null
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+B=./.device-bin/fused_bench
+for STAGE in "$@"; do
+case $STAGE in
+tests)
+  echo "== tensor-core proptests (f16, bf16; head dims 16-128)"
+  (cd crates/dilated-attention-kernels && timeout 300 ../../.device-bin/fused_matches_oracle tensor_core --test-threads 2 --nocapture > "$OUT/tc_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/tc_proptest.log")
+  grep -E "^test |test result|minimal failing|panicked|rc=" "$OUT/tc_proptest.log" | head -40
+  grep -E "rel L2" "$OUT/tc_proptest.log" | sort -t' ' -k5 -g | tail -4
+  ;;
+suite)
+  echo "== full CUDA suites"
+  (cd crates/dilated-attention-kernels && timeout 400 ../../.device-bin/fused_matches_oracle --test-threads 4 > "$OUT/proptest_all.log" 2>&1; echo "rc=$?" >> "$OUT/proptest_all.log")
+  grep -E "^test |test result|minimal failing|rc=" "$OUT/proptest_all.log" | head -30
+  timeout 200 ./.device-bin/backend_suite --test-threads 1 > "$OUT/backend_suite.log" 2>&1; echo "rc=$?" >> "$OUT/backend_suite.log"
+  grep -E "^test |test result|rc=" "$OUT/backend_suite.log" | head -20
+  ;;
+bench)
+  echo "== harness: tensor-core vs portable, bf16 forward"
+  timeout 200 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd 2>&1 | tee "$OUT/tc_bench.jsonl"
+  DILATED_ATTENTION_KERNEL=portable timeout 120 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd 2>&1 | tee -a "$OUT/tc_bench.jsonl"
+  ;;
+baseline)
+  echo "== PyTorch baselines"
+  timeout 200 python3 benches/pytorch/dilated_baseline.py --seqs 8192,32768,131072 --dtypes bfloat16 --passes fwd --repeats 5 2>&1 | tee "$OUT/tc_pytorch.jsonl"
+  ;;
+esac
+done

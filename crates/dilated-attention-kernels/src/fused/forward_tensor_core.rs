@@ -1,0 +1,516 @@
+//! The tensor-core forward kernel: the same walk as [`super::forward`] (every pair in one launch,
+//! dilated rows read through strides, pairs merged in registers), with `Q K^T` and `P V` on tensor
+//! cores (`cmma` 16x16x16, `f16`/`bf16` in, `f32` accumulation) and row statistics in plane
+//! (warp) shuffles.
+//!
+//! A cube is 4 planes of 32 units and owns 64 query rows of one (batch, head), the rows the launch
+//! plan gives it (`first_row + i * row_stride`); plane `p` owns rows `16 p .. 16 p + 16`. The
+//! queries are staged once through shared memory into `head_dim / 16` fragments per plane. For each
+//! key tile (`key_tile` selected rows of a segment, loaded once into shared memory by the cube):
+//! 1. `S = Q K^T` into `key_tile / 16` accumulator fragments, stored to the plane's scratch;
+//! 2. two units per row take the row's scores (scaled, masked: padding, rows the pair does not
+//!    select here, causal), the tile max by one shuffle, and `P = exp(s - m)` into shared memory in
+//!    the inputs' dtype;
+//! 3. `O += P V` into `head_dim / 16` accumulator fragments that live across the whole walk.
+//!
+//! Rescaling: tensor-core fragments are opaque, so `O` cannot be scaled row by row in registers.
+//! Each row keeps a reference max `m` and only raises it when a tile's max exceeds it by more than
+//! [`RESCALE_MARGIN`] (FlashAttention-4's conditional rescaling); then, and only then, the plane
+//! writes `O` out, scales its rows and reads it back. Between rescales `P <= e^8`, which `f16` and
+//! `bf16` hold with their full relative precision, and the sum and `O` accumulate in `f32`, so
+//! the result is the exact softmax: `O / l` and `LSE = m + ln l` do not depend on which `m` was used.
+//!
+//! Requirements (checked by the launcher): `f16` or `bf16` inputs, `head_dim` a multiple of 16 up
+//! to 128, planes of 32 units, and the device's `cmma` 16x16x16 for the dtype.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::rows::{RowBlock, pair_view, row_block, rows_selected, selected_up_to};
+use super::tiles::{MASKED, load_rows_tile_vectorized, load_visibility};
+
+/// Query rows per cube of the tensor-core kernel (4 planes of 16 rows).
+pub(crate) const TENSOR_CORE_BLOCK_ROWS: usize = 64;
+/// Planes per cube.
+pub(crate) const TENSOR_CORE_PLANES: usize = 4;
+/// How far (in natural-log units) a row's tile max may exceed its reference max before the
+/// accumulator is rescaled: probabilities stay `<= e^8 ~ 2981` between rescales.
+pub(crate) const RESCALE_MARGIN: f32 = 8.0;
+
+/// Padding of a row of the per-plane `f32` scratch (scores, accumulator spills): 4 floats keep
+/// the rows of a plane off each other's banks and the rows 16-byte aligned for `cmma` stores.
+pub(crate) const SCRATCH_PAD: usize = 4;
+/// Padding of a row of the per-plane probability tile (8 halves: 16-byte rows for `cmma` loads).
+pub(crate) const PROBABILITY_PAD: usize = 8;
+
+/// Padding of a row of the key and value tiles (8 halves) so that the 16 rows a `cmma` load
+/// reads start on different banks.
+pub(crate) const KEY_PAD: usize = 8;
+
+/// A row's running softmax state: the reference max the probabilities are taken against and
+/// the sum of those probabilities.
+#[derive(CubeType)]
+struct RowState {
+    reference_max: f32,
+    sum: f32,
+}
+
+#[cube(launch_unchecked)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
+    query: &Tensor<Vector<F, N>>,
+    key: &Tensor<Vector<F, N>>,
+    value: &Tensor<Vector<F, N>>,
+    padding: &Tensor<F>,
+    table: &Array<u32>,
+    output: &mut Tensor<F>,
+    lse: &mut Tensor<f32>,
+    scale: f32,
+    neg_inf: f32,
+    #[comptime] key_tile: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] causal: bool,
+    #[comptime] has_padding: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let seq_len = query.shape(1);
+    let batch = CUBE_POS_Z as usize;
+    let head = CUBE_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let units = comptime!(32 * TENSOR_CORE_PLANES);
+    let rows = row_block(
+        table,
+        head,
+        CUBE_POS_X as usize,
+        0usize,
+        seq_len,
+        TENSOR_CORE_BLOCK_ROWS,
+    );
+    let dim_tiles = comptime!(head_dim / 16);
+    let key_frags = comptime!(key_tile / 16);
+    let s_stride = comptime!(key_tile + SCRATCH_PAD);
+    let p_stride = comptime!(key_tile + PROBABILITY_PAD);
+
+    // This unit's row: units 2r and 2r + 1 of a plane share row r; `half` picks their columns.
+    let row_in_plane = lane / 2;
+    let half = lane % 2;
+    let my_row = rows.first_row + (plane * 16 + row_in_plane) * rows.stride;
+    let row_valid = my_row < seq_len;
+    let my_rows = RowBlock {
+        entry: rows.entry,
+        stride: rows.stride,
+        class: rows.class,
+        first_row: rows.first_row,
+        last_row: rows.last_row,
+        row: my_row,
+    };
+    let cube_row_count = min(
+        (seq_len - rows.first_row).div_ceil(rows.stride),
+        TENSOR_CORE_BLOCK_ROWS,
+    );
+
+    let k_stride = comptime!(head_dim + KEY_PAD);
+    let mut key_smem = SharedMemory::<F>::new(key_tile * k_stride);
+    let mut value_smem = SharedMemory::<F>::new(key_tile * k_stride);
+    let mut visible_smem = SharedMemory::<f32>::new(key_tile);
+    let mut scratch = SharedMemory::<f32>::new(TENSOR_CORE_PLANES * 16 * s_stride);
+    let mut probabilities = SharedMemory::<F>::new(TENSOR_CORE_PLANES * 16 * p_stride);
+    let scratch_base = plane * 16 * s_stride;
+    let p_base = plane * 16 * p_stride;
+
+    // Queries: staged through the key tile, `key_tile` rows at a time, into fragments.
+    let mut query_frags = Sequence::<cmma::Matrix<F>>::new();
+    #[unroll]
+    for _ in 0..dim_tiles {
+        query_frags.push(unsafe {
+            cmma::Matrix::<F>::uninitialized(
+                cmma::MatrixIdent::A,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::RowMajor,
+            )
+        });
+    }
+    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / key_tile);
+    #[unroll]
+    for chunk in 0..chunks {
+        load_rows_tile_vectorized(
+            query,
+            &mut key_smem,
+            batch,
+            head,
+            rows.first_row,
+            rows.stride,
+            chunk * key_tile,
+            cube_row_count,
+            unit,
+            units,
+            key_tile,
+            head_dim,
+            k_stride,
+        );
+        sync_cube();
+        let first_plane = comptime!(chunk * key_tile / 16);
+        let last_plane = comptime!((chunk + 1) * key_tile / 16);
+        if plane >= first_plane && plane < last_plane {
+            let base = (plane * 16 - chunk * key_tile) * k_stride;
+            #[unroll]
+            for kk in 0..dim_tiles {
+                cmma::load(
+                    query_frags.index(kk),
+                    &key_smem.slice(base + kk * 16, key_tile * k_stride),
+                    k_stride as u32,
+                );
+            }
+        }
+        sync_cube();
+    }
+
+    let mut out_frags = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..dim_tiles {
+        out_frags.push(cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::Undefined,
+            0.0,
+        ));
+    }
+    let mut score_frags = Sequence::<cmma::Matrix<f32>>::new();
+    #[unroll]
+    for _ in 0..key_frags {
+        score_frags.push(cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::Undefined,
+            0.0,
+        ));
+    }
+
+    let mut state = RowState {
+        reference_max: f32::new(MASKED),
+        sum: 0.0f32,
+    };
+
+    let num_pairs = table[0] as usize;
+    for pair in 0..num_pairs {
+        let view = pair_view(table, &my_rows, pair, seq_len);
+        if !view.skip {
+            let segment_lo = rows.first_row / view.segment;
+            let segment_hi = rows.last_row / view.segment;
+            for seg_index in segment_lo..segment_hi + 1 {
+                let seg_start = seg_index * view.segment;
+                let seg_len = min(view.segment, seq_len - seg_start);
+                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
+                if causal {
+                    key_count = min(
+                        key_count,
+                        selected_up_to(
+                            rows.last_row,
+                            seg_start,
+                            seg_len,
+                            view.offset,
+                            view.dilation,
+                        ),
+                    );
+                }
+                let key_start = seg_start + view.offset;
+                let row_here = view.selected && view.row_segment == seg_index;
+                for tile in 0..key_count.div_ceil(key_tile) {
+                    let key0 = tile * key_tile;
+                    sync_cube();
+                    load_rows_tile_vectorized(
+                        key,
+                        &mut key_smem,
+                        batch,
+                        head,
+                        key_start,
+                        view.dilation,
+                        key0,
+                        key_count,
+                        unit,
+                        units,
+                        key_tile,
+                        head_dim,
+                        k_stride,
+                    );
+                    load_rows_tile_vectorized(
+                        value,
+                        &mut value_smem,
+                        batch,
+                        head,
+                        key_start,
+                        view.dilation,
+                        key0,
+                        key_count,
+                        unit,
+                        units,
+                        key_tile,
+                        head_dim,
+                        k_stride,
+                    );
+                    load_visibility(
+                        padding,
+                        &mut visible_smem,
+                        batch,
+                        key_start,
+                        view.dilation,
+                        key0,
+                        key_count,
+                        unit,
+                        units,
+                        key_tile,
+                        has_padding,
+                    );
+                    sync_cube();
+                    // The plane works on the tile only if one of its rows sees one of its keys.
+                    let mut row_sees_tile = row_here;
+                    if causal {
+                        row_sees_tile = row_sees_tile && key0 <= view.t;
+                    }
+                    if plane_any(row_sees_tile) {
+                        plane_tile(
+                            &query_frags,
+                            &mut score_frags,
+                            &mut out_frags,
+                            &key_smem,
+                            &value_smem,
+                            &visible_smem,
+                            &mut scratch,
+                            &mut probabilities,
+                            scratch_base,
+                            p_base,
+                            row_in_plane,
+                            half,
+                            row_here,
+                            key0,
+                            view.t,
+                            scale,
+                            &mut state,
+                            key_tile,
+                            head_dim,
+                            causal,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // Epilogue: O / l through the scratch, fragment by fragment; the LSE once per row.
+    let mut inverse = 0.0f32;
+    let mut log_sum_exp = neg_inf;
+    if state.sum > 0.0 {
+        inverse = 1.0 / state.sum;
+        log_sum_exp = state.reference_max + state.sum.ln();
+    }
+    let o_base = batch * output.stride(0) + my_row * output.stride(1) + head * output.stride(2);
+    #[unroll]
+    for f in 0..dim_tiles {
+        cmma::store(
+            &mut scratch.slice_mut(scratch_base, scratch_base + 16 * s_stride),
+            out_frags.index(f),
+            s_stride as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+        sync_plane();
+        if row_valid {
+            #[unroll]
+            for c in 0..8usize {
+                let col = half * 8 + c;
+                let val = scratch[scratch_base + row_in_plane * s_stride + col] * inverse;
+                output[o_base + (f * 16 + col) * output.stride(3)] = F::cast_from(val);
+            }
+        }
+        sync_plane();
+    }
+    if row_valid && half == 0 {
+        lse[batch * lse.stride(0) + my_row * lse.stride(1) + head * lse.stride(2)] = log_sum_exp;
+    }
+}
+
+/// One plane's work on one loaded key tile: scores, masked online softmax with conditional
+/// rescaling, and `O += P V`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn plane_tile<F: Float>(
+    query_frags: &Sequence<cmma::Matrix<F>>,
+    score_frags: &mut Sequence<cmma::Matrix<f32>>,
+    out_frags: &mut Sequence<cmma::Matrix<f32>>,
+    key_smem: &SharedMemory<F>,
+    value_smem: &SharedMemory<F>,
+    visible_smem: &SharedMemory<f32>,
+    scratch: &mut SharedMemory<f32>,
+    probabilities: &mut SharedMemory<F>,
+    scratch_base: usize,
+    p_base: usize,
+    row_in_plane: usize,
+    half: usize,
+    row_here: bool,
+    key0: usize,
+    row_t: usize,
+    scale: f32,
+    state: &mut RowState,
+    #[comptime] key_tile: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] causal: bool,
+) {
+    let dim_tiles = comptime!(head_dim / 16);
+    let key_frags = comptime!(key_tile / 16);
+    let s_stride = comptime!(key_tile + SCRATCH_PAD);
+    let p_stride = comptime!(key_tile + PROBABILITY_PAD);
+    let k_stride = comptime!(head_dim + KEY_PAD);
+    let tile_elems = comptime!(key_tile * k_stride);
+    let half_tile = comptime!(key_tile / 2);
+
+    // 1. S = Q K^T: K's rows are the columns of B (column-major with leading dimension head_dim).
+    #[unroll]
+    for n in 0..key_frags {
+        cmma::fill(score_frags.index(n), 0.0f32);
+    }
+    #[unroll]
+    for kk in 0..dim_tiles {
+        #[unroll]
+        for n in 0..key_frags {
+            let key_frag = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::ColMajor,
+                &key_smem.slice(n * 16 * k_stride + kk * 16, tile_elems),
+                k_stride as u32,
+            );
+            cmma::execute::<F, F, f32, f32>(
+                query_frags.index(kk),
+                &key_frag,
+                score_frags.index(n),
+                score_frags.index(n),
+            );
+        }
+    }
+    #[unroll]
+    for n in 0..key_frags {
+        cmma::store(
+            &mut scratch.slice_mut(scratch_base + n * 16, scratch_base + 16 * s_stride),
+            score_frags.index(n),
+            s_stride as u32,
+            cmma::MatrixLayout::RowMajor,
+        );
+    }
+    sync_plane();
+
+    // 2. Row max of the tile (two units per row, columns interleaved), then the new reference.
+    let row_scores = scratch_base + row_in_plane * s_stride;
+    let mut tile_max = f32::new(MASKED);
+    #[unroll]
+    for c in 0..half_tile {
+        let col = 2 * c + half;
+        let mut keep = row_here && visible_smem[col] > 0.5;
+        if causal {
+            keep = keep && key0 + col <= row_t;
+        }
+        tile_max = max(
+            tile_max,
+            select(keep, scratch[row_scores + col] * scale, f32::new(MASKED)),
+        );
+    }
+    tile_max = max(tile_max, plane_shuffle_xor(tile_max, 1u32));
+    let raise = tile_max > state.reference_max + RESCALE_MARGIN;
+    let mut alpha = 1.0f32;
+    if raise {
+        alpha = (state.reference_max - tile_max).exp();
+        state.reference_max = tile_max;
+    }
+    let reference_max = state.reference_max;
+
+    // P = exp(s - m) in the inputs' dtype, and its row sum.
+    let p_row = p_base + row_in_plane * p_stride;
+    let mut tile_sum = 0.0f32;
+    #[unroll]
+    for c in 0..half_tile {
+        let col = 2 * c + half;
+        let mut keep = row_here && visible_smem[col] > 0.5;
+        if causal {
+            keep = keep && key0 + col <= row_t;
+        }
+        let p = select(
+            keep,
+            (scratch[row_scores + col] * scale - reference_max).exp(),
+            0.0f32,
+        );
+        tile_sum += p;
+        probabilities[p_row + col] = F::cast_from(p);
+    }
+    tile_sum += plane_shuffle_xor(tile_sum, 1u32);
+    state.sum = state.sum * alpha + tile_sum;
+
+    // Rescale O (rare): spill each fragment to the scratch, scale its rows, load it back.
+    if plane_any(raise) {
+        sync_plane();
+        #[unroll]
+        for f in 0..dim_tiles {
+            cmma::store(
+                &mut scratch.slice_mut(scratch_base, scratch_base + 16 * s_stride),
+                out_frags.index(f),
+                s_stride as u32,
+                cmma::MatrixLayout::RowMajor,
+            );
+            sync_plane();
+            #[unroll]
+            for c in 0..8usize {
+                let at = scratch_base + row_in_plane * s_stride + half * 8 + c;
+                scratch[at] = scratch[at] * alpha;
+            }
+            sync_plane();
+            cmma::load_with_layout(
+                out_frags.index(f),
+                &scratch.slice(scratch_base, scratch_base + 16 * s_stride),
+                s_stride as u32,
+                cmma::MatrixLayout::RowMajor,
+            );
+            sync_plane();
+        }
+    }
+    sync_plane();
+
+    // 3. O += P V.
+    #[unroll]
+    for kk in 0..key_frags {
+        let p_frag = cmma::Matrix::<F>::from_slice(
+            cmma::MatrixIdent::A,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::RowMajor,
+            &probabilities.slice(p_base + kk * 16, p_base + 16 * p_stride),
+            p_stride as u32,
+        );
+        #[unroll]
+        for f in 0..dim_tiles {
+            let value_frag = cmma::Matrix::<F>::from_slice(
+                cmma::MatrixIdent::B,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::RowMajor,
+                &value_smem.slice(kk * 16 * k_stride + f * 16, tile_elems),
+                k_stride as u32,
+            );
+            cmma::execute::<F, F, f32, f32>(
+                &p_frag,
+                &value_frag,
+                out_frags.index(f),
+                out_frags.index(f),
+            );
+        }
+    }
+    sync_plane();
+}
