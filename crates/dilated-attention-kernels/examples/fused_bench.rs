@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, Tensor};
+use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
 use burn_cubecl::cubecl::Runtime;
 use dilated_attention_core::{
     AttentionImplementation, DilatedAttentionConfig, DilatedIndexPlan, DilationMode,
@@ -202,10 +202,21 @@ fn main() {
                         })
                         .collect();
                     let secs = median(times);
+                    // A launch that failed (e.g. a kernel that did not compile) leaves the
+                    // output unwritten: refuse to report a time for it.
+                    let (check, _) =
+                        dilated_attention_with_lse(q.clone(), k.clone(), v.clone(), &cfg)
+                            .expect("valid call");
+                    let output_mean_abs: f32 =
+                        check.cast(DType::F32).abs().mean().into_scalar().elem();
+                    assert!(
+                        output_mean_abs.is_finite() && output_mean_abs > 0.0,
+                        "output mean |o| = {output_mean_abs}: the kernel did not produce an output"
+                    );
                     let flops = useful_flops(&cfg, args.batch, n, args.heads, args.head_dim)
                         * if backward { 3.5 } else { 1.0 };
                     println!(
-                        "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"first_call_s\":{:.2},\"repeats\":{}}}",
+                        "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"repeats\":{}}}",
                         if args.reference {
                             "burn_reference"
                         } else if std::env::var("DILATED_ATTENTION_KERNEL")

@@ -5,9 +5,11 @@
 //!
 //! A cube is 4 planes of 32 units and owns 64 query rows of one (batch, head), the rows the launch
 //! plan gives it (`first_row + i * row_stride`); plane `p` owns rows `16 p .. 16 p + 16`. The
-//! queries are staged once through shared memory into `head_dim / 16` fragments per plane. For each
-//! key tile (`key_tile` selected rows of a segment, loaded once into shared memory by the cube):
-//! 1. `S = Q K^T` into `key_tile / 16` accumulator fragments, stored to the plane's scratch;
+//! queries are staged once through shared memory into `head_dim / 16` fragments per plane. The
+//! cube walks its list of key tiles ([`super::tile_walk`]); for each (`key_tile` selected rows of
+//! a segment, loaded once into shared memory by the cube, 16 bytes per load):
+//! 1. `S = Q K^T`, one 16-key block at a time through one accumulator fragment, each block
+//!    stored to the plane's `f32` scratch;
 //! 2. two units per row take the row's scores (scaled, masked: padding, rows the pair does not
 //!    select here, causal), the tile max by one shuffle, and `P = exp(s - m)` into shared memory in
 //!    the inputs' dtype;
@@ -24,10 +26,12 @@
 //! to 128, planes of 32 units, and the device's `cmma` 16x16x16 for the dtype.
 
 use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::{RowBlock, pair_view, row_block, rows_selected, selected_up_to};
-use super::tiles::{MASKED, load_rows_tile_vectorized, load_visibility};
+use super::rows::{RowBlock, pair_view, row_block};
+use super::tile_walk::{FIRST_SEGMENT, KeyTile, seek_key_tile};
+use super::tiles::{MASKED, load_rows_registers, store_rows_registers};
 
 /// Query rows per cube of the tensor-core kernel (4 planes of 16 rows).
 pub(crate) const TENSOR_CORE_BLOCK_ROWS: usize = 64;
@@ -55,7 +59,12 @@ struct RowState {
     sum: f32,
 }
 
-#[cube(launch_unchecked)]
+// Fast `exp`/`ln` (`__expf`, `__logf`): every argument is finite (masked scores are -3e38,
+// not -inf), and the ~2 ulp error is far below the bf16/f16 rounding of the probabilities.
+#[cube(
+    launch_unchecked,
+    fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     query: &Tensor<Vector<F, N>>,
@@ -89,7 +98,6 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         TENSOR_CORE_BLOCK_ROWS,
     );
     let dim_tiles = comptime!(head_dim / 16);
-    let key_frags = comptime!(key_tile / 16);
     let s_stride = comptime!(key_tile + SCRATCH_PAD);
     let p_stride = comptime!(key_tile + PROBABILITY_PAD);
 
@@ -119,6 +127,10 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let mut probabilities = SharedMemory::<F>::new(TENSOR_CORE_PLANES * 16 * p_stride);
     let scratch_base = plane * 16 * s_stride;
     let p_base = plane * 16 * p_stride;
+    let width = N::value();
+    let rounds = comptime!((key_tile * head_dim / width).div_ceil(units));
+    let mut key_regs = Array::<Vector<F, N>>::new(rounds);
+    let mut value_regs = Array::<Vector<F, N>>::new(rounds);
 
     // Queries: staged through the key tile, `key_tile` rows at a time, into fragments.
     let mut query_frags = Sequence::<cmma::Matrix<F>>::new();
@@ -137,15 +149,23 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / key_tile);
     #[unroll]
     for chunk in 0..chunks {
-        load_rows_tile_vectorized(
+        load_rows_registers(
             query,
-            &mut key_smem,
+            &mut key_regs,
             batch,
             head,
             rows.first_row,
             rows.stride,
             chunk * key_tile,
             cube_row_count,
+            unit,
+            units,
+            key_tile,
+            head_dim,
+        );
+        store_rows_registers(
+            &key_regs,
+            &mut key_smem,
             unit,
             units,
             key_tile,
@@ -181,127 +201,121 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             0.0,
         ));
     }
-    let mut score_frags = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..key_frags {
-        score_frags.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            16usize,
-            16usize,
-            16usize,
-            cmma::MatrixLayout::Undefined,
-            0.0,
-        ));
-    }
+    let score_frag = cmma::Matrix::<f32>::from_value(
+        cmma::MatrixIdent::Accumulator,
+        16usize,
+        16usize,
+        16usize,
+        cmma::MatrixLayout::Undefined,
+        0.0,
+    );
 
     let mut state = RowState {
         reference_max: f32::new(MASKED),
         sum: 0.0f32,
     };
 
-    let num_pairs = table[0] as usize;
-    for pair in 0..num_pairs {
-        let view = pair_view(table, &my_rows, pair, seq_len);
-        if !view.skip {
-            let segment_lo = rows.first_row / view.segment;
-            let segment_hi = rows.last_row / view.segment;
-            for seg_index in segment_lo..segment_hi + 1 {
-                let seg_start = seg_index * view.segment;
-                let seg_len = min(view.segment, seq_len - seg_start);
-                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
-                if causal {
-                    key_count = min(
-                        key_count,
-                        selected_up_to(
-                            rows.last_row,
-                            seg_start,
-                            seg_len,
-                            view.offset,
-                            view.dilation,
-                        ),
-                    );
-                }
-                let key_start = seg_start + view.offset;
-                let row_here = view.selected && view.row_segment == seg_index;
-                for tile in 0..key_count.div_ceil(key_tile) {
-                    let key0 = tile * key_tile;
-                    sync_cube();
-                    load_rows_tile_vectorized(
-                        key,
-                        &mut key_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        unit,
-                        units,
-                        key_tile,
-                        head_dim,
-                        k_stride,
-                    );
-                    load_rows_tile_vectorized(
-                        value,
-                        &mut value_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        unit,
-                        units,
-                        key_tile,
-                        head_dim,
-                        k_stride,
-                    );
-                    load_visibility(
-                        padding,
-                        &mut visible_smem,
-                        batch,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        unit,
-                        units,
-                        key_tile,
-                        has_padding,
-                    );
-                    sync_cube();
-                    // The plane works on the tile only if one of its rows sees one of its keys.
-                    let mut row_sees_tile = row_here;
-                    if causal {
-                        row_sees_tile = row_sees_tile && key0 <= view.t;
-                    }
-                    if plane_any(row_sees_tile) {
-                        plane_tile(
-                            &query_frags,
-                            &mut score_frags,
-                            &mut out_frags,
-                            &key_smem,
-                            &value_smem,
-                            &visible_smem,
-                            &mut scratch,
-                            &mut probabilities,
-                            scratch_base,
-                            p_base,
-                            row_in_plane,
-                            half,
-                            row_here,
-                            key0,
-                            view.t,
-                            scale,
-                            &mut state,
-                            key_tile,
-                            head_dim,
-                            causal,
-                        );
-                    }
-                }
-            }
+    // The walk over key tiles: each is loaded (all loads issued, then stored) at the top of its
+    // iteration. Loading the next tile during the compute (a register prefetch) was measured
+    // slower: its registers stay live across the MMAs and cut the cubes per SM.
+    let mut job = seek_key_tile(
+        table,
+        &rows,
+        seq_len,
+        0usize,
+        FIRST_SEGMENT,
+        0usize,
+        key_tile,
+        causal,
+    );
+    while job.valid {
+        sync_cube();
+        load_tile(
+            key,
+            value,
+            &mut key_regs,
+            &mut value_regs,
+            &job,
+            batch,
+            head,
+            unit,
+            units,
+            key_tile,
+            head_dim,
+        );
+        let visible = key_visibility(padding, &job, batch, unit, key_tile, has_padding);
+        store_rows_registers(
+            &key_regs,
+            &mut key_smem,
+            unit,
+            units,
+            key_tile,
+            head_dim,
+            k_stride,
+        );
+        store_rows_registers(
+            &value_regs,
+            &mut value_smem,
+            unit,
+            units,
+            key_tile,
+            head_dim,
+            k_stride,
+        );
+        if unit < key_tile {
+            visible_smem[unit] = visible;
         }
+        sync_cube();
+        let next = seek_key_tile(
+            table,
+            &rows,
+            seq_len,
+            job.pair,
+            job.segment_index,
+            job.tile + 1,
+            key_tile,
+            causal,
+        );
+
+        let view = pair_view(table, &my_rows, job.pair, seq_len);
+        let row_here = view.selected && view.row_segment == job.segment_index;
+        let key0 = job.tile * key_tile;
+        // The plane works on the tile only if one of its rows sees one of its keys.
+        let mut row_sees_tile = row_here;
+        if causal {
+            row_sees_tile = row_sees_tile && key0 <= view.t;
+        }
+        if plane_any(row_sees_tile) {
+            plane_tile(
+                &query_frags,
+                &score_frag,
+                &mut out_frags,
+                &key_smem,
+                &value_smem,
+                &visible_smem,
+                &mut scratch,
+                &mut probabilities,
+                scratch_base,
+                p_base,
+                row_in_plane,
+                half,
+                row_here,
+                key0,
+                view.t,
+                scale,
+                &mut state,
+                key_tile,
+                head_dim,
+                causal,
+            );
+        }
+        job.valid = next.valid;
+        job.pair = next.pair;
+        job.segment_index = next.segment_index;
+        job.tile = next.tile;
+        job.key_start = next.key_start;
+        job.dilation = next.dilation;
+        job.key_count = next.key_count;
     }
 
     // Epilogue: O / l through the scratch, fragment by fragment; the LSE once per row.
@@ -336,13 +350,87 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     }
 }
 
+/// Loads `tile`'s keys and values into this unit's registers (zeros when the walk has ended).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_tile<F: Float, N: Size>(
+    key: &Tensor<Vector<F, N>>,
+    value: &Tensor<Vector<F, N>>,
+    key_regs: &mut Array<Vector<F, N>>,
+    value_regs: &mut Array<Vector<F, N>>,
+    tile: &KeyTile,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] key_tile: usize,
+    #[comptime] head_dim: usize,
+) {
+    let mut count = tile.key_count;
+    if !tile.valid {
+        count = 0;
+    }
+    let key0 = tile.tile * key_tile;
+    load_rows_registers(
+        key,
+        key_regs,
+        batch,
+        head,
+        tile.key_start,
+        tile.dilation,
+        key0,
+        count,
+        unit,
+        units,
+        key_tile,
+        head_dim,
+    );
+    load_rows_registers(
+        value,
+        value_regs,
+        batch,
+        head,
+        tile.key_start,
+        tile.dilation,
+        key0,
+        count,
+        unit,
+        units,
+        key_tile,
+        head_dim,
+    );
+}
+
+/// Visibility of key `unit` of `tile` (1 when it exists and is not padded), for `unit < key_tile`.
+#[cube]
+fn key_visibility<F: Float>(
+    padding: &Tensor<F>,
+    tile: &KeyTile,
+    batch: usize,
+    unit: usize,
+    #[comptime] key_tile: usize,
+    #[comptime] has_padding: bool,
+) -> f32 {
+    let t = tile.tile * key_tile + unit;
+    let mut visible = 0.0f32;
+    if tile.valid && unit < key_tile && t < tile.key_count {
+        visible = 1.0;
+        if has_padding {
+            let pos = tile.key_start + t * tile.dilation;
+            visible =
+                1.0 - f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
+        }
+    }
+    visible
+}
+
 /// One plane's work on one loaded key tile: scores, masked online softmax with conditional
 /// rescaling, and `O += P V`.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 fn plane_tile<F: Float>(
     query_frags: &Sequence<cmma::Matrix<F>>,
-    score_frags: &mut Sequence<cmma::Matrix<f32>>,
+    score_frag: &cmma::Matrix<f32>,
     out_frags: &mut Sequence<cmma::Matrix<f32>>,
     key_smem: &SharedMemory<F>,
     value_smem: &SharedMemory<F>,
@@ -370,15 +458,14 @@ fn plane_tile<F: Float>(
     let tile_elems = comptime!(key_tile * k_stride);
     let half_tile = comptime!(key_tile / 2);
 
-    // 1. S = Q K^T: K's rows are the columns of B (column-major with leading dimension head_dim).
+    // 1. S = Q K^T: K's rows are the columns of B (column-major with leading dimension
+    // head_dim). One 16-key block at a time through one accumulator, stored as soon as it is
+    // complete, so only one score fragment is live (registers bound the kernel's occupancy).
     #[unroll]
     for n in 0..key_frags {
-        cmma::fill(score_frags.index(n), 0.0f32);
-    }
-    #[unroll]
-    for kk in 0..dim_tiles {
+        cmma::fill(score_frag, 0.0f32);
         #[unroll]
-        for n in 0..key_frags {
+        for kk in 0..dim_tiles {
             let key_frag = cmma::Matrix::<F>::from_slice(
                 cmma::MatrixIdent::B,
                 16usize,
@@ -391,16 +478,13 @@ fn plane_tile<F: Float>(
             cmma::execute::<F, F, f32, f32>(
                 query_frags.index(kk),
                 &key_frag,
-                score_frags.index(n),
-                score_frags.index(n),
+                score_frag,
+                score_frag,
             );
         }
-    }
-    #[unroll]
-    for n in 0..key_frags {
         cmma::store(
             &mut scratch.slice_mut(scratch_base + n * 16, scratch_base + 16 * s_stride),
-            score_frags.index(n),
+            score_frag,
             s_stride as u32,
             cmma::MatrixLayout::RowMajor,
         );
@@ -409,6 +493,7 @@ fn plane_tile<F: Float>(
 
     // 2. Row max of the tile (two units per row, columns interleaved), then the new reference.
     let row_scores = scratch_base + row_in_plane * s_stride;
+    let mut masked_scores = Array::<f32>::new(half_tile);
     let mut tile_max = f32::new(MASKED);
     #[unroll]
     for c in 0..half_tile {
@@ -417,10 +502,9 @@ fn plane_tile<F: Float>(
         if causal {
             keep = keep && key0 + col <= row_t;
         }
-        tile_max = max(
-            tile_max,
-            select(keep, scratch[row_scores + col] * scale, f32::new(MASKED)),
-        );
+        let score = select(keep, scratch[row_scores + col] * scale, f32::new(MASKED));
+        masked_scores[c] = score;
+        tile_max = max(tile_max, score);
     }
     tile_max = max(tile_max, plane_shuffle_xor(tile_max, 1u32));
     let raise = tile_max > state.reference_max + RESCALE_MARGIN;
@@ -436,18 +520,14 @@ fn plane_tile<F: Float>(
     let mut tile_sum = 0.0f32;
     #[unroll]
     for c in 0..half_tile {
-        let col = 2 * c + half;
-        let mut keep = row_here && visible_smem[col] > 0.5;
-        if causal {
-            keep = keep && key0 + col <= row_t;
-        }
+        let score = masked_scores[c];
         let p = select(
-            keep,
-            (scratch[row_scores + col] * scale - reference_max).exp(),
+            score > f32::new(MASKED),
+            (score - reference_max).exp(),
             0.0f32,
         );
         tile_sum += p;
-        probabilities[p_row + col] = F::cast_from(p);
+        probabilities[p_row + 2 * c + half] = F::cast_from(p);
     }
     tile_sum += plane_shuffle_xor(tile_sum, 1u32);
     state.sum = state.sum * alpha + tile_sum;

@@ -11,4 +11,5 @@ pub(crate) mod forward_tensor_core;
 pub(crate) mod launch;
 pub(crate) mod launch_plan;
 pub(crate) mod rows;
+pub(crate) mod tile_walk;
 pub(crate) mod tiles;

@@ -113,16 +113,15 @@ pub(crate) fn load_row_values(
 }
 
 /// Loads rows `first + t * dilation` for `t` in `tile_start .. tile_start + tile_rows` of
-/// (`batch`, `head`) into `smem` (`tile_rows` rows of `head_dim` values at row stride
-/// `smem_stride`, in the inputs' dtype), reading `N` values per load; rows at `t >= count` are
-/// zero. The tensor's last dimension is contiguous and its other strides are multiples of `N`
-/// (checked by the launcher). Every unit of the cube takes part; all loads are issued before
-/// the first store.
+/// (`batch`, `head`) into this unit's registers, `N` values per load, zeros at `t >= count`; its
+/// share of the tile is the vectors `unit + round * units`. The tensor's last dimension is
+/// contiguous and its other strides are multiples of `N` (checked by the launcher). Nothing is
+/// waited for here: the loads complete when [`store_rows_registers`] reads them.
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_rows_tile_vectorized<F: Float, N: Size>(
+pub(crate) fn load_rows_registers<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
-    smem: &mut SharedMemory<F>,
+    registers: &mut Array<Vector<F, N>>,
     batch: usize,
     head: usize,
     first: usize,
@@ -133,14 +132,12 @@ pub(crate) fn load_rows_tile_vectorized<F: Float, N: Size>(
     #[comptime] units: usize,
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
-    #[comptime] smem_stride: usize,
 ) {
     let width = tensor.vector_size();
     let per_row = comptime!(head_dim / width);
     let total = comptime!(tile_rows * per_row);
     let rounds = comptime!(total.div_ceil(units));
     let base = batch * tensor.stride(0) + head * tensor.stride(2);
-    let mut loaded = Array::<Vector<F, N>>::new(rounds);
     #[unroll]
     for round in 0..rounds {
         let element = unit + round * units;
@@ -150,18 +147,37 @@ pub(crate) fn load_rows_tile_vectorized<F: Float, N: Size>(
             let pos = first + t * dilation;
             val = tensor[(base + pos * tensor.stride(1) + (element % per_row) * width) / width];
         }
-        loaded[round] = val;
+        registers[round] = val;
     }
+}
+
+/// Stores the registers [`load_rows_registers`] filled into `smem` (`tile_rows` rows of
+/// `head_dim` values at row stride `smem_stride`, a multiple of `N`), one vector per store.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_rows_registers<F: Float, N: Size>(
+    registers: &Array<Vector<F, N>>,
+    smem: &mut SharedMemory<F>,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] smem_stride: usize,
+) {
+    let width = N::value();
+    let per_row = comptime!(head_dim / width);
+    let total = comptime!(tile_rows * per_row);
+    let rounds = comptime!(total.div_ceil(units));
     #[unroll]
     for round in 0..rounds {
         let element = unit + round * units;
         if element < total {
             let at = (element / per_row) * smem_stride + (element % per_row) * width;
-            let val = loaded[round];
-            #[unroll]
-            for i in 0..width {
-                smem[at + i] = val[i];
-            }
+            let mut target = smem
+                .slice_mut(at, at + width)
+                .into_vectorized()
+                .with_vector_size::<N>();
+            target[0] = registers[round];
         }
     }
 }
