@@ -41,9 +41,13 @@ pub(crate) const TENSOR_CORE_PLANES: usize = 4;
 /// accumulator is rescaled: probabilities stay `<= e^8 ~ 2981` between rescales.
 pub(crate) const RESCALE_MARGIN: f32 = 8.0;
 
-/// Padding of a row of the per-plane `f32` scratch (scores, accumulator spills): 4 floats keep
-/// the rows of a plane off each other's banks and the rows 16-byte aligned for `cmma` stores.
-pub(crate) const SCRATCH_PAD: usize = 4;
+/// Padding of a row of the per-plane `f32` scratch (scores, accumulator spills): with 8 floats,
+/// the 16-byte reads of the softmax (two units per row, alternate groups of 4 columns) and the
+/// `cmma` stores are free of bank conflicts.
+pub(crate) const SCRATCH_PAD: usize = 8;
+/// Additive score of a masked key: finite (fast math assumes no infinities), far below every
+/// real score, and twice of it still finite in `f32`.
+pub(crate) const KEY_MASKED: f32 = -1.0e30;
 /// Padding of a row of the per-plane probability tile (8 halves: 16-byte rows for `cmma` loads).
 pub(crate) const PROBABILITY_PAD: usize = 8;
 
@@ -72,7 +76,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     value: &Tensor<Vector<F, N>>,
     padding: &Tensor<F>,
     table: &Array<u32>,
-    output: &mut Tensor<F>,
+    output: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<f32>,
     scale: f32,
     neg_inf: f32,
@@ -122,7 +126,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let k_stride = comptime!(head_dim + KEY_PAD);
     let mut key_smem = SharedMemory::<F>::new(key_tile * k_stride);
     let mut value_smem = SharedMemory::<F>::new(key_tile * k_stride);
-    let mut visible_smem = SharedMemory::<f32>::new(key_tile);
+    let mut bias_smem = SharedMemory::<f32>::new(key_tile);
     let mut scratch = SharedMemory::<f32>::new(TENSOR_CORE_PLANES * 16 * s_stride);
     let mut probabilities = SharedMemory::<F>::new(TENSOR_CORE_PLANES * 16 * p_stride);
     let scratch_base = plane * 16 * s_stride;
@@ -228,6 +232,11 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         key_tile,
         causal,
     );
+    // This unit's row in the current tile's pair: selected, its segment, its index `t`.
+    let first_view = pair_view(table, &my_rows, job.pair, seq_len);
+    let mut row_selected = first_view.selected;
+    let mut row_segment = first_view.row_segment;
+    let mut row_t = first_view.t;
     while job.valid {
         sync_cube();
         load_tile(
@@ -243,7 +252,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             key_tile,
             head_dim,
         );
-        let visible = key_visibility(padding, &job, batch, unit, key_tile, has_padding);
+        let bias = key_bias(padding, &job, batch, unit, key_tile, has_padding);
         store_rows_registers(
             &key_regs,
             &mut key_smem,
@@ -263,27 +272,15 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             k_stride,
         );
         if unit < key_tile {
-            visible_smem[unit] = visible;
+            bias_smem[unit] = bias;
         }
         sync_cube();
-        let next = seek_key_tile(
-            table,
-            &rows,
-            seq_len,
-            job.pair,
-            job.segment_index,
-            job.tile + 1,
-            key_tile,
-            causal,
-        );
-
-        let view = pair_view(table, &my_rows, job.pair, seq_len);
-        let row_here = view.selected && view.row_segment == job.segment_index;
+        let row_here = row_selected && row_segment == job.segment_index;
         let key0 = job.tile * key_tile;
         // The plane works on the tile only if one of its rows sees one of its keys.
         let mut row_sees_tile = row_here;
         if causal {
-            row_sees_tile = row_sees_tile && key0 <= view.t;
+            row_sees_tile = row_sees_tile && key0 <= row_t;
         }
         if plane_any(row_sees_tile) {
             plane_tile(
@@ -292,7 +289,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
                 &mut out_frags,
                 &key_smem,
                 &value_smem,
-                &visible_smem,
+                &bias_smem,
                 &mut scratch,
                 &mut probabilities,
                 scratch_base,
@@ -301,7 +298,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
                 half,
                 row_here,
                 key0,
-                view.t,
+                row_t,
                 scale,
                 &mut state,
                 key_tile,
@@ -309,13 +306,34 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
                 causal,
             );
         }
-        job.valid = next.valid;
-        job.pair = next.pair;
-        job.segment_index = next.segment_index;
-        job.tile = next.tile;
-        job.key_start = next.key_start;
-        job.dilation = next.dilation;
-        job.key_count = next.key_count;
+        // Next tile: the same segment's next one, or a seek (and this unit's row in the pair).
+        if job.tile + 1 < job.key_count.div_ceil(key_tile) {
+            job.tile += 1;
+        } else {
+            let next = seek_key_tile(
+                table,
+                &rows,
+                seq_len,
+                job.pair,
+                job.segment_index,
+                job.tile + 1,
+                key_tile,
+                causal,
+            );
+            job.valid = next.valid;
+            job.pair = next.pair;
+            job.segment_index = next.segment_index;
+            job.tile = next.tile;
+            job.key_start = next.key_start;
+            job.dilation = next.dilation;
+            job.key_count = next.key_count;
+            if next.valid {
+                let view = pair_view(table, &my_rows, next.pair, seq_len);
+                row_selected = view.selected;
+                row_segment = view.row_segment;
+                row_t = view.t;
+            }
+        }
     }
 
     // Epilogue: O / l through the scratch, fragment by fragment; the LSE once per row.
@@ -326,6 +344,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         log_sum_exp = state.reference_max + state.sum.ln();
     }
     let o_base = batch * output.stride(0) + my_row * output.stride(1) + head * output.stride(2);
+    let stores = comptime!(8 / width);
     #[unroll]
     for f in 0..dim_tiles {
         cmma::store(
@@ -337,10 +356,16 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         sync_plane();
         if row_valid {
             #[unroll]
-            for c in 0..8usize {
-                let col = half * 8 + c;
-                let val = scratch[scratch_base + row_in_plane * s_stride + col] * inverse;
-                output[o_base + (f * 16 + col) * output.stride(3)] = F::cast_from(val);
+            for v in 0..stores {
+                let col = half * 8 + v * width;
+                let mut packed = Vector::<F, N>::empty();
+                #[unroll]
+                for i in 0..width {
+                    packed[i] = F::cast_from(
+                        scratch[scratch_base + row_in_plane * s_stride + col + i] * inverse,
+                    );
+                }
+                output[(o_base + f * 16 + col) / width] = packed;
             }
         }
         sync_plane();
@@ -401,9 +426,10 @@ fn load_tile<F: Float, N: Size>(
     );
 }
 
-/// Visibility of key `unit` of `tile` (1 when it exists and is not padded), for `unit < key_tile`.
+/// Additive mask of key `unit` of `tile`: 0 when it exists and is not padded, else
+/// [`KEY_MASKED`] (for `unit < key_tile`).
 #[cube]
-fn key_visibility<F: Float>(
+fn key_bias<F: Float>(
     padding: &Tensor<F>,
     tile: &KeyTile,
     batch: usize,
@@ -412,16 +438,17 @@ fn key_visibility<F: Float>(
     #[comptime] has_padding: bool,
 ) -> f32 {
     let t = tile.tile * key_tile + unit;
-    let mut visible = 0.0f32;
+    let mut bias = f32::new(KEY_MASKED);
     if tile.valid && unit < key_tile && t < tile.key_count {
-        visible = 1.0;
+        bias = 0.0;
         if has_padding {
             let pos = tile.key_start + t * tile.dilation;
-            visible =
-                1.0 - f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
+            let padded =
+                f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
+            bias = select(padded > 0.5, f32::new(KEY_MASKED), 0.0f32);
         }
     }
-    visible
+    bias
 }
 
 /// One plane's work on one loaded key tile: scores, masked online softmax with conditional
@@ -434,7 +461,7 @@ fn plane_tile<F: Float>(
     out_frags: &mut Sequence<cmma::Matrix<f32>>,
     key_smem: &SharedMemory<F>,
     value_smem: &SharedMemory<F>,
-    visible_smem: &SharedMemory<f32>,
+    bias_smem: &SharedMemory<f32>,
     scratch: &mut SharedMemory<f32>,
     probabilities: &mut SharedMemory<F>,
     scratch_base: usize,
@@ -457,6 +484,7 @@ fn plane_tile<F: Float>(
     let k_stride = comptime!(head_dim + KEY_PAD);
     let tile_elems = comptime!(key_tile * k_stride);
     let half_tile = comptime!(key_tile / 2);
+    let groups = comptime!(key_tile / 8);
 
     // 1. S = Q K^T: K's rows are the columns of B (column-major with leading dimension
     // head_dim). One 16-key block at a time through one accumulator, stored as soon as it is
@@ -491,43 +519,64 @@ fn plane_tile<F: Float>(
     }
     sync_plane();
 
-    // 2. Row max of the tile (two units per row, columns interleaved), then the new reference.
+    // 2. Row max of the tile, then the new reference. The two units of a row take alternate
+    // groups of 4 columns (16-byte scratch reads and 8-byte probability writes, free of bank
+    // conflicts with these strides). Masks are additive: the key bias (0, or KEY_MASKED for
+    // padded and missing keys) and, on the diagonal, the causal limit.
     let row_scores = scratch_base + row_in_plane * s_stride;
     let mut masked_scores = Array::<f32>::new(half_tile);
     let mut tile_max = f32::new(MASKED);
     #[unroll]
-    for c in 0..half_tile {
-        let col = 2 * c + half;
-        let mut keep = row_here && visible_smem[col] > 0.5;
-        if causal {
-            keep = keep && key0 + col <= row_t;
+    for k in 0..groups {
+        let col0 = 8 * k + 4 * half;
+        let scores = scratch
+            .slice(row_scores + col0, row_scores + col0 + 4)
+            .into_vectorized()
+            .with_vector_size::<Const<4>>()[0];
+        let biases = bias_smem
+            .slice(col0, col0 + 4)
+            .into_vectorized()
+            .with_vector_size::<Const<4>>()[0];
+        #[unroll]
+        for i in 0..4usize {
+            let mut score = scores[i] * scale + biases[i];
+            if causal {
+                score = select(key0 + col0 + i <= row_t, score, f32::new(KEY_MASKED));
+            }
+            masked_scores[4 * k + i] = score;
+            tile_max = max(tile_max, score);
         }
-        let score = select(keep, scratch[row_scores + col] * scale, f32::new(MASKED));
-        masked_scores[c] = score;
-        tile_max = max(tile_max, score);
     }
     tile_max = max(tile_max, plane_shuffle_xor(tile_max, 1u32));
-    let raise = tile_max > state.reference_max + RESCALE_MARGIN;
+    // A row sees a key of this tile iff its max is a real score.
+    let row_live = row_here && tile_max > f32::new(KEY_MASKED * 0.5);
+    let raise = row_live && tile_max > state.reference_max + RESCALE_MARGIN;
     let mut alpha = 1.0f32;
     if raise {
         alpha = (state.reference_max - tile_max).exp();
         state.reference_max = tile_max;
     }
-    let reference_max = state.reference_max;
+    // Dead rows take their probabilities against +1e30: every one is 0.
+    let reference_max = select(row_live, state.reference_max, f32::new(-KEY_MASKED));
 
     // P = exp(s - m) in the inputs' dtype, and its row sum.
     let p_row = p_base + row_in_plane * p_stride;
     let mut tile_sum = 0.0f32;
     #[unroll]
-    for c in 0..half_tile {
-        let score = masked_scores[c];
-        let p = select(
-            score > f32::new(MASKED),
-            (score - reference_max).exp(),
-            0.0f32,
-        );
-        tile_sum += p;
-        probabilities[p_row + 2 * c + half] = F::cast_from(p);
+    for k in 0..groups {
+        let col0 = 8 * k + 4 * half;
+        let mut packed = Vector::<F, Const<4>>::empty();
+        #[unroll]
+        for i in 0..4usize {
+            let p = (masked_scores[4 * k + i] - reference_max).exp();
+            tile_sum += p;
+            packed[i] = F::cast_from(p);
+        }
+        let mut target = probabilities
+            .slice_mut(p_row + col0, p_row + col0 + 4)
+            .into_vectorized()
+            .with_vector_size::<Const<4>>();
+        target[0] = packed;
     }
     tile_sum += plane_shuffle_xor(tile_sum, 1u32);
     state.sum = state.sum * alpha + tile_sum;

@@ -279,7 +279,11 @@ pub(crate) fn forward<R: CubeRuntime>(
         forward_variant(&call.client, call.dtype, call.shape.head_dim)
     {
         debug_assert_eq!(call.plan.block_rows, TENSOR_CORE_BLOCK_ROWS);
-        let width = load_width(&call.client, &[&query, &key, &value], call.shape.head_dim);
+        let width = load_width(
+            &call.client,
+            &[&query, &key, &value, &output],
+            call.shape.head_dim,
+        );
         // SAFETY: as below; the cube has 4 planes of 32 units, the variant's requirements
         // (dtype, head_dim, plane size, cmma) were checked by `forward_variant`.
         unsafe {
