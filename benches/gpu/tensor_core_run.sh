@@ -31,9 +31,27 @@ bench)
   timeout 200 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd 2>&1 | tee "$OUT/tc_bench.jsonl"
   DILATED_ATTENTION_KERNEL=portable timeout 120 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd 2>&1 | tee -a "$OUT/tc_bench.jsonl"
   ;;
+table)
+  echo "== harness: the table's configs (tensor-core forward for bf16/f16; f32 takes the portable kernels)"
+  J="$OUT/tc_table.jsonl"; : > "$J"
+  timeout 150 $B --seqs 8192,32768,131072 --dtypes bf16,f16 --modes head_grouped,longnet --passes fwd >> "$J" 2>&1
+  timeout 150 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd_bwd >> "$J" 2>&1
+  timeout 60 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd --causal >> "$J" 2>&1
+  timeout 60 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd >> "$J" 2>&1
+  timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  DILATED_ATTENTION_KERNEL=portable timeout 60 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd >> "$J" 2>&1
+  echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
+  ;;
 baseline)
-  echo "== PyTorch baselines"
-  timeout 200 python3 benches/pytorch/dilated_baseline.py --seqs 8192,32768,131072 --dtypes bfloat16 --passes fwd --repeats 5 2>&1 | tee "$OUT/tc_pytorch.jsonl"
+  echo "== PyTorch baselines for the table"
+  P="python3 benches/pytorch/dilated_baseline.py"
+  J="$OUT/tc_pytorch.jsonl"; : > "$J"
+  timeout 200 $P --seqs 8192,32768,131072 --dtypes bfloat16,float16 --passes fwd --repeats 5 >> "$J" 2>&1
+  timeout 150 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$J" 2>&1
+  timeout 60 $P --seqs 8192,32768 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd --causal --repeats 5 >> "$J" 2>&1
+  timeout 60 $P --seqs 4096 --batch 2 --dtypes bfloat16 --impls head_grouped,longnet --repeats 5 >> "$J" 2>&1
+  timeout 120 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd --repeats 3 >> "$J" 2>&1
+  grep -c '^{' "$J"
   ;;
 esac
 done

@@ -39,3 +39,5 @@ pub use attention::*;
 pub use backend::*;
 pub use custom_attention::*;
 pub use functional::*;
+#[cfg(feature = "cubecl")]
+pub use fused::launch::KERNEL_VARIANT_ENV;

@@ -48,8 +48,13 @@ pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
     tile
 }
 
-/// Environment variable that forces the portable forward kernel (`portable`) even where the
-/// tensor-core one would run: for comparisons and for isolating a fault.
+/// Environment variable that forces the portable forward kernel even where the tensor-core one
+/// would run: set it to `portable` (read at every call), for comparisons and for isolating a
+/// fault.
+///
+/// ```
+/// assert_eq!(dilated_attention_kernels::KERNEL_VARIANT_ENV, "DILATED_ATTENTION_KERNEL");
+/// ```
 pub const KERNEL_VARIANT_ENV: &str = "DILATED_ATTENTION_KERNEL";
 
 /// The forward kernel a call runs.
