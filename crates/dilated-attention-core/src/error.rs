@@ -236,6 +236,24 @@ pub enum DilatedAttentionError {
         /// The configured limit.
         limit: u64,
     },
+    /// Two options that exclude each other were both set.
+    #[error("{first} and {second} are both set; set at most one")]
+    ConflictingOptions {
+        /// One option.
+        first: &'static str,
+        /// The other.
+        second: &'static str,
+    },
+    /// A size above what the call supports (e.g. the quantisation grid of a point cloud).
+    #[error("{field} is {value}; the most this call supports is {limit}")]
+    TooLarge {
+        /// What is too large.
+        field: &'static str,
+        /// The value given.
+        value: usize,
+        /// The largest value supported.
+        limit: usize,
+    },
     /// NaN or infinite values where finite ones are required (the production ring's checks).
     #[error("rank {rank}: {name} has {count} non-finite values (NaN or Inf)")]
     NonFinite {

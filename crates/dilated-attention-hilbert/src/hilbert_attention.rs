@@ -2,9 +2,12 @@
 //! so that every segment is a compact patch of the grid; the output comes back in the input's
 //! order.
 //!
-//! Input and output are `[batch, seq, heads, head_dim]` with tokens in raster order of the grid
-//! (`seq = width * height`), or a plain sequence with the default square grid of side
-//! `ceil(sqrt(seq))` (the PyTorch library's). Today the permutation is a gather before the
+//! Input and output are `[batch, seq, heads, head_dim]` with tokens in raster order of a 2-D grid
+//! (`seq = width * height`) or of a 3-D volume (`seq = width * height * depth`: voxels, or video
+//! frames of patches), or a plain sequence with the default square grid of side
+//! `ceil(sqrt(seq))` (the PyTorch library's). Point clouds bring their own order
+//! ([`HilbertOrder::points_3d`]) to [`HilbertDilatedAttention::try_forward_with_order`]; one
+//! order serves the whole batch. Today the permutation is a gather before the
 //! attention and one after it, on every backend (the fused kernels reading the index array
 //! directly is still to do); the orders are cached per shape.
 //!
@@ -42,13 +45,19 @@ use crate::HilbertOrder;
 pub struct HilbertDilatedAttentionConfig {
     /// The dilated attention run along the curve.
     pub attention: DilatedAttentionConfig,
-    /// `[width, height]` of the token grid (raster order, `seq = width * height`); `None`: the
-    /// default square of side `ceil(sqrt(seq))`.
+    /// `[width, height]` of the token grid (raster order, `seq = width * height`); `None` (and no
+    /// volume): the default square of side `ceil(sqrt(seq))`.
     pub grid: Option<[usize; 2]>,
+    /// `[width, height, depth]` of a token volume (raster order, `x` fastest, then `y`, then
+    /// `z`; `seq = width * height * depth`). At most one of `grid` and `volume`.
+    pub volume: Option<[usize; 3]>,
 }
 
-/// Orders already computed, per (sequence length, grid).
-type OrderCache = Arc<Mutex<HashMap<(usize, Option<[usize; 2]>), Arc<HilbertOrder>>>>;
+/// The layout an order is computed for.
+type OrderKey = (usize, Option<[usize; 2]>, Option<[usize; 3]>);
+
+/// Orders already computed, per (sequence length, grid, volume).
+type OrderCache = Arc<Mutex<HashMap<OrderKey, Arc<HilbertOrder>>>>;
 
 /// Hilbert-ordered dilated attention; see the [module docs](self).
 #[derive(Module, Debug)]
@@ -65,11 +74,23 @@ impl HilbertDilatedAttentionConfig {
     ///
     /// # Errors
     /// The attention config's errors; [`ZeroSize`](DilatedAttentionError::ZeroSize) for a grid
-    /// side of 0.
+    /// or volume side of 0; [`ConflictingOptions`](DilatedAttentionError::ConflictingOptions)
+    /// when both a grid and a volume are set.
     pub fn try_init<B: Backend>(&self, _device: &B::Device) -> Result<HilbertDilatedAttention<B>> {
         self.attention.validate()?;
-        if let Some([w, h]) = self.grid {
-            HilbertOrder::grid(w, h)?;
+        if self.grid.is_some() && self.volume.is_some() {
+            return Err(DilatedAttentionError::ConflictingOptions {
+                first: "grid",
+                second: "volume",
+            });
+        }
+        if self.grid.is_some_and(|sides| sides.contains(&0)) {
+            return Err(DilatedAttentionError::ZeroSize { field: "grid side" });
+        }
+        if self.volume.is_some_and(|sides| sides.contains(&0)) {
+            return Err(DilatedAttentionError::ZeroSize {
+                field: "volume side",
+            });
         }
         Ok(HilbertDilatedAttention {
             config: self.clone(),
@@ -96,25 +117,34 @@ impl<B: Backend> HilbertDilatedAttention<B> {
     /// The order for a sequence of `seq_len` tokens (cached).
     ///
     /// # Errors
-    /// [`SequenceMismatch`](DilatedAttentionError::SequenceMismatch) when the grid does not have
-    /// `seq_len` cells; [`ZeroSize`](DilatedAttentionError::ZeroSize).
+    /// [`SequenceMismatch`](DilatedAttentionError::SequenceMismatch) when the grid or volume
+    /// does not have `seq_len` cells; [`ZeroSize`](DilatedAttentionError::ZeroSize).
     pub fn order(&self, seq_len: usize) -> Result<Arc<HilbertOrder>> {
-        let key = (seq_len, self.config.grid);
+        let key = (seq_len, self.config.grid, self.config.volume);
         if let Some(order) = self.cache.lock().expect("order cache").get(&key) {
             return Ok(order.clone());
         }
-        let order = match self.config.grid {
-            Some([w, h]) => {
-                if w * h != seq_len {
-                    return Err(DilatedAttentionError::SequenceMismatch {
-                        name: "grid (width * height)",
-                        query: seq_len,
-                        actual: w * h,
-                    });
-                }
+        let cells = |name, count: usize| {
+            if count == seq_len {
+                Ok(())
+            } else {
+                Err(DilatedAttentionError::SequenceMismatch {
+                    name,
+                    query: seq_len,
+                    actual: count,
+                })
+            }
+        };
+        let order = match (self.config.grid, self.config.volume) {
+            (Some([w, h]), _) => {
+                cells("grid (width * height)", w * h)?;
                 HilbertOrder::grid(w, h)?
             }
-            None => HilbertOrder::sequence(seq_len)?,
+            (None, Some([w, h, d])) => {
+                cells("volume (width * height * depth)", w * h * d)?;
+                HilbertOrder::volume(w, h, d)?
+            }
+            (None, None) => HilbertOrder::sequence(seq_len)?,
         };
         let order = Arc::new(order);
         self.cache
@@ -178,6 +208,37 @@ impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
             key_padding_mask.as_ref().map(Tensor::dims),
         )?;
         let order = self.order(shape.seq_len)?;
+        self.try_forward_with_order(query, key, value, key_padding_mask, &order)
+    }
+
+    /// As [`Self::try_forward_with_lse`] along a given order (e.g. of a point cloud, from
+    /// [`HilbertOrder::points_3d`]) instead of the config's grid; the same order for every
+    /// batch element.
+    ///
+    /// # Errors
+    /// Shape and config errors; [`SequenceMismatch`](DilatedAttentionError::SequenceMismatch)
+    /// when the order does not have `seq` tokens.
+    pub fn try_forward_with_order(
+        &self,
+        query: Tensor<B, 4>,
+        key: Tensor<B, 4>,
+        value: Tensor<B, 4>,
+        key_padding_mask: Option<Tensor<B, 2, Bool>>,
+        order: &HilbertOrder,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        let shape = AttentionShape::check_inputs(
+            &query.dims(),
+            &key.dims(),
+            &value.dims(),
+            key_padding_mask.as_ref().map(Tensor::dims),
+        )?;
+        if order.len() != shape.seq_len {
+            return Err(DilatedAttentionError::SequenceMismatch {
+                name: "Hilbert order",
+                query: shape.seq_len,
+                actual: order.len(),
+            });
+        }
         let device = query.device();
         let along = index::<B>(order.order(), &device);
         let back = index::<B>(order.inverse(), &device);
@@ -216,6 +277,34 @@ mod tests {
         assert_eq!(*a, HilbertOrder::sequence(50).unwrap());
         assert_eq!(*c, HilbertOrder::sequence(64).unwrap());
         assert_eq!(attn.cache.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_grid_and_a_volume_together_are_an_error() {
+        let cfg = HilbertDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![8], vec![1]))
+            .with_grid(Some([4, 4]))
+            .with_volume(Some([2, 2, 4]));
+        assert!(matches!(
+            cfg.try_init::<B>(&Default::default()),
+            Err(DilatedAttentionError::ConflictingOptions { .. })
+        ));
+    }
+
+    #[test]
+    fn an_order_of_the_wrong_length_is_an_error() {
+        let attn =
+            HilbertDilatedAttentionConfig::new(DilatedAttentionConfig::new(vec![8], vec![1]))
+                .init::<B>(&Default::default());
+        let x = Tensor::<B, 4>::zeros([1, 24, 2, 4], &Default::default());
+        let order = HilbertOrder::volume(2, 3, 5).unwrap();
+        assert!(matches!(
+            attn.try_forward_with_order(x.clone(), x.clone(), x, None, &order),
+            Err(DilatedAttentionError::SequenceMismatch {
+                query: 24,
+                actual: 30,
+                ..
+            })
+        ));
     }
 
     #[test]

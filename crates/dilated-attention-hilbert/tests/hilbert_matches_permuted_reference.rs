@@ -1,6 +1,7 @@
 //! Hilbert-ordered attention equals "permute along the curve, dilated attention on the reference
 //! path, permute back", with the permutation applied on the host (not by the module's gathers),
-//! for random grids, shapes and configs, both modes, causal, padding.
+//! for random 2-D grids, 3-D volumes, point clouds and plain sequences, shapes and configs, both
+//! modes, causal, padding.
 
 use burn::backend::NdArray;
 use burn::tensor::{Bool, Tensor, TensorData};
@@ -30,16 +31,43 @@ fn max_diff(a: Vec<f32>, b: Vec<f32>) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn case_with_grid() -> impl Strategy<Value = (OracleCase, usize, usize, bool)> {
+/// How the tokens are laid out.
+#[derive(Debug, Clone)]
+enum Layout {
+    Sequence,
+    Grid(usize, usize),
+    Volume(usize, usize, usize),
+    Points(Vec<[f32; 3]>, usize),
+}
+
+impl Layout {
+    fn order(&self, seq: usize) -> HilbertOrder {
+        match self {
+            Layout::Sequence => HilbertOrder::sequence(seq).unwrap(),
+            Layout::Grid(w, h) => HilbertOrder::grid(*w, *h).unwrap(),
+            Layout::Volume(w, h, d) => HilbertOrder::volume(*w, *h, *d).unwrap(),
+            Layout::Points(points, side) => HilbertOrder::points_3d(points, *side).unwrap(),
+        }
+    }
+}
+
+fn case_with_layout() -> impl Strategy<Value = (OracleCase, Layout)> {
     (
         arbitrary_case(vec![4, 8]),
-        1usize..=12,
-        1usize..=12,
-        any::<bool>(),
+        (1usize..=6, 1usize..=6, 1usize..=5),
+        0u8..4,
+        prop::collection::vec(prop::array::uniform3(-10.0f32..10.0), 150),
+        1usize..=16,
     )
-        .prop_map(|(mut case, w, h, use_grid)| {
-            case.shape[1] = w * h;
-            (case, w, h, use_grid)
+        .prop_map(|(mut case, (w, h, d), kind, cloud, side)| {
+            let layout = match kind {
+                0 => Layout::Sequence,
+                1 => Layout::Grid(w, h * d),
+                2 => Layout::Volume(w, h, d),
+                _ => Layout::Points(cloud[..w * h * d].to_vec(), side),
+            };
+            case.shape[1] = w * h * d;
+            (case, layout)
         })
 }
 
@@ -47,18 +75,25 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn hilbert_attention_is_permuted_reference_attention((case, w, h, use_grid) in case_with_grid()) {
+    fn hilbert_attention_is_permuted_reference_attention((case, layout) in case_with_layout()) {
         prop_assume!(case.valid());
         let device = Default::default();
         let [batch, seq, heads, dim] = case.shape;
-        let order = if use_grid { HilbertOrder::grid(w, h).unwrap() } else { HilbertOrder::sequence(seq).unwrap() };
+        let order = layout.order(seq);
         let [q, k, v] = case.inputs::<B>(&device);
         let mask = case.padding_mask::<B>(&device);
 
-        let attn = HilbertDilatedAttentionConfig::new(case.config())
-            .with_grid(use_grid.then_some([w, h]))
-            .init::<B>(&device);
-        let (out, lse) = attn.try_forward_with_lse(q.clone(), k.clone(), v.clone(), mask.clone()).unwrap();
+        let mut config = HilbertDilatedAttentionConfig::new(case.config());
+        match &layout {
+            Layout::Grid(w, h) => config = config.with_grid(Some([*w, *h])),
+            Layout::Volume(w, h, d) => config = config.with_volume(Some([*w, *h, *d])),
+            Layout::Sequence | Layout::Points(..) => {}
+        }
+        let attn = config.init::<B>(&device);
+        let (out, lse) = match &layout {
+            Layout::Points(..) => attn.try_forward_with_order(q.clone(), k.clone(), v.clone(), mask.clone(), &order),
+            _ => attn.try_forward_with_lse(q.clone(), k.clone(), v.clone(), mask.clone()),
+        }.unwrap();
 
         // the same by hand: reorder rows on the host, reference attention, reorder back
         let row = heads * dim;
@@ -76,6 +111,6 @@ proptest! {
         let want_lse = reorder(&want_lse.to_data().to_vec::<f32>().unwrap(), batch, seq, heads, order.inverse());
         let e_out = max_diff(out.to_data().to_vec::<f32>().unwrap(), want_out);
         let e_lse = max_diff(lse.to_data().to_vec::<f32>().unwrap(), want_lse);
-        prop_assert!(e_out < 1e-5 && e_lse < 1e-5, "{case:?} grid {w}x{h} ({use_grid}): out {e_out} lse {e_lse}");
+        prop_assert!(e_out < 1e-5 && e_lse < 1e-5, "{case:?} {layout:?}: out {e_out} lse {e_lse}");
     }
 }

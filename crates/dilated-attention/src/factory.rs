@@ -153,8 +153,11 @@ pub struct StandardConfig {
     #[config(default = false)]
     pub rotary: bool,
     /// `[width, height]` of the token grid of the Hilbert kind (tokens in raster order);
-    /// `None`: a square of side `ceil(sqrt(seq))`, the PyTorch library's default.
+    /// `None` (and no volume): a square of side `ceil(sqrt(seq))`, the PyTorch library's default.
     pub grid: Option<[usize; 2]>,
+    /// `[width, height, depth]` of the token volume of the Hilbert kind (voxels or video frames,
+    /// raster order); at most one of `grid` and `volume`.
+    pub volume: Option<[usize; 3]>,
 }
 
 impl StandardConfig {
@@ -298,6 +301,7 @@ pub fn create_attention<B: DilatedAttentionBackend>(
         AttentionKind::Hilbert => Ok(AnyAttention::Hilbert(
             HilbertDilatedAttentionConfig::new(config.attention_config())
                 .with_grid(config.grid)
+                .with_volume(config.volume)
                 .try_init(device)?,
         )),
         AttentionKind::BlockSparse | AttentionKind::BlockSparseMultihead => {
@@ -441,6 +445,31 @@ mod tests {
         assert!(matches!(
             m.try_forward_heads(q.clone(), q.clone(), q),
             Err(DilatedAttentionError::SequenceMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn hilbert_kind_orders_along_the_volume_given() {
+        let device = Default::default();
+        let cfg = config().with_volume(Some([4, 5, 2]));
+        let m = create_attention::<B>(AttentionKind::Hilbert, &cfg, &device).unwrap();
+        let q = Tensor::<B, 4>::random([1, 40, 4, 8], Distribution::Default, &device);
+        let got = m
+            .try_forward_heads(q.clone(), q.clone(), q.clone())
+            .unwrap();
+        let want = HilbertDilatedAttentionConfig::new(cfg.attention_config())
+            .with_volume(Some([4, 5, 2]))
+            .init::<B>(&device)
+            .forward(q.clone(), q.clone(), q);
+        got.into_data()
+            .assert_approx_eq::<f32>(&want.into_data(), Default::default());
+        assert!(matches!(
+            create_attention::<B>(
+                AttentionKind::Hilbert,
+                &cfg.clone().with_grid(Some([8, 5])),
+                &device
+            ),
+            Err(DilatedAttentionError::ConflictingOptions { .. })
         ));
     }
 

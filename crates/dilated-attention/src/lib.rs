@@ -47,7 +47,8 @@ pub use dilated_attention_core::{
     DilatedIndexPlan, DilationMode, merge_by_lse, reference_dilated_attention,
 };
 pub use dilated_attention_hilbert::{
-    HilbertDilatedAttention, HilbertDilatedAttentionConfig, HilbertOrder, hilbert_2d,
+    HilbertDilatedAttention, HilbertDilatedAttentionConfig, HilbertOrder, MAX_POINT_GRID_CELLS,
+    hilbert_2d, hilbert_3d,
 };
 pub use dilated_attention_kernels::{
     DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit, dilated_attention_with_lse,
