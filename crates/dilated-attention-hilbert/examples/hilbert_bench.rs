@@ -1,0 +1,87 @@
+//! GPU timing of Hilbert-ordered attention against plain dilated attention on the same inputs
+//! (issue 5: the ordering must cost < 10% extra). One JSON line per (grid, pass, implementation):
+//! median milliseconds over repeats, each ending in a device sync.
+//!
+//! ```text
+//! cargo build --release -p dilated-attention-hilbert --features test-cuda --example hilbert_bench
+//! hilbert_bench 256 512
+//! ```
+//! Arguments: grid sides (square grids); bf16, 8 heads x 64, pairs (2048,1),(4096,2),(8192,4).
+
+use std::time::Instant;
+
+use burn::backend::{Autodiff, Cuda};
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Distribution, Tensor};
+use dilated_attention_core::DilatedAttentionConfig;
+use dilated_attention_hilbert::HilbertDilatedAttentionConfig;
+use dilated_attention_kernels::dilated_attention_with_lse;
+
+type Bench = Autodiff<Cuda>;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn main() {
+    let sides: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sides = if sides.is_empty() { vec![256, 512] } else { sides };
+    let device = Default::default();
+    let cfg = DilatedAttentionConfig::new(vec![2048, 4096, 8192], vec![1, 2, 4]);
+    for side in sides {
+        let n = side * side;
+        let hilbert = HilbertDilatedAttentionConfig::new(cfg.clone())
+            .with_grid(Some([side, side]))
+            .init::<Bench>(&device);
+        let make = || {
+            Tensor::<Bench, 4>::random([1, n, 8, 64], Distribution::Normal(0.0, 1.0), &device)
+                .cast(DType::BF16)
+        };
+        let (q, k, v) = (make(), make(), make());
+        for backward in [false, true] {
+            for along_curve in [false, true] {
+                let run = || {
+                    let (q, k, v) = if backward {
+                        (
+                            q.clone().require_grad(),
+                            k.clone().require_grad(),
+                            v.clone().require_grad(),
+                        )
+                    } else {
+                        (q.clone(), k.clone(), v.clone())
+                    };
+                    let out = if along_curve {
+                        hilbert.forward(q, k, v)
+                    } else {
+                        dilated_attention_with_lse(q, k, v, &cfg).expect("valid call").0
+                    };
+                    if backward {
+                        drop(out.cast(DType::F32).sum().backward());
+                    } else {
+                        drop(out);
+                    }
+                    Bench::sync(&device).expect("sync");
+                };
+                run();
+                run();
+                let times: Vec<f64> = (0..7)
+                    .map(|_| {
+                        let t = Instant::now();
+                        run();
+                        t.elapsed().as_secs_f64()
+                    })
+                    .collect();
+                println!(
+                    "{{\"grid\":[{side},{side}],\"seq\":{n},\"dtype\":\"bf16\",\"pass\":\"{}\",\"impl\":\"{}\",\"median_ms\":{:.3},\"repeats\":7}}",
+                    if backward { "fwd_bwd" } else { "fwd" },
+                    if along_curve { "hilbert" } else { "plain" },
+                    median(times) * 1e3
+                );
+            }
+        }
+    }
+}
