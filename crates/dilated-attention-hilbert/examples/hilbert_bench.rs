@@ -29,7 +29,11 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sides = if sides.is_empty() { vec![256, 512] } else { sides };
+    let sides = if sides.is_empty() {
+        vec![256, 512]
+    } else {
+        sides
+    };
     let device = Default::default();
     let cfg = DilatedAttentionConfig::new(vec![2048, 4096, 8192], vec![1, 2, 4]);
     for side in sides {
@@ -57,7 +61,9 @@ fn main() {
                     let out = if along_curve {
                         hilbert.forward(q, k, v)
                     } else {
-                        dilated_attention_with_lse(q, k, v, &cfg).expect("valid call").0
+                        dilated_attention_with_lse(q, k, v, &cfg)
+                            .expect("valid call")
+                            .0
                     };
                     if backward {
                         drop(out.cast(DType::F32).sum().backward());
