@@ -15,7 +15,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
 use super::rows::{
-    first_selected_at_or_after, pair_view, row_block, rows_selected, selected_up_to,
+    first_selected_at_or_after, pair_view, row_block, rows_selected, segment_key_count,
 };
 use super::tiles::{MASKED, load_row_values, load_rows_tile, load_visibility};
 
@@ -161,20 +161,7 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
             let segment_hi = rows.last_row / view.segment;
             for seg_index in segment_lo..segment_hi + 1 {
                 let seg_start = seg_index * view.segment;
-                let seg_len = min(view.segment, seq_len - seg_start);
-                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
-                if causal {
-                    key_count = min(
-                        key_count,
-                        selected_up_to(
-                            rows.last_row,
-                            seg_start,
-                            seg_len,
-                            view.offset,
-                            view.dilation,
-                        ),
-                    );
-                }
+                let key_count = segment_key_count(&view, &rows, seg_index, seq_len, causal);
                 let key_start = seg_start + view.offset;
                 let row_here = row_active && view.selected && view.row_segment == seg_index;
                 for tile in 0..key_count.div_ceil(key_tile) {

@@ -16,7 +16,7 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::{pair_view, row_block, rows_selected, selected_up_to};
+use super::rows::{pair_view, row_block, segment_key_count};
 use super::tiles::{MASKED, load_rows_tile, load_visibility};
 
 #[cube(launch_unchecked)]
@@ -75,20 +75,7 @@ pub(crate) fn dilated_flash_forward<F: Float>(
             let segment_hi = rows.last_row / view.segment;
             for seg_index in segment_lo..segment_hi + 1 {
                 let seg_start = seg_index * view.segment;
-                let seg_len = min(view.segment, seq_len - seg_start);
-                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
-                if causal {
-                    key_count = min(
-                        key_count,
-                        selected_up_to(
-                            rows.last_row,
-                            seg_start,
-                            seg_len,
-                            view.offset,
-                            view.dilation,
-                        ),
-                    );
-                }
+                let key_count = segment_key_count(&view, &rows, seg_index, seq_len, causal);
                 let key_start = seg_start + view.offset;
                 let row_here = view.selected && view.row_segment == seg_index;
                 for tile in 0..key_count.div_ceil(key_tile) {

@@ -150,3 +150,31 @@ pub(crate) fn selected_up_to(
     }
     count
 }
+
+/// Number of selected keys of segment `seg_index` of the pair `view` that the cube `rows`
+/// visits: all of them, or when causal those at or before the cube's last row.
+#[cube]
+pub(crate) fn segment_key_count(
+    view: &PairView,
+    rows: &RowBlock,
+    seg_index: usize,
+    seq_len: usize,
+    #[comptime] causal: bool,
+) -> usize {
+    let seg_start = seg_index * view.segment;
+    let seg_len = min(view.segment, seq_len - seg_start);
+    let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
+    if causal {
+        key_count = min(
+            key_count,
+            selected_up_to(
+                rows.last_row,
+                seg_start,
+                seg_len,
+                view.offset,
+                view.dilation,
+            ),
+        );
+    }
+    key_count
+}

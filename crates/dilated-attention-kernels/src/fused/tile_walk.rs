@@ -6,7 +6,7 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::{RowBlock, pair_view, rows_selected, selected_up_to};
+use super::rows::{RowBlock, pair_view, segment_key_count};
 
 /// `segment_index` value that means "the first segment the cube's rows touch in this pair".
 pub(crate) const FIRST_SEGMENT: usize = usize::MAX;
@@ -63,20 +63,7 @@ pub(crate) fn seek_key_tile(
             let segment_hi = rows.last_row / view.segment;
             while segment_index <= segment_hi && !found.valid {
                 let seg_start = segment_index * view.segment;
-                let seg_len = min(view.segment, seq_len - seg_start);
-                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
-                if causal {
-                    key_count = min(
-                        key_count,
-                        selected_up_to(
-                            rows.last_row,
-                            seg_start,
-                            seg_len,
-                            view.offset,
-                            view.dilation,
-                        ),
-                    );
-                }
+                let key_count = segment_key_count(&view, rows, segment_index, seq_len, causal);
                 if tile < key_count.div_ceil(key_tile) {
                     found.valid = true;
                     found.pair = pair;
