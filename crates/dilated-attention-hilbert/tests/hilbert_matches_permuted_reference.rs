@@ -56,7 +56,7 @@ fn case_with_layout() -> impl Strategy<Value = (OracleCase, Layout)> {
         arbitrary_case(vec![4, 8]),
         (1usize..=6, 1usize..=6, 1usize..=5),
         0u8..4,
-        prop::collection::vec(prop::array::uniform3(-10.0f32..10.0), 150),
+        prop::collection::vec(prop::array::uniform3(-10.0f32..10.0), 6 * 6 * 5),
         1usize..=16,
     )
         .prop_map(|(mut case, (w, h, d), kind, cloud, side)| {
