@@ -18,6 +18,7 @@
 mod config;
 mod error;
 mod field_check;
+mod index_tensor;
 mod lse_merge;
 #[cfg(feature = "test-oracle")]
 pub mod oracle;
@@ -29,6 +30,7 @@ mod shape;
 pub use config::*;
 pub use error::*;
 pub use field_check::*;
+pub use index_tensor::*;
 pub use lse_merge::*;
 pub use plan::*;
 pub use reference::*;

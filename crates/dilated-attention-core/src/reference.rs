@@ -26,11 +26,11 @@
 //! scores and weights for the backward: `~2 b h sum_i ceil(n / s_i) m_i^2` elements, linear in
 //! `n` (about `2 b h n sum_i s_i / r_i^2`).
 
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::{
     AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, DilationMode, OffsetGroup, PairPlan,
-    Result, merge_by_lse, segment_attention,
+    Result, index_tensor, inverse_permutation, merge_by_lse, segment_attention,
 };
 
 /// Dilated attention and its per-query log-sum-exp, on plain Burn tensor ops.
@@ -252,29 +252,6 @@ impl<B: Backend> Inputs<B> {
     }
 
     fn index(&self, values: &[usize]) -> Tensor<B, 1, Int> {
-        let data: Vec<i64> = values.iter().map(|&v| v as i64).collect();
-        Tensor::from_data(TensorData::new(data, [values.len()]), &self.query.device())
-    }
-}
-
-fn inverse_permutation(order: &[usize]) -> Vec<usize> {
-    let mut inverse = vec![0; order.len()];
-    for (i, &j) in order.iter().enumerate() {
-        inverse[j] = i;
-    }
-    inverse
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn inverse_permutation_undoes_order() {
-        let order = [0, 3, 1, 4, 2];
-        let inv = inverse_permutation(&order);
-        for (i, &j) in order.iter().enumerate() {
-            assert_eq!(inv[j], i);
-        }
+        index_tensor(values.iter().copied(), &self.query.device())
     }
 }

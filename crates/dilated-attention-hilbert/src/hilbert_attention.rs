@@ -32,9 +32,9 @@ use std::sync::{Arc, Mutex};
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::{Bool, Int, Tensor, TensorData, backend::Backend};
+use burn::tensor::{Bool, Tensor, backend::Backend};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result,
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result, index_tensor,
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
@@ -155,11 +155,6 @@ impl<B: Backend> HilbertDilatedAttention<B> {
     }
 }
 
-fn index<B: Backend>(values: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
-    let data: Vec<i64> = values.iter().map(|&v| v as i64).collect();
-    Tensor::from_data(TensorData::new(data, [values.len()]), device)
-}
-
 impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
     /// Attention output in the input's order.
     ///
@@ -240,8 +235,8 @@ impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
             });
         }
         let device = query.device();
-        let along = index::<B>(order.order(), &device);
-        let back = index::<B>(order.inverse(), &device);
+        let along = index_tensor::<B>(order.order().iter().copied(), &device);
+        let back = index_tensor::<B>(order.inverse().iter().copied(), &device);
         let to_curve = |t: Tensor<B, 4>| t.select(1, along.clone());
         let mask = key_padding_mask.map(|m| {
             // 0/1 floats through the gather (see core's note on WGPU boolean masks)

@@ -26,7 +26,7 @@
 //! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
 //! ```
 
-use dilated_attention_core::{DilatedAttentionError, Result};
+use dilated_attention_core::{DilatedAttentionError, Result, inverse_permutation};
 
 use crate::{hilbert_2d, hilbert_3d};
 
@@ -117,7 +117,7 @@ impl HilbertOrder {
     /// [`TooLarge`](DilatedAttentionError::TooLarge) when `side^2` exceeds
     /// [`MAX_POINT_GRID_CELLS`].
     pub fn points_2d(points: &[[f32; 2]], side: usize) -> Result<Self> {
-        let cells = quantise(points, side, 2)?;
+        let cells = quantise(points, side)?;
         let rank = curve_rank(
             hilbert_2d(side, side)
                 .into_iter()
@@ -135,7 +135,7 @@ impl HilbertOrder {
     /// # Errors
     /// As [`Self::points_2d`], with `side^3` cells.
     pub fn points_3d(points: &[[f32; 3]], side: usize) -> Result<Self> {
-        let cells = quantise(points, side, 3)?;
+        let cells = quantise(points, side)?;
         let rank = curve_rank(
             hilbert_3d(side, side, side)
                 .into_iter()
@@ -158,10 +158,7 @@ impl HilbertOrder {
     }
 
     fn from_order(order: Vec<usize>) -> Self {
-        let mut inverse = vec![0; order.len()];
-        for (i, &token) in order.iter().enumerate() {
-            inverse[token] = i;
-        }
+        let inverse = inverse_permutation(&order);
         Self { order, inverse }
     }
 
@@ -199,11 +196,7 @@ fn curve_rank(cells: impl Iterator<Item = usize>, count: usize) -> Vec<u32> {
 }
 
 /// The cell of every point in a `side^D` grid over the points' bounding cube.
-fn quantise<const D: usize>(
-    points: &[[f32; D]],
-    side: usize,
-    dims: u32,
-) -> Result<Vec<[usize; D]>> {
+fn quantise<const D: usize>(points: &[[f32; D]], side: usize) -> Result<Vec<[usize; D]>> {
     if points.is_empty() {
         return Err(DilatedAttentionError::ZeroSize { field: "points" });
     }
@@ -212,7 +205,7 @@ fn quantise<const D: usize>(
             field: "point grid side",
         });
     }
-    let cells = side.checked_pow(dims).unwrap_or(usize::MAX);
+    let cells = side.checked_pow(D as u32).unwrap_or(usize::MAX);
     if cells > MAX_POINT_GRID_CELLS {
         return Err(DilatedAttentionError::TooLarge {
             field: "point grid cells (side^dims)",

@@ -21,7 +21,8 @@ use burn::tensor::{
     Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive, backend::Backend,
 };
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, merge_by_lse,
+    AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, index_tensor,
+    merge_by_lse,
 };
 use dilated_attention_kernels::CustomAttention;
 
@@ -70,9 +71,7 @@ impl<B: Backend> ShardedAttention<B> {
     }
 
     fn index(&self, values: impl Iterator<Item = usize>) -> Tensor<B, 1, Int> {
-        let data: Vec<i64> = values.map(|v| v as i64).collect();
-        let len = data.len();
-        Tensor::from_data(TensorData::new(data, [len]), &self.device())
+        index_tensor(values, &self.device())
     }
 
     /// `[batch, seq, heads, ..]` restricted to a group's heads and the given local rows.
