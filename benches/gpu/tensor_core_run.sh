@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|bench|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|bench|table|backward|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -41,6 +41,23 @@ table)
   timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
   DILATED_ATTENTION_KERNEL=portable timeout 60 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd >> "$J" 2>&1
   echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
+  ;;
+backward)
+  echo "== harness: forward+backward on tensor cores (bf16, f16), the portable backward, PyTorch"
+  J="$OUT/tc_backward.jsonl"; : > "$J"
+  timeout 200 $B --seqs 8192,32768,131072 --dtypes bf16,f16 --modes head_grouped,longnet --passes fwd_bwd >> "$J" 2>&1
+  timeout 60 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd_bwd --causal >> "$J" 2>&1
+  timeout 60 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd_bwd >> "$J" 2>&1
+  timeout 150 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd_bwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  DILATED_ATTENTION_KERNEL=portable timeout 90 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd_bwd >> "$J" 2>&1
+  echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
+  P="python3 benches/pytorch/dilated_baseline.py"
+  K="$OUT/tc_backward_pytorch.jsonl"; : > "$K"
+  timeout 150 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$K" 2>&1
+  timeout 60 $P --seqs 8192,32768 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --causal --repeats 5 >> "$K" 2>&1
+  timeout 60 $P --seqs 4096 --batch 2 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$K" 2>&1
+  timeout 150 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 3 >> "$K" 2>&1
+  grep -c '^{' "$K"
   ;;
 baseline)
   echo "== PyTorch baselines for the table"

@@ -87,3 +87,24 @@ proptest! {
         }
     }
 }
+
+// The tensor-core backward (CUDA, same selection as the forward): gradients of half-precision
+// inputs against the f32 oracle's on the same rounded inputs.
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_core_f16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_gradients_half::<TestBackend>(&c, DType::F16, 1e-2);
+        }
+    }
+
+    #[test]
+    fn tensor_core_bf16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_gradients_half::<TestBackend>(&c, DType::BF16, 3e-2);
+        }
+    }
+}

@@ -29,14 +29,14 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::fragments::{
+    TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS, accumulate_product,
+    accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
+    store_accumulators, write_four,
+};
 use super::rows::{RowBlock, pair_view, row_block};
-use super::tile_walk::{FIRST_SEGMENT, KeyTile, seek_key_tile};
+use super::tile_walk::{FIRST_SEGMENT, KeyTile, next_key_tile, seek_key_tile};
 use super::tiles::{MASKED, load_rows_registers, store_rows_registers};
-
-/// Query rows per cube of the tensor-core kernel (4 planes of 16 rows).
-pub(crate) const TENSOR_CORE_BLOCK_ROWS: usize = 64;
-/// Planes per cube.
-pub(crate) const TENSOR_CORE_PLANES: usize = 4;
 /// How far (in natural-log units) a row's tile max may exceed its reference max before the
 /// accumulator is rescaled: probabilities stay `<= e^8 ~ 2981` between rescales.
 pub(crate) const RESCALE_MARGIN: f32 = 8.0;
@@ -92,7 +92,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
-    let units = comptime!(32 * TENSOR_CORE_PLANES);
+    let units = TENSOR_CORE_UNITS;
     let rows = row_block(
         table,
         head,
@@ -136,75 +136,24 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let mut key_regs = Array::<Vector<F, N>>::new(rounds);
     let mut value_regs = Array::<Vector<F, N>>::new(rounds);
 
-    // Queries: staged through the key tile, `key_tile` rows at a time, into fragments.
-    let mut query_frags = Sequence::<cmma::Matrix<F>>::new();
-    #[unroll]
-    for _ in 0..dim_tiles {
-        query_frags.push(unsafe {
-            cmma::Matrix::<F>::uninitialized(
-                cmma::MatrixIdent::A,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::RowMajor,
-            )
-        });
-    }
-    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / key_tile);
-    #[unroll]
-    for chunk in 0..chunks {
-        load_rows_registers(
-            query,
-            &mut key_regs,
-            batch,
-            head,
-            rows.first_row,
-            rows.stride,
-            chunk * key_tile,
-            cube_row_count,
-            unit,
-            units,
-            key_tile,
-            head_dim,
-        );
-        store_rows_registers(
-            &key_regs,
-            &mut key_smem,
-            unit,
-            units,
-            key_tile,
-            head_dim,
-            k_stride,
-        );
-        sync_cube();
-        let first_plane = comptime!(chunk * key_tile / 16);
-        let last_plane = comptime!((chunk + 1) * key_tile / 16);
-        if plane >= first_plane && plane < last_plane {
-            let base = (plane * 16 - chunk * key_tile) * k_stride;
-            #[unroll]
-            for kk in 0..dim_tiles {
-                cmma::load(
-                    query_frags.index(kk),
-                    &key_smem.slice(base + kk * 16, key_tile * k_stride),
-                    k_stride as u32,
-                );
-            }
-        }
-        sync_cube();
-    }
-
-    let mut out_frags = Sequence::<cmma::Matrix<f32>>::new();
-    #[unroll]
-    for _ in 0..dim_tiles {
-        out_frags.push(cmma::Matrix::<f32>::from_value(
-            cmma::MatrixIdent::Accumulator,
-            16usize,
-            16usize,
-            16usize,
-            cmma::MatrixLayout::Undefined,
-            0.0,
-        ));
-    }
+    // Queries: staged through the key tile into fragments held for the whole walk.
+    let mut query_frags = input_fragments::<F>(dim_tiles);
+    stage_cube_rows(
+        query,
+        &mut query_frags,
+        &mut key_regs,
+        &mut key_smem,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        plane,
+        key_tile,
+        head_dim,
+        k_stride,
+    );
+    let mut out_frags = accumulator_fragments(dim_tiles);
     let score_frag = cmma::Matrix::<f32>::from_value(
         cmma::MatrixIdent::Accumulator,
         16usize,
@@ -231,6 +180,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         0usize,
         key_tile,
         causal,
+        false,
     );
     // This unit's row in the current tile's pair: selected, its segment, its index `t`.
     let first_view = pair_view(table, &my_rows, job.pair, seq_len);
@@ -306,34 +256,21 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
                 causal,
             );
         }
-        // Next tile: the same segment's next one, or a seek (and this unit's row in the pair).
-        if job.tile + 1 < job.key_count.div_ceil(key_tile) {
-            job.tile += 1;
-        } else {
-            let next = seek_key_tile(
-                table,
-                &rows,
-                seq_len,
-                job.pair,
-                job.segment_index,
-                job.tile + 1,
-                key_tile,
-                causal,
-            );
-            job.valid = next.valid;
-            job.pair = next.pair;
-            job.segment_index = next.segment_index;
-            job.tile = next.tile;
-            job.key_start = next.key_start;
-            job.dilation = next.dilation;
-            job.key_count = next.key_count;
-            if next.valid {
-                let view = pair_view(table, &my_rows, next.pair, seq_len);
-                row_selected = view.selected;
-                row_segment = view.row_segment;
-                row_t = view.t;
-            }
+        // Next tile; a new pair moves this unit's row in it.
+        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+        if next.valid && next.pair != job.pair {
+            let view = pair_view(table, &my_rows, next.pair, seq_len);
+            row_selected = view.selected;
+            row_segment = view.row_segment;
+            row_t = view.t;
         }
+        job.valid = next.valid;
+        job.pair = next.pair;
+        job.segment_index = next.segment_index;
+        job.tile = next.tile;
+        job.key_start = next.key_start;
+        job.dilation = next.dilation;
+        job.key_count = next.key_count;
     }
 
     // Epilogue: O / l through the scratch, fragment by fragment; the LSE once per row.
@@ -344,32 +281,19 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         log_sum_exp = state.reference_max + state.sum.ln();
     }
     let o_base = batch * output.stride(0) + my_row * output.stride(1) + head * output.stride(2);
-    let stores = comptime!(8 / width);
-    #[unroll]
-    for f in 0..dim_tiles {
-        cmma::store(
-            &mut scratch.slice_mut(scratch_base, scratch_base + 16 * s_stride),
-            out_frags.index(f),
-            s_stride as u32,
-            cmma::MatrixLayout::RowMajor,
-        );
-        sync_plane();
-        if row_valid {
-            #[unroll]
-            for v in 0..stores {
-                let col = half * 8 + v * width;
-                let mut packed = Vector::<F, N>::empty();
-                #[unroll]
-                for i in 0..width {
-                    packed[i] = F::cast_from(
-                        scratch[scratch_base + row_in_plane * s_stride + col + i] * inverse,
-                    );
-                }
-                output[(o_base + f * 16 + col) / width] = packed;
-            }
-        }
-        sync_plane();
-    }
+    store_accumulators(
+        &out_frags,
+        &mut scratch,
+        scratch_base,
+        output,
+        o_base,
+        row_valid,
+        row_in_plane,
+        half,
+        inverse,
+        head_dim,
+        s_stride,
+    );
     if row_valid && half == 0 {
         lse[batch * lse.stride(0) + my_row * lse.stride(1) + head * lse.stride(2)] = log_sum_exp;
     }
@@ -478,45 +402,25 @@ fn plane_tile<F: Float>(
     #[comptime] causal: bool,
 ) {
     let dim_tiles = comptime!(head_dim / 16);
-    let key_frags = comptime!(key_tile / 16);
     let s_stride = comptime!(key_tile + SCRATCH_PAD);
     let p_stride = comptime!(key_tile + PROBABILITY_PAD);
     let k_stride = comptime!(head_dim + KEY_PAD);
-    let tile_elems = comptime!(key_tile * k_stride);
     let half_tile = comptime!(key_tile / 2);
     let groups = comptime!(key_tile / 8);
 
-    // 1. S = Q K^T: K's rows are the columns of B (column-major with leading dimension
-    // head_dim). One 16-key block at a time through one accumulator, stored as soon as it is
-    // complete, so only one score fragment is live (registers bound the kernel's occupancy).
-    #[unroll]
-    for n in 0..key_frags {
-        cmma::fill(score_frag, 0.0f32);
-        #[unroll]
-        for kk in 0..dim_tiles {
-            let key_frag = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::B,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::ColMajor,
-                &key_smem.slice(n * 16 * k_stride + kk * 16, tile_elems),
-                k_stride as u32,
-            );
-            cmma::execute::<F, F, f32, f32>(
-                query_frags.index(kk),
-                &key_frag,
-                score_frag,
-                score_frag,
-            );
-        }
-        cmma::store(
-            &mut scratch.slice_mut(scratch_base + n * 16, scratch_base + 16 * s_stride),
-            score_frag,
-            s_stride as u32,
-            cmma::MatrixLayout::RowMajor,
-        );
-    }
+    // 1. S = Q K^T, one 16-key block at a time through one accumulator (registers bound the
+    // kernel's occupancy).
+    scores_into_scratch(
+        query_frags,
+        score_frag,
+        key_smem,
+        scratch,
+        scratch_base,
+        key_tile,
+        head_dim,
+        k_stride,
+        s_stride,
+    );
     sync_plane();
 
     // 2. Row max of the tile, then the new reference. The two units of a row take alternate
@@ -529,14 +433,8 @@ fn plane_tile<F: Float>(
     #[unroll]
     for k in 0..groups {
         let col0 = 8 * k + 4 * half;
-        let scores = scratch
-            .slice(row_scores + col0, row_scores + col0 + 4)
-            .into_vectorized()
-            .with_vector_size::<Const<4>>()[0];
-        let biases = bias_smem
-            .slice(col0, col0 + 4)
-            .into_vectorized()
-            .with_vector_size::<Const<4>>()[0];
+        let scores = read_four(scratch, row_scores + col0);
+        let biases = read_four(bias_smem, col0);
         #[unroll]
         for i in 0..4usize {
             let mut score = scores[i] * scale + biases[i];
@@ -572,11 +470,7 @@ fn plane_tile<F: Float>(
             tile_sum += p;
             packed[i] = F::cast_from(p);
         }
-        let mut target = probabilities
-            .slice_mut(p_row + col0, p_row + col0 + 4)
-            .into_vectorized()
-            .with_vector_size::<Const<4>>();
-        target[0] = packed;
+        write_four(probabilities, p_row + col0, packed);
     }
     tile_sum += plane_shuffle_xor(tile_sum, 1u32);
     state.sum = state.sum * alpha + tile_sum;
@@ -611,35 +505,15 @@ fn plane_tile<F: Float>(
     sync_plane();
 
     // 3. O += P V.
-    #[unroll]
-    for kk in 0..key_frags {
-        let p_frag = cmma::Matrix::<F>::from_slice(
-            cmma::MatrixIdent::A,
-            16usize,
-            16usize,
-            16usize,
-            cmma::MatrixLayout::RowMajor,
-            &probabilities.slice(p_base + kk * 16, p_base + 16 * p_stride),
-            p_stride as u32,
-        );
-        #[unroll]
-        for f in 0..dim_tiles {
-            let value_frag = cmma::Matrix::<F>::from_slice(
-                cmma::MatrixIdent::B,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::RowMajor,
-                &value_smem.slice(kk * 16 * k_stride + f * 16, tile_elems),
-                k_stride as u32,
-            );
-            cmma::execute::<F, F, f32, f32>(
-                &p_frag,
-                &value_frag,
-                out_frags.index(f),
-                out_frags.index(f),
-            );
-        }
-    }
+    accumulate_product(
+        out_frags,
+        probabilities,
+        p_base,
+        value_smem,
+        key_tile,
+        head_dim,
+        p_stride,
+        k_stride,
+    );
     sync_plane();
 }

@@ -7,6 +7,7 @@ use burn_cubecl::cubecl::features::{MmaConfig, Plane};
 use burn_cubecl::cubecl::ir::{ElemType, FloatKind};
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
+use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use dilated_attention_core::{
@@ -16,11 +17,13 @@ use dilated_attention_core::{
 use super::backward::{
     attention_delta, dilated_flash_backward_key_value, dilated_flash_backward_query,
 };
+use super::backward_key_value_tensor_core::dilated_flash_backward_key_value_tensor_core;
+use super::backward_query_tensor_core::dilated_flash_backward_query_tensor_core;
 use super::forward::dilated_flash_forward;
 use super::forward_tensor_core::{
-    KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD, TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES,
-    dilated_flash_forward_tensor_core,
+    KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD, dilated_flash_forward_tensor_core,
 };
+use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES};
 use super::launch_plan::LaunchPlan;
 use crate::backend::check_fused_call;
 
@@ -57,45 +60,48 @@ pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
 /// ```
 pub const KERNEL_VARIANT_ENV: &str = "DILATED_ATTENTION_KERNEL";
 
-/// The forward kernel a call runs.
+/// The variant of a kernel a call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ForwardVariant {
-    /// Scalar FMAs on shared-memory tiles, one unit per query row: every runtime.
+pub(crate) enum KernelVariant {
+    /// Scalar FMAs on shared-memory tiles, one unit per row: every runtime.
     Portable,
-    /// `cmma` fragments and plane shuffles, with this many keys per tile.
-    TensorCore { key_tile: usize },
+    /// `cmma` fragments and plane shuffles, with this many rows per walked tile.
+    TensorCore { tile: usize },
 }
 
-/// Shared memory of the tensor-core forward for `key_tile` keys: key and value tiles and the
-/// per-plane probabilities in the inputs' dtype (2 bytes), the per-plane `f32` scratch and the
-/// visibility column.
-fn tensor_core_shared_bytes(key_tile: usize, head_dim: usize) -> usize {
-    2 * key_tile * (head_dim + KEY_PAD) * 2
-        + TENSOR_CORE_PLANES * 16 * (key_tile + PROBABILITY_PAD) * 2
-        + TENSOR_CORE_PLANES * 16 * (key_tile + SCRATCH_PAD) * 4
-        + key_tile * 4
+/// Shared memory of a tensor-core kernel for walked tiles of `tile` rows: two row tiles (keys
+/// and values; queries and output gradients) and the per-plane probabilities in the inputs'
+/// dtype (2 bytes), the per-plane `f32` scratch and `row_values` `f32` columns (the key bias;
+/// the queries' LSE and delta).
+fn tensor_core_shared_bytes(tile: usize, head_dim: usize, row_values: usize) -> usize {
+    2 * tile * (head_dim + KEY_PAD) * 2
+        + TENSOR_CORE_PLANES * 16 * (tile + PROBABILITY_PAD) * 2
+        + TENSOR_CORE_PLANES * 16 * (tile + SCRATCH_PAD) * 4
+        + row_values * tile * 4
 }
 
-/// Picks the forward kernel from the device's features: the tensor-core variant for `f16`/`bf16`
-/// inputs with a head dimension that is a multiple of 16 up to 128, on a device whose planes
-/// have 32 units, with plane operations and `cmma` 16x16x16 for the dtype into `f32` (CUDA on
-/// Volta and later; not lavapipe); the portable variant otherwise, or when
+/// Picks a kernel's variant from the device's features: the tensor-core variant for
+/// `f16`/`bf16` inputs with a head dimension that is a multiple of 16 up to 128, on a device whose
+/// planes have 32 units, with plane operations and `cmma` 16x16x16 for the dtype into `f32` (CUDA
+/// on Volta and later; not lavapipe), with the largest tile of 64, 32 or 16 rows whose shared
+/// memory (with `row_values` per-row columns) fits; the portable variant otherwise, or when
 /// [`KERNEL_VARIANT_ENV`] is `portable`.
-pub(crate) fn forward_variant<R: CubeRuntime>(
+pub(crate) fn kernel_variant<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
     head_dim: usize,
-) -> ForwardVariant {
+    row_values: usize,
+) -> KernelVariant {
     let kind = match dtype {
         DType::F16 => FloatKind::F16,
         DType::BF16 => FloatKind::BF16,
-        _ => return ForwardVariant::Portable,
+        _ => return KernelVariant::Portable,
     };
     if std::env::var(KERNEL_VARIANT_ENV).is_ok_and(|v| v == "portable")
         || !head_dim.is_multiple_of(16)
         || head_dim > 128
     {
-        return ForwardVariant::Portable;
+        return KernelVariant::Portable;
     }
     let properties = client.properties();
     let hardware = &properties.hardware;
@@ -113,14 +119,14 @@ pub(crate) fn forward_variant<R: CubeRuntime>(
         || !features.plane.contains(Plane::Ops)
         || !features.matmul.cmma.contains(&wanted)
     {
-        return ForwardVariant::Portable;
+        return KernelVariant::Portable;
     }
     let shared = SHARED_MEMORY_BUDGET.min(hardware.max_shared_memory_size);
     [64, 32, 16]
         .into_iter()
-        .find(|&tile| tensor_core_shared_bytes(tile, head_dim) <= shared)
-        .map_or(ForwardVariant::Portable, |key_tile| {
-            ForwardVariant::TensorCore { key_tile }
+        .find(|&tile| tensor_core_shared_bytes(tile, head_dim, row_values) <= shared)
+        .map_or(KernelVariant::Portable, |tile| KernelVariant::TensorCore {
+            tile,
         })
 }
 
@@ -149,6 +155,16 @@ fn load_width<R: CubeRuntime>(
                 })
         })
         .unwrap_or(1)
+}
+
+/// `tensor` with a contiguous last dimension, which the tensor-core kernels' row loads assume
+/// (copied only when it has another layout).
+fn unit_last_stride<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
+    if tensor.meta.strides()[3] == 1 {
+        tensor
+    } else {
+        into_contiguous(tensor)
+    }
 }
 
 /// Whether the fused kernels take this call; otherwise the reference path runs it.
@@ -280,17 +296,18 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
-    if let ForwardVariant::TensorCore { key_tile } =
-        forward_variant(&call.client, call.dtype, call.shape.head_dim)
+    if let KernelVariant::TensorCore { tile: key_tile } =
+        kernel_variant(&call.client, call.dtype, call.shape.head_dim, 1)
     {
         debug_assert_eq!(call.plan.block_rows, TENSOR_CORE_BLOCK_ROWS);
+        let [query, key, value] = [query, key, value].map(unit_last_stride);
         let width = load_width(
             &call.client,
             &[&query, &key, &value, &output],
             call.shape.head_dim,
         );
         // SAFETY: as below; the cube has 4 planes of 32 units, the variant's requirements
-        // (dtype, head_dim, plane size, cmma) were checked by `forward_variant`.
+        // (dtype, head_dim, plane size, cmma) were checked by `kernel_variant`.
         unsafe {
             dilated_flash_forward_tensor_core::launch_unchecked::<R>(
                 &call.client,
@@ -398,6 +415,78 @@ pub(crate) fn backward<R: CubeRuntime>(
     let grad_value = call.empty_like_input();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
+    let head_dim = call.shape.head_dim;
+    let query_variant = kernel_variant(&call.client, call.dtype, head_dim, 1);
+    let key_value_variant = kernel_variant(&call.client, call.dtype, head_dim, 2);
+    if let (
+        KernelVariant::TensorCore { tile: key_tile },
+        KernelVariant::TensorCore { tile: query_tile },
+    ) = (query_variant, key_value_variant)
+    {
+        let [query, key, value, grad_output] =
+            [query, key, value, grad_output].map(unit_last_stride);
+        let width = load_width(
+            &call.client,
+            &[
+                &query,
+                &key,
+                &value,
+                &grad_output,
+                &grad_query,
+                &grad_key,
+                &grad_value,
+            ],
+            head_dim,
+        );
+        let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
+        // SAFETY: as in `forward`'s tensor-core launch.
+        unsafe {
+            dilated_flash_backward_query_tensor_core::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                cube_dim,
+                width,
+                query.clone().into_tensor_arg(),
+                key.clone().into_tensor_arg(),
+                value.clone().into_tensor_arg(),
+                padding.clone().into_tensor_arg(),
+                grad_output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                delta.clone().into_tensor_arg(),
+                call.table(),
+                grad_query.clone().into_tensor_arg(),
+                call.scale,
+                key_tile,
+                head_dim,
+                config.causal,
+                has_padding,
+                call.dtype.into(),
+            );
+            dilated_flash_backward_key_value_tensor_core::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                cube_dim,
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                grad_output.into_tensor_arg(),
+                lse.into_tensor_arg(),
+                delta.into_tensor_arg(),
+                call.table(),
+                grad_key.clone().into_tensor_arg(),
+                grad_value.clone().into_tensor_arg(),
+                call.scale,
+                query_tile,
+                head_dim,
+                config.causal,
+                has_padding,
+                call.dtype.into(),
+            );
+        }
+        return Ok([grad_query, grad_key, grad_value]);
+    }
     // SAFETY: as in `forward`.
     unsafe {
         dilated_flash_backward_query::launch_unchecked::<R>(

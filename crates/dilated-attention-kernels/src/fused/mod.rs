@@ -3,11 +3,18 @@
 //! - [`launch_plan`]: the table of pairs and head offsets, and the grid;
 //! - [`forward`]: the flash-attention forward over dilated rows (portable variant);
 //! - [`forward_tensor_core`]: the same on tensor cores (`cmma`, plane shuffles);
+//! - [`backward`]: the portable backward (`delta`, `dQ`, `dK`/`dV`);
+//! - [`backward_query_tensor_core`], [`backward_key_value_tensor_core`]: `dQ` and `dK`/`dV` on
+//!   tensor cores;
+//! - [`fragments`], [`tile_walk`], [`rows`], [`tiles`]: what the kernels share;
 //! - [`launch`]: checks, tile sizes and allocation around the launches.
 
 pub(crate) mod backward;
+pub(crate) mod backward_key_value_tensor_core;
+pub(crate) mod backward_query_tensor_core;
 pub(crate) mod forward;
 pub(crate) mod forward_tensor_core;
+pub(crate) mod fragments;
 pub(crate) mod launch;
 pub(crate) mod launch_plan;
 pub(crate) mod rows;

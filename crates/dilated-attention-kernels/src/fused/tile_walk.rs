@@ -2,11 +2,18 @@
 //! segment they touch, each tile of `key_tile` selected keys of that segment (stopping at the
 //! cube's last row when causal). Kernels walk it with [`seek_key_tile`], which also tells them
 //! the next tile while they compute the current one, so its loads can be issued early.
+//!
+//! The key/value backward walks the mirror list: its cube owns keys and visits the tiles of
+//! selected queries that see them (when causal, from the cube's first row on); a segment's
+//! selected queries are its selected keys, so only the causal bound differs
+//! (`queries_of_keys`).
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::{RowBlock, pair_view, segment_key_count};
+use super::rows::{
+    RowBlock, first_selected_at_or_after, pair_view, rows_selected, segment_key_count,
+};
 
 /// `segment_index` value that means "the first segment the cube's rows touch in this pair".
 pub(crate) const FIRST_SEGMENT: usize = usize::MAX;
@@ -28,7 +35,8 @@ pub(crate) struct KeyTile {
 }
 
 /// The first tile of the walk at or after (`pair`, `segment_index`, `tile`) for the cube
-/// `rows`; [`FIRST_SEGMENT`] starts a pair at its first segment.
+/// `rows`; [`FIRST_SEGMENT`] starts a pair at its first segment. With `queries_of_keys` the
+/// walk is the key/value backward's: the tiles of queries that see the cube's rows as keys.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn seek_key_tile(
@@ -40,6 +48,7 @@ pub(crate) fn seek_key_tile(
     start_tile: usize,
     #[comptime] key_tile: usize,
     #[comptime] causal: bool,
+    #[comptime] queries_of_keys: bool,
 ) -> KeyTile {
     let num_pairs = table[0] as usize;
     let mut found = KeyTile {
@@ -63,7 +72,22 @@ pub(crate) fn seek_key_tile(
             let segment_hi = rows.last_row / view.segment;
             while segment_index <= segment_hi && !found.valid {
                 let seg_start = segment_index * view.segment;
-                let key_count = segment_key_count(&view, rows, segment_index, seq_len, causal);
+                let seg_len = min(view.segment, seq_len - seg_start);
+                let mut key_count = rows_selected(view.offset, seg_len, view.dilation);
+                if comptime!(queries_of_keys) {
+                    if causal {
+                        // Queries before the cube's first row see none of its keys.
+                        let first = first_selected_at_or_after(
+                            max(rows.first_row, seg_start),
+                            seg_start,
+                            view.offset,
+                            view.dilation,
+                        ) / key_tile;
+                        tile = max(tile, first);
+                    }
+                } else {
+                    key_count = segment_key_count(&view, rows, segment_index, seq_len, causal);
+                }
                 if tile < key_count.div_ceil(key_tile) {
                     found.valid = true;
                     found.pair = pair;
@@ -85,4 +109,47 @@ pub(crate) fn seek_key_tile(
         }
     }
     found
+}
+
+/// The tile after `job` in the walk: the same segment's next tile, or a seek.
+#[cube]
+pub(crate) fn next_key_tile(
+    table: &Array<u32>,
+    rows: &RowBlock,
+    seq_len: usize,
+    job: &KeyTile,
+    #[comptime] key_tile: usize,
+    #[comptime] causal: bool,
+    #[comptime] queries_of_keys: bool,
+) -> KeyTile {
+    let mut next = KeyTile {
+        valid: job.valid,
+        pair: job.pair,
+        segment_index: job.segment_index,
+        tile: job.tile + 1,
+        key_start: job.key_start,
+        dilation: job.dilation,
+        key_count: job.key_count,
+    };
+    if job.tile + 1 >= job.key_count.div_ceil(key_tile) {
+        let found = seek_key_tile(
+            table,
+            rows,
+            seq_len,
+            job.pair,
+            job.segment_index,
+            job.tile + 1,
+            key_tile,
+            causal,
+            queries_of_keys,
+        );
+        next.valid = found.valid;
+        next.pair = found.pair;
+        next.segment_index = found.segment_index;
+        next.tile = found.tile;
+        next.key_start = found.key_start;
+        next.dilation = found.dilation;
+        next.key_count = found.key_count;
+    }
+    next
 }

@@ -202,3 +202,79 @@ pub fn check_forward_half<BB: DilatedAttentionBackend>(c: &OracleCase, dtype: DT
         "{dtype:?} LSE rel L2 {lse_err:.3e} over {bound:.0e}"
     );
 }
+
+/// Gradients in half precision (`dtype` F16 or BF16) against the f32 oracle's on the same
+/// rounded inputs: the loss is `sum(out * w) + sum(LSE) / 2` with `w` random (so the output's
+/// gradient is `w`, rounded to `dtype` by the cast's backward). Relative L2 of `dQ`, `dK`, `dV`
+/// under `bound`; returns the three errors.
+pub fn check_gradients_half<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    dtype: DType,
+    bound: f64,
+) -> [f64; 3]
+where
+    Autodiff<BB>: DilatedAttentionBackend,
+{
+    type Ad<B> = Autodiff<B>;
+    let device: BB::Device = Default::default();
+    let [q, k, v] = c.inputs::<Oracle>(&Default::default());
+    let w = seeded_normal::<Oracle, 4>(c.seed.wrapping_add(5), c.shape, &Default::default());
+    let mask = c.padding_mask::<Oracle>(&Default::default());
+    let rounded = |t: &Tensor<Oracle, 4>| -> Tensor<Oracle, 4> {
+        let half = to::<BB, 4>(t, &device).cast(dtype).cast(DType::F32);
+        Tensor::from_data(half.into_data(), &Default::default())
+    };
+    let [q, k, v] = [rounded(&q), rounded(&k), rounded(&v)];
+
+    let got = {
+        let device = <Ad<BB> as burn::tensor::backend::BackendTypes>::Device::default();
+        let leaf = |t: &Tensor<Oracle, 4>| {
+            to::<Ad<BB>, 4>(t, &device)
+                .cast(dtype)
+                .detach()
+                .require_grad()
+        };
+        let [hq, hk, hv] = [leaf(&q), leaf(&k), leaf(&v)];
+        let m = mask.as_ref().map(|m| mask_to::<Ad<BB>>(m, &device));
+        let (out, lse) =
+            dilated_attention_with_lse_masked(hq.clone(), hk.clone(), hv.clone(), m, &c.config())
+                .expect("valid case");
+        let lse = lse
+            .clone()
+            .mask_fill(lse.clone().equal_elem(f32::NEG_INFINITY), 0.0);
+        let loss = (out.cast(DType::F32) * to::<Ad<BB>, 4>(&w, &device)).sum()
+            + lse.cast(DType::F32).sum() * 0.5;
+        let g = loss.backward();
+        [hq, hk, hv].map(|t| {
+            let grad = t.grad(&g).expect("gradient");
+            assert_eq!(grad.dtype(), dtype, "gradients keep the inputs' dtype");
+            grad.cast(DType::F32).into_data()
+        })
+    };
+    let want = {
+        let device = Default::default();
+        let leaf = |t: &Tensor<Oracle, 4>| to::<Ad<Oracle>, 4>(t, &device).require_grad();
+        let [oq, ok, ov] = [leaf(&q), leaf(&k), leaf(&v)];
+        let m = mask.as_ref().map(|m| mask_to::<Ad<Oracle>>(m, &device));
+        let (out, lse) =
+            oracle_dilated_attention(oq.clone(), ok.clone(), ov.clone(), m, &c.config());
+        let lse = lse
+            .clone()
+            .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
+        let loss = (out * to::<Ad<Oracle>, 4>(&w, &device)).sum() + lse.sum() * 0.5;
+        let g = loss.backward();
+        [oq, ok, ov].map(|t| t.grad(&g).expect("gradient").into_data())
+    };
+    let errors = [0, 1, 2].map(|i| relative_l2(finite(got[i].clone()), want[i].clone()));
+    println!(
+        "{dtype:?} gradients: rel L2 dQ {:.2e}, dK {:.2e}, dV {:.2e}",
+        errors[0], errors[1], errors[2]
+    );
+    for (name, err) in ["dQ", "dK", "dV"].iter().zip(errors) {
+        assert!(
+            err < bound,
+            "{dtype:?} {name} rel L2 {err:.3e} over {bound:.0e}"
+        );
+    }
+    errors
+}
