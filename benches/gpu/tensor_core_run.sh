@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|bench|table|backward|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|bench|table|backward|mma|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -57,6 +57,24 @@ backward)
   timeout 60 $P --seqs 8192,32768 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --causal --repeats 5 >> "$K" 2>&1
   timeout 60 $P --seqs 4096 --batch 2 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$K" 2>&1
   timeout 150 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 3 >> "$K" 2>&1
+  grep -c '^{' "$K"
+  ;;
+mma)
+  echo "== register-resident forward (mma.sync): proptests with it, then with the cmma forward"
+  (cd crates/dilated-attention-kernels && timeout 240 ../../.device-bin/fused_matches_oracle tensor_core --test-threads 2 --nocapture > "$OUT/mma_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/mma_proptest.log")
+  grep -E "^test |test result|minimal failing|panicked|rc=" "$OUT/mma_proptest.log" | head -20
+  (cd crates/dilated-attention-kernels && DILATED_ATTENTION_KERNEL=cmma timeout 120 ../../.device-bin/fused_matches_oracle tensor_core_ --test-threads 2 --nocapture --skip gradients > "$OUT/cmma_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/cmma_proptest.log")
+  grep -E "^test |test result|minimal failing|rc=" "$OUT/cmma_proptest.log" | head -10
+  J="$OUT/mma_bench.jsonl"; : > "$J"
+  timeout 120 $B --seqs 8192,32768,131072 --dtypes bf16,f16 --modes head_grouped,longnet --passes fwd >> "$J" 2>&1
+  DILATED_ATTENTION_KERNEL=cmma timeout 90 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd >> "$J" 2>&1
+  timeout 90 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  timeout 60 $B --seqs 8192,32768 --dtypes bf16 --modes head_grouped,longnet --passes fwd --causal >> "$J" 2>&1
+  echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
+  P="python3 benches/pytorch/dilated_baseline.py"
+  K="$OUT/mma_pytorch.jsonl"; : > "$K"
+  timeout 150 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd --repeats 5 >> "$K" 2>&1
+  timeout 100 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd --repeats 3 >> "$K" 2>&1
   grep -c '^{' "$K"
   ;;
 baseline)

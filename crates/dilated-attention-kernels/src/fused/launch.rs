@@ -20,6 +20,7 @@ use super::backward::{
 use super::backward_key_value_tensor_core::dilated_flash_backward_key_value_tensor_core;
 use super::backward_query_tensor_core::dilated_flash_backward_query_tensor_core;
 use super::forward::dilated_flash_forward;
+use super::forward_mma::dilated_flash_forward_mma;
 use super::forward_tensor_core::{
     KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD, dilated_flash_forward_tensor_core,
 };
@@ -51,9 +52,10 @@ pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
     tile
 }
 
-/// Environment variable that forces the portable forward kernel even where the tensor-core one
-/// would run: set it to `portable` (read at every call), for comparisons and for isolating a
-/// fault.
+/// Environment variable that picks the kernels (read at every call), for comparisons and for
+/// isolating a fault: `portable` forces the portable kernels (forward and backward) even where
+/// the tensor-core ones would run; `cmma` keeps the tensor-core kernels but runs the `cmma`
+/// forward instead of the register-resident one.
 ///
 /// ```
 /// assert_eq!(dilated_attention_kernels::KERNEL_VARIANT_ENV, "DILATED_ATTENTION_KERNEL");
@@ -128,6 +130,44 @@ pub(crate) fn kernel_variant<R: CubeRuntime>(
         .map_or(KernelVariant::Portable, |tile| KernelVariant::TensorCore {
             tile,
         })
+}
+
+/// Keys per tile of the register-resident forward ([`super::forward_mma`]) when it can run: a
+/// tensor-core call ([`kernel_variant`]) on a device with manual MMA m16n8k16 and `ldmatrix` for
+/// the dtype (CUDA on Ampere and later), unless [`KERNEL_VARIANT_ENV`] is `cmma` (the `cmma`
+/// forward, for comparisons); 64 keys, or 32 where the shared memory of 64 does not fit.
+pub(crate) fn mma_forward_tile<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    head_dim: usize,
+) -> Option<usize> {
+    if std::env::var(KERNEL_VARIANT_ENV).is_ok_and(|v| v == "cmma")
+        || kernel_variant(client, dtype, head_dim, 1) == KernelVariant::Portable
+    {
+        return None;
+    }
+    let kind = match dtype {
+        DType::F16 => FloatKind::F16,
+        DType::BF16 => FloatKind::BF16,
+        _ => return None,
+    };
+    let half: StorageType = ElemType::Float(kind).into();
+    let wanted = MmaConfig {
+        a_type: half,
+        b_type: half,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        k: 16,
+        n: 8,
+    };
+    let features = client.features();
+    if !features.matmul.mma.contains(&wanted) || !features.matmul.ldmatrix.contains(&half) {
+        return None;
+    }
+    let shared = SHARED_MEMORY_BUDGET.min(client.properties().hardware.max_shared_memory_size);
+    [64, 32]
+        .into_iter()
+        .find(|&tile| 2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4 <= shared)
 }
 
 /// Values per global load of the tensor-core kernel: the widest of 8, 4, 2 that the device's
@@ -296,6 +336,38 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
+    if let Some(key_tile) = mma_forward_tile(&call.client, call.dtype, call.shape.head_dim) {
+        let [query, key, value] = [query, key, value].map(unit_last_stride);
+        let width = load_width(
+            &call.client,
+            &[&query, &key, &value, &output],
+            call.shape.head_dim,
+        );
+        // SAFETY: as below; `mma_forward_tile` checked the manual MMA and `ldmatrix`.
+        unsafe {
+            dilated_flash_forward_mma::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                call.table(),
+                output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                call.scale,
+                f32::NEG_INFINITY,
+                key_tile,
+                call.shape.head_dim,
+                config.causal,
+                has_padding,
+                call.dtype.into(),
+            )
+        };
+        return Ok((output, lse));
+    }
     if let KernelVariant::TensorCore { tile: key_tile } =
         kernel_variant(&call.client, call.dtype, call.shape.head_dim, 1)
     {

@@ -3,6 +3,7 @@
 //! - [`launch_plan`]: the table of pairs and head offsets, and the grid;
 //! - [`forward`]: the flash-attention forward over dilated rows (portable variant);
 //! - [`forward_tensor_core`]: the same on tensor cores (`cmma`, plane shuffles);
+//! - [`forward_mma`]: the same with scores and probabilities in registers (`mma.sync`, `ldmatrix`);
 //! - [`backward`]: the portable backward (`delta`, `dQ`, `dK`/`dV`);
 //! - [`backward_query_tensor_core`], [`backward_key_value_tensor_core`]: `dQ` and `dK`/`dV` on
 //!   tensor cores;
@@ -13,6 +14,7 @@ pub(crate) mod backward;
 pub(crate) mod backward_key_value_tensor_core;
 pub(crate) mod backward_query_tensor_core;
 pub(crate) mod forward;
+pub(crate) mod forward_mma;
 pub(crate) mod forward_tensor_core;
 pub(crate) mod fragments;
 pub(crate) mod launch;

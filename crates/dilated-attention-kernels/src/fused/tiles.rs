@@ -164,6 +164,31 @@ pub(crate) fn store_rows_registers<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] smem_stride: usize,
 ) {
+    store_rows_registers_at(
+        registers,
+        smem,
+        0usize,
+        unit,
+        units,
+        tile_rows,
+        head_dim,
+        smem_stride,
+    );
+}
+
+/// [`store_rows_registers`] into `smem` from element `base` (a multiple of `N`).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_rows_registers_at<F: Float, N: Size>(
+    registers: &Array<Vector<F, N>>,
+    smem: &mut SharedMemory<F>,
+    #[comptime] base: usize,
+    unit: usize,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] smem_stride: usize,
+) {
     let width = N::value();
     let per_row = comptime!(head_dim / width);
     let total = comptime!(tile_rows * per_row);
@@ -172,7 +197,7 @@ pub(crate) fn store_rows_registers<F: Float, N: Size>(
     for round in 0..rounds {
         let element = unit + round * units;
         if element < total {
-            let at = (element / per_row) * smem_stride + (element % per_row) * width;
+            let at = base + (element / per_row) * smem_stride + (element % per_row) * width;
             let mut target = smem
                 .slice_mut(at, at + width)
                 .into_vectorized()
