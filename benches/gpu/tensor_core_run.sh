@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|bench|table|backward|mma|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|bench|table|backward|mma|ncu|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -75,6 +75,34 @@ mma)
   K="$OUT/mma_pytorch.jsonl"; : > "$K"
   timeout 150 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd --repeats 5 >> "$K" 2>&1
   timeout 100 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd --repeats 3 >> "$K" 2>&1
+  grep -c '^{' "$K"
+  ;;
+ncu)
+  echo "== Nsight Compute: the forward kernels (register-resident, cmma) and the backward kernels, head-grouped 32K bf16"
+  NCU=/usr/local/cuda/bin/ncu
+  S="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats"
+  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 2 --launch-count 1 $S $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 1 --warmup 2 > "$OUT/ncu_mma.txt" 2>&1
+  DILATED_ATTENTION_KERNEL=cmma timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 2 --launch-count 1 $S $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 1 --warmup 2 > "$OUT/ncu_cmma.txt" 2>&1
+  timeout 150 $NCU --kernel-name regex:"backward|delta" --launch-skip 3 --launch-count 3 $S $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd_bwd --repeats 1 --warmup 1 > "$OUT/ncu_backward.txt" 2>&1
+  M='--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+  timeout 100 $NCU --kernel-name regex:"forward" --launch-skip 2 --launch-count 1 $M $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 1 --warmup 2 > "$OUT/ncu_stalls_forward.txt" 2>&1
+  timeout 100 $NCU --kernel-name regex:"key_value" --launch-skip 1 --launch-count 1 $M $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd_bwd --repeats 1 --warmup 1 > "$OUT/ncu_stalls_key_value.txt" 2>&1
+  for f in "$OUT"/ncu_stalls_*.txt; do echo "-- $f"; grep -E "stalled" "$f" | sort -k3 -g -r | head -8; done
+  for f in "$OUT"/ncu_[mcb]*.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|Registers Per|Theoretical Occ|Achieved Occ|Compute \(SM\) Thr|Memory Thr|Block Limit Reg|Block Limit Shared|Dynamic Shared|Static Shared" "$f" | head -40; done
+  ;;
+final)
+  echo "== the session's table: forward (register-resident and cmma) and forward+backward, ours and PyTorch in one call"
+  J="$OUT/final_ours.jsonl"; : > "$J"
+  timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd >> "$J" 2>&1
+  DILATED_ATTENTION_KERNEL=cmma timeout 60 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd >> "$J" 2>&1
+  timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  timeout 40 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd >> "$J" 2>&1
+  echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
+  P="python3 benches/pytorch/dilated_baseline.py"
+  K="$OUT/final_pytorch.jsonl"; : > "$K"
+  timeout 120 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 >> "$K" 2>&1
+  timeout 120 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 >> "$K" 2>&1
+  timeout 40 $P --seqs 4096 --batch 2 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 >> "$K" 2>&1
   grep -c '^{' "$K"
   ;;
 baseline)

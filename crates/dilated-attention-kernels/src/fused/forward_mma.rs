@@ -19,7 +19,7 @@ use burn_cubecl::cubecl::cmma::{MatrixIdent, MmaDefinition};
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD};
+use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias, load_tile};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::rows::{RowBlock, pair_view, row_block};
 use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
@@ -204,50 +204,26 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     };
     let mut scores = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
 
+    // The walk, one tile ahead: tile i+1's loads are issued before tile i's products, so their
+    // latency hides behind them.
+    load_tile(
+        key,
+        value,
+        &mut key_regs,
+        &mut value_regs,
+        &job,
+        batch,
+        head,
+        unit,
+        TENSOR_CORE_UNITS,
+        key_tile,
+        head_dim,
+    );
+    let mut bias = key_bias(padding, &job, batch, unit, key_tile, has_padding);
     while job.valid {
         sync_cube();
         let key0 = job.tile * key_tile;
-        load_rows_registers(
-            key,
-            &mut key_regs,
-            batch,
-            head,
-            job.key_start,
-            job.dilation,
-            key0,
-            job.key_count,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-        );
-        load_rows_registers(
-            value,
-            &mut value_regs,
-            batch,
-            head,
-            job.key_start,
-            job.dilation,
-            key0,
-            job.key_count,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-        );
         if unit < key_tile {
-            let t = key0 + unit;
-            let mut bias = f32::new(KEY_MASKED);
-            if t < job.key_count {
-                bias = 0.0;
-                if has_padding {
-                    let pos = job.key_start + t * job.dilation;
-                    let padded = f32::cast_from(
-                        padding[batch * padding.stride(0) + pos * padding.stride(1)],
-                    );
-                    bias = select(padded > 0.5, f32::new(KEY_MASKED), 0.0f32);
-                }
-            }
             bias_smem[unit] = bias;
         }
         store_rows_registers(
@@ -270,6 +246,21 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             stride,
         );
         sync_cube();
+        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+        load_tile(
+            key,
+            value,
+            &mut key_regs,
+            &mut value_regs,
+            &next,
+            batch,
+            head,
+            unit,
+            TENSOR_CORE_UNITS,
+            key_tile,
+            head_dim,
+        );
+        bias = key_bias(padding, &next, batch, unit, key_tile, has_padding);
 
         let here_a = state_a.selected && state_a.segment == job.segment_index;
         let here_b = state_b.selected && state_b.segment == job.segment_index;
@@ -318,34 +309,60 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 scores[2 * nb + 1] = acc[1];
             }
 
-            // 2. Masks, online softmax (exact: O is rescaled in registers).
+            // 2. Masks, online softmax (exact: O is rescaled in registers). A tile that both
+            // rows see whole (every key present, none padded, none past a causal row) skips the
+            // masks: most tiles of a segment.
             let mut tile_max_a = f32::new(KEY_MASKED);
             let mut tile_max_b = f32::new(KEY_MASKED);
-            #[unroll]
-            for nb in 0..key_blocks {
-                let col = nb * 8 + 2 * quad;
-                let mut masked_a = Pair::<f32>::empty();
-                let mut masked_b = Pair::<f32>::empty();
-                let raw_a = scores[2 * nb];
-                let raw_b = scores[2 * nb + 1];
+            let mut whole = here_a && here_b && key0 + key_tile <= job.key_count && !has_padding;
+            if causal {
+                whole = whole && key0 + key_tile <= min(state_a.t, state_b.t) + 1;
+            }
+            if whole {
                 #[unroll]
-                for e in 0..2usize {
-                    let bias = bias_smem[col + e];
-                    let mut keep_a = here_a;
-                    let mut keep_b = here_b;
-                    if causal {
-                        keep_a = keep_a && key0 + col + e <= state_a.t;
-                        keep_b = keep_b && key0 + col + e <= state_b.t;
-                    }
-                    let a = select(keep_a, raw_a[e] * scale + bias, f32::new(KEY_MASKED));
-                    let b = select(keep_b, raw_b[e] * scale + bias, f32::new(KEY_MASKED));
-                    masked_a[e] = a;
-                    masked_b[e] = b;
-                    tile_max_a = max(tile_max_a, a);
-                    tile_max_b = max(tile_max_b, b);
+                for i in 0..comptime!(2 * key_blocks) {
+                    let mut scaled = scores[i];
+                    scaled[0] *= scale;
+                    scaled[1] *= scale;
+                    scores[i] = scaled;
                 }
-                scores[2 * nb] = masked_a;
-                scores[2 * nb + 1] = masked_b;
+                #[unroll]
+                for nb in 0..key_blocks {
+                    let s_a = scores[2 * nb];
+                    let s_b = scores[2 * nb + 1];
+                    tile_max_a = max(tile_max_a, max(s_a[0], s_a[1]));
+                    tile_max_b = max(tile_max_b, max(s_b[0], s_b[1]));
+                }
+            } else {
+                #[unroll]
+                for nb in 0..key_blocks {
+                    let col = nb * 8 + 2 * quad;
+                    let biases = bias_smem
+                        .slice(col, col + 2)
+                        .into_vectorized()
+                        .with_vector_size::<Const<2>>()[0];
+                    let mut masked_a = Pair::<f32>::empty();
+                    let mut masked_b = Pair::<f32>::empty();
+                    let raw_a = scores[2 * nb];
+                    let raw_b = scores[2 * nb + 1];
+                    #[unroll]
+                    for e in 0..2usize {
+                        let mut keep_a = here_a;
+                        let mut keep_b = here_b;
+                        if causal {
+                            keep_a = keep_a && key0 + col + e <= state_a.t;
+                            keep_b = keep_b && key0 + col + e <= state_b.t;
+                        }
+                        let a = select(keep_a, raw_a[e] * scale + biases[e], f32::new(KEY_MASKED));
+                        let b = select(keep_b, raw_b[e] * scale + biases[e], f32::new(KEY_MASKED));
+                        masked_a[e] = a;
+                        masked_b[e] = b;
+                        tile_max_a = max(tile_max_a, a);
+                        tile_max_b = max(tile_max_b, b);
+                    }
+                    scores[2 * nb] = masked_a;
+                    scores[2 * nb + 1] = masked_b;
+                }
             }
             let reference_a = raise_max(&mut state_a, tile_max_a);
             let reference_b = raise_max(&mut state_b, tile_max_b);
@@ -410,7 +427,6 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             }
         }
 
-        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
         if next.valid && next.pair != job.pair {
             let next_a = pair_view(table, &rows_a, next.pair, seq_len);
             let next_b = pair_view(table, &rows_b, next.pair, seq_len);

@@ -302,7 +302,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
 /// Loads `tile`'s keys and values into this unit's registers (zeros when the walk has ended).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-fn load_tile<F: Float, N: Size>(
+pub(crate) fn load_tile<F: Float, N: Size>(
     key: &Tensor<Vector<F, N>>,
     value: &Tensor<Vector<F, N>>,
     key_regs: &mut Array<Vector<F, N>>,
@@ -353,7 +353,7 @@ fn load_tile<F: Float, N: Size>(
 /// Additive mask of key `unit` of `tile`: 0 when it exists and is not padded, else
 /// [`KEY_MASKED`] (for `unit < key_tile`).
 #[cube]
-fn key_bias<F: Float>(
+pub(crate) fn key_bias<F: Float>(
     padding: &Tensor<F>,
     tile: &KeyTile,
     batch: usize,

@@ -85,14 +85,15 @@ fn tensor_core_shared_bytes(tile: usize, head_dim: usize, row_values: usize) -> 
 /// Picks a kernel's variant from the device's features: the tensor-core variant for
 /// `f16`/`bf16` inputs with a head dimension that is a multiple of 16 up to 128, on a device whose
 /// planes have 32 units, with plane operations and `cmma` 16x16x16 for the dtype into `f32` (CUDA
-/// on Volta and later; not lavapipe), with the largest tile of 64, 32 or 16 rows whose shared
-/// memory (with `row_values` per-row columns) fits; the portable variant otherwise, or when
-/// [`KERNEL_VARIANT_ENV`] is `portable`.
+/// on Volta and later; not lavapipe), with the largest tile of 64, 32 or 16 rows up to
+/// `largest_tile` whose shared memory (with `row_values` per-row columns) fits; the portable
+/// variant otherwise, or when [`KERNEL_VARIANT_ENV`] is `portable`.
 pub(crate) fn kernel_variant<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
     head_dim: usize,
     row_values: usize,
+    largest_tile: usize,
 ) -> KernelVariant {
     let kind = match dtype {
         DType::F16 => FloatKind::F16,
@@ -126,7 +127,9 @@ pub(crate) fn kernel_variant<R: CubeRuntime>(
     let shared = SHARED_MEMORY_BUDGET.min(hardware.max_shared_memory_size);
     [64, 32, 16]
         .into_iter()
-        .find(|&tile| tensor_core_shared_bytes(tile, head_dim, row_values) <= shared)
+        .find(|&tile| {
+            tile <= largest_tile && tensor_core_shared_bytes(tile, head_dim, row_values) <= shared
+        })
         .map_or(KernelVariant::Portable, |tile| KernelVariant::TensorCore {
             tile,
         })
@@ -142,7 +145,7 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
     head_dim: usize,
 ) -> Option<usize> {
     if std::env::var(KERNEL_VARIANT_ENV).is_ok_and(|v| v == "cmma")
-        || kernel_variant(client, dtype, head_dim, 1) == KernelVariant::Portable
+        || kernel_variant(client, dtype, head_dim, 1, 64) == KernelVariant::Portable
     {
         return None;
     }
@@ -369,7 +372,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         return Ok((output, lse));
     }
     if let KernelVariant::TensorCore { tile: key_tile } =
-        kernel_variant(&call.client, call.dtype, call.shape.head_dim, 1)
+        kernel_variant(&call.client, call.dtype, call.shape.head_dim, 1, 64)
     {
         debug_assert_eq!(call.plan.block_rows, TENSOR_CORE_BLOCK_ROWS);
         let [query, key, value] = [query, key, value].map(unit_last_stride);
@@ -488,8 +491,10 @@ pub(crate) fn backward<R: CubeRuntime>(
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
     let head_dim = call.shape.head_dim;
-    let query_variant = kernel_variant(&call.client, call.dtype, head_dim, 1);
-    let key_value_variant = kernel_variant(&call.client, call.dtype, head_dim, 2);
+    let query_variant = kernel_variant(&call.client, call.dtype, head_dim, 1, 64);
+    // Query tiles of 32 for dK/dV: its registers (K, V, dK, dV and a tile of probabilities per
+    // unit) bound its occupancy; 64 measured 255 registers, 2 cubes per SM.
+    let key_value_variant = kernel_variant(&call.client, call.dtype, head_dim, 2, 32);
     if let (
         KernelVariant::TensorCore { tile: key_tile },
         KernelVariant::TensorCore { tile: query_tile },
