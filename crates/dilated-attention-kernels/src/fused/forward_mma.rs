@@ -17,13 +17,15 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::cmma::{MatrixIdent, MmaDefinition};
 use burn_cubecl::cubecl::ir::FastMath;
+use burn_cubecl::cubecl::prelude::barrier::{Barrier, copy_async};
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias, load_tile};
+use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::rows::{RowBlock, pair_view, row_block};
+use super::tile_walk::KeyTile;
 use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
-use super::tiles::{load_rows_registers, store_rows_registers, store_rows_registers_at};
+use super::tiles::{load_rows_registers, store_rows_registers};
 
 /// A pair of values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
 type Pair<E> = Vector<E, Const<2>>;
@@ -81,7 +83,8 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     );
     let def = mma_definition::<F>();
     let stride = comptime!(head_dim + KEY_PAD);
-    let value_base = comptime!(key_tile * stride);
+    let value_offset = comptime!(key_tile * stride);
+    let stage_size = comptime!(2 * key_tile * stride);
     let dim_blocks = comptime!(head_dim / 8);
     let key_blocks = comptime!(key_tile / 8);
     let group = lane / 4;
@@ -93,12 +96,15 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
 
     // Keys then values of the current tile (and, before and after the walk, the cube's queries
     // and outputs: 64 rows, so `key_tile >= 32`).
-    let mut tiles = SharedMemory::<F>::new(2 * key_tile * stride);
-    let mut bias_smem = SharedMemory::<f32>::new(key_tile);
+    // Two stages of (keys, values): the cube copies tile i+1 (`cp.async`, no registers) while it
+    // computes tile i; each stage's copies complete on its own barrier.
+    let mut tiles = SharedMemory::<F>::new(2 * stage_size);
+    let mut bias_smem = SharedMemory::<f32>::new(2 * key_tile);
+    let barrier_0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let barrier_1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let width = N::value();
     let rounds = comptime!((key_tile * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
     let mut key_regs = Array::<Vector<F, N>>::new(rounds);
-    let mut value_regs = Array::<Vector<F, N>>::new(rounds);
 
     // Q: 4 registers per 16 columns, loaded by `ldmatrix` from the staged rows.
     let mut query_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
@@ -204,63 +210,72 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     };
     let mut scores = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
 
-    // The walk, one tile ahead: tile i+1's loads are issued before tile i's products, so their
-    // latency hides behind them.
-    load_tile(
-        key,
+    // The walk, one tile ahead: tile i+1's copies are issued before tile i's products.
+    sync_cube();
+    copy_tile_async(
+        key, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+    );
+    copy_tile_async(
         value,
-        &mut key_regs,
-        &mut value_regs,
+        &mut tiles,
+        value_offset,
         &job,
         batch,
         head,
         unit,
-        TENSOR_CORE_UNITS,
         key_tile,
         head_dim,
+        stride,
     );
-    let mut bias = key_bias(padding, &job, batch, unit, key_tile, has_padding);
+    if unit < key_tile {
+        bias_smem[unit] = key_bias(padding, &job, batch, unit, key_tile, has_padding);
+    }
+    barrier_0.commit_copy_async();
+    let mut stage = 0usize;
     while job.valid {
-        sync_cube();
         let key0 = job.tile * key_tile;
-        if unit < key_tile {
-            bias_smem[unit] = bias;
-        }
-        store_rows_registers(
-            &key_regs,
-            &mut tiles,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-            stride,
-        );
-        store_rows_registers_at(
-            &value_regs,
-            &mut tiles,
-            value_base,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-            stride,
-        );
-        sync_cube();
         let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
-        load_tile(
-            key,
-            value,
-            &mut key_regs,
-            &mut value_regs,
-            &next,
-            batch,
-            head,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-        );
-        bias = key_bias(padding, &next, batch, unit, key_tile, has_padding);
+        let other = 1 - stage;
+        if next.valid {
+            copy_tile_async(
+                key,
+                &mut tiles,
+                other * stage_size,
+                &next,
+                batch,
+                head,
+                unit,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            copy_tile_async(
+                value,
+                &mut tiles,
+                other * stage_size + value_offset,
+                &next,
+                batch,
+                head,
+                unit,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            if unit < key_tile {
+                bias_smem[other * key_tile + unit] =
+                    key_bias(padding, &next, batch, unit, key_tile, has_padding);
+            }
+        }
+        if stage == 0 {
+            barrier_1.commit_copy_async();
+            barrier_0.arrive_and_wait();
+        } else {
+            barrier_0.commit_copy_async();
+            barrier_1.arrive_and_wait();
+        }
+        let key_base = stage * stage_size;
+        let value_base = key_base + value_offset;
+        let bias_base = stage * key_tile;
 
         let here_a = state_a.selected && state_a.segment == job.segment_index;
         let here_b = state_b.selected && state_b.segment == job.segment_index;
@@ -278,7 +293,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 let key_row = nb * 8 + lane % 8;
                 #[unroll]
                 for kb2 in 0..comptime!(head_dim / 32) {
-                    let at = key_row * stride + kb2 * 32 + 8 * (lane / 8);
+                    let at = key_base + key_row * stride + kb2 * 32 + 8 * (lane / 8);
                     let regs = def.load_matrix::<F, Const<2>>(
                         &tiles.slice(at, at + 8),
                         MatrixIdent::B,
@@ -289,7 +304,10 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                     score_block(&def, &query_regs, &regs, 2usize, 2 * kb2 + 1, &mut acc);
                 }
                 if comptime!(head_dim % 32 == 16) {
-                    let at = key_row * stride + comptime!(head_dim - 16) + 8 * ((lane / 8) % 2);
+                    let at = key_base
+                        + key_row * stride
+                        + comptime!(head_dim - 16)
+                        + 8 * ((lane / 8) % 2);
                     let regs = def.load_matrix::<F, Const<2>>(
                         &tiles.slice(at, at + 8),
                         MatrixIdent::B,
@@ -338,7 +356,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 for nb in 0..key_blocks {
                     let col = nb * 8 + 2 * quad;
                     let biases = bias_smem
-                        .slice(col, col + 2)
+                        .slice(bias_base + col, bias_base + col + 2)
                         .into_vectorized()
                         .with_vector_size::<Const<2>>()[0];
                     let mut masked_a = Pair::<f32>::empty();
@@ -427,6 +445,9 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             }
         }
 
+        // Every plane is done with this stage before the next iteration copies into it.
+        sync_cube();
+        stage = other;
         if next.valid && next.pair != job.pair {
             let next_a = pair_view(table, &rows_a, next.pair, seq_len);
             let next_b = pair_view(table, &rows_b, next.pair, seq_len);
@@ -577,4 +598,59 @@ fn write_pair<F: Float>(smem: &mut SharedMemory<F>, at: usize, values: Pair<F>) 
         .into_vectorized()
         .with_vector_size::<Const<2>>();
     target[0] = values;
+}
+
+/// Issues the copies of `job`'s rows of `tensor` into `tiles` from element `base` (row stride
+/// `stride`), `N` values per `cp.async`; rows past the tile's keys are zeroed by plain stores.
+/// The copies complete on the barrier the caller commits them to.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn copy_tile_async<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    tiles: &mut SharedMemory<F>,
+    base: usize,
+    job: &KeyTile,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    #[comptime] key_tile: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let width = N::value();
+    let per_row = comptime!(head_dim / width);
+    let total = comptime!(key_tile * per_row);
+    let rounds = comptime!(total.div_ceil(TENSOR_CORE_UNITS));
+    let first = job.tile * key_tile;
+    let row_base = batch * tensor.stride(0) + head * tensor.stride(2);
+    #[unroll]
+    for round in 0..rounds {
+        let element = unit + round * TENSOR_CORE_UNITS;
+        if element < total {
+            let r = element / per_row;
+            let c = (element % per_row) * width;
+            let at = base + r * stride + c;
+            let t = first + r;
+            if job.valid && t < job.key_count {
+                let from =
+                    (row_base + (job.key_start + t * job.dilation) * tensor.stride(1) + c) / width;
+                let mut destination = unsafe {
+                    tiles
+                        .slice_mut(at, at + width)
+                        .downcast_unchecked::<Vector<F, N>>()
+                };
+                copy_async(
+                    &tensor.slice(from, from + 1),
+                    &mut destination,
+                    comptime!(width as u32),
+                );
+            } else {
+                let mut target = tiles
+                    .slice_mut(at, at + width)
+                    .into_vectorized()
+                    .with_vector_size::<N>();
+                target[0] = Vector::<F, N>::zeroed();
+            }
+        }
+    }
 }

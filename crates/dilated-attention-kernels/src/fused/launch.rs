@@ -137,8 +137,9 @@ pub(crate) fn kernel_variant<R: CubeRuntime>(
 
 /// Keys per tile of the register-resident forward ([`super::forward_mma`]) when it can run: a
 /// tensor-core call ([`kernel_variant`]) on a device with manual MMA m16n8k16 and `ldmatrix` for
-/// the dtype (CUDA on Ampere and later), unless [`KERNEL_VARIANT_ENV`] is `cmma` (the `cmma`
-/// forward, for comparisons); 64 keys, or 32 where the shared memory of 64 does not fit.
+/// the dtype and `cp.async` (CUDA on Ampere and later), unless [`KERNEL_VARIANT_ENV`] is `cmma`
+/// (the `cmma` forward, for comparisons); 64 keys, or 32 where two stages of 64 do not fit the
+/// shared memory.
 pub(crate) fn mma_forward_tile<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -164,13 +165,16 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
         n: 8,
     };
     let features = client.features();
-    if !features.matmul.mma.contains(&wanted) || !features.matmul.ldmatrix.contains(&half) {
+    if !features.matmul.mma.contains(&wanted)
+        || !features.matmul.ldmatrix.contains(&half)
+        || !features.copy_async
+    {
         return None;
     }
     let shared = SHARED_MEMORY_BUDGET.min(client.properties().hardware.max_shared_memory_size);
     [64, 32]
         .into_iter()
-        .find(|&tile| 2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4 <= shared)
+        .find(|&tile| 2 * (2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4) <= shared)
 }
 
 /// Values per global load of the tensor-core kernel: the widest of 8, 4, 2 that the device's
@@ -339,13 +343,20 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
-    if let Some(key_tile) = mma_forward_tile(&call.client, call.dtype, call.shape.head_dim) {
-        let [query, key, value] = [query, key, value].map(unit_last_stride);
-        let width = load_width(
-            &call.client,
-            &[&query, &key, &value, &output],
-            call.shape.head_dim,
-        );
+    let mma_tile = mma_forward_tile(&call.client, call.dtype, call.shape.head_dim);
+    let [query, key, value] = if mma_tile.is_some() {
+        [query, key, value].map(unit_last_stride)
+    } else {
+        [query, key, value]
+    };
+    let mma_width = load_width(
+        &call.client,
+        &[&query, &key, &value, &output],
+        call.shape.head_dim,
+    );
+    // `cp.async` copies 4, 8 or 16 bytes: two values at least.
+    if let Some(key_tile) = mma_tile.filter(|_| mma_width >= 2) {
+        let width = mma_width;
         // SAFETY: as below; `mma_forward_tile` checked the manual MMA and `ldmatrix`.
         unsafe {
             dilated_flash_forward_mma::launch_unchecked::<R>(
