@@ -91,12 +91,13 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             f32::cast_from(padding[batch * padding.stride(0) + my_row * padding.stride(1)]) < 0.5;
     }
 
-    let mut query_smem = SharedMemory::<F>::new(query_tile * q_stride);
-    let mut grad_output_smem = SharedMemory::<F>::new(query_tile * q_stride);
-    let mut lse_smem = SharedMemory::<f32>::new(query_tile);
-    let mut delta_smem = SharedMemory::<f32>::new(query_tile);
-    let mut scratch = SharedMemory::<f32>::new(TENSOR_CORE_PLANES * 16 * s_stride);
-    let mut probabilities = SharedMemory::<F>::new(TENSOR_CORE_PLANES * 16 * p_stride);
+    let mut query_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
+    let mut grad_output_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
+    let mut lse_smem = SharedMemory::<f32>::new_aligned(query_tile, 16usize);
+    let mut delta_smem = SharedMemory::<f32>::new_aligned(query_tile, 16usize);
+    let mut scratch = SharedMemory::<f32>::new_aligned(TENSOR_CORE_PLANES * 16 * s_stride, 16usize);
+    let mut probabilities =
+        SharedMemory::<F>::new_aligned(TENSOR_CORE_PLANES * 16 * p_stride, 16usize);
     let scratch_base = plane * 16 * s_stride;
     let p_base = plane * 16 * p_stride;
     let width = N::value();

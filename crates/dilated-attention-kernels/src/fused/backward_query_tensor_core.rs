@@ -98,11 +98,12 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
             delta[batch * delta.stride(0) + my_row * delta.stride(1) + head * delta.stride(2)];
     }
 
-    let mut key_smem = SharedMemory::<F>::new(key_tile * k_stride);
-    let mut value_smem = SharedMemory::<F>::new(key_tile * k_stride);
-    let mut bias_smem = SharedMemory::<f32>::new(key_tile);
-    let mut scratch = SharedMemory::<f32>::new(TENSOR_CORE_PLANES * 16 * s_stride);
-    let mut grad_scores = SharedMemory::<F>::new(TENSOR_CORE_PLANES * 16 * p_stride);
+    let mut key_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
+    let mut value_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
+    let mut bias_smem = SharedMemory::<f32>::new_aligned(key_tile, 16usize);
+    let mut scratch = SharedMemory::<f32>::new_aligned(TENSOR_CORE_PLANES * 16 * s_stride, 16usize);
+    let mut grad_scores =
+        SharedMemory::<F>::new_aligned(TENSOR_CORE_PLANES * 16 * p_stride, 16usize);
     let scratch_base = plane * 16 * s_stride;
     let p_base = plane * 16 * p_stride;
     let width = N::value();

@@ -98,8 +98,8 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     // and outputs: 64 rows, so `key_tile >= 32`).
     // Two stages of (keys, values): the cube copies tile i+1 (`cp.async`, no registers) while it
     // computes tile i; each stage's copies complete on its own barrier.
-    let mut tiles = SharedMemory::<F>::new(2 * stage_size);
-    let mut bias_smem = SharedMemory::<f32>::new(2 * key_tile);
+    let mut tiles = SharedMemory::<F>::new_aligned(2 * stage_size, 16usize);
+    let mut bias_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
     let barrier_0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let barrier_1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let width = N::value();

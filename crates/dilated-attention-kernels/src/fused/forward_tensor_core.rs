@@ -124,11 +124,12 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     );
 
     let k_stride = comptime!(head_dim + KEY_PAD);
-    let mut key_smem = SharedMemory::<F>::new(key_tile * k_stride);
-    let mut value_smem = SharedMemory::<F>::new(key_tile * k_stride);
-    let mut bias_smem = SharedMemory::<f32>::new(key_tile);
-    let mut scratch = SharedMemory::<f32>::new(TENSOR_CORE_PLANES * 16 * s_stride);
-    let mut probabilities = SharedMemory::<F>::new(TENSOR_CORE_PLANES * 16 * p_stride);
+    let mut key_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
+    let mut value_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
+    let mut bias_smem = SharedMemory::<f32>::new_aligned(key_tile, 16usize);
+    let mut scratch = SharedMemory::<f32>::new_aligned(TENSOR_CORE_PLANES * 16 * s_stride, 16usize);
+    let mut probabilities =
+        SharedMemory::<F>::new_aligned(TENSOR_CORE_PLANES * 16 * p_stride, 16usize);
     let scratch_base = plane * 16 * s_stride;
     let p_base = plane * 16 * p_stride;
     let width = N::value();
