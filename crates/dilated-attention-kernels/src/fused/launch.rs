@@ -17,7 +17,9 @@ use dilated_attention_core::{
 use super::backward::{
     attention_delta, dilated_flash_backward_key_value, dilated_flash_backward_query,
 };
+use super::backward_key_value_mma::dilated_flash_backward_key_value_mma;
 use super::backward_key_value_tensor_core::dilated_flash_backward_key_value_tensor_core;
+use super::backward_query_mma::dilated_flash_backward_query_mma;
 use super::backward_query_tensor_core::dilated_flash_backward_query_tensor_core;
 use super::forward::dilated_flash_forward;
 use super::forward_mma::dilated_flash_forward_mma;
@@ -55,7 +57,7 @@ pub(crate) fn key_tile(head_dim: usize, device_shared_memory: usize) -> usize {
 /// Environment variable that picks the kernels (read at every call), for comparisons and for
 /// isolating a fault: `portable` forces the portable kernels (forward and backward) even where
 /// the tensor-core ones would run; `cmma` keeps the tensor-core kernels but runs the `cmma`
-/// forward instead of the register-resident one.
+/// ones instead of the register-resident ones (forward and backward).
 ///
 /// ```
 /// assert_eq!(dilated_attention_kernels::KERNEL_VARIANT_ENV, "DILATED_ATTENTION_KERNEL");
@@ -135,7 +137,9 @@ pub(crate) fn kernel_variant<R: CubeRuntime>(
         })
 }
 
-/// Keys per tile of the register-resident forward ([`super::forward_mma`]) when it can run: a
+/// Keys per tile of the register-resident kernels ([`super::forward_mma`] and the `dQ` of
+/// [`super::backward_query_mma`]; the key/value backward walks query tiles of 32) when they can
+/// run: a
 /// tensor-core call ([`kernel_variant`]) on a device with manual MMA m16n8k16 and `ldmatrix` for
 /// the dtype and `cp.async` (CUDA on Ampere and later), unless [`KERNEL_VARIANT_ENV`] is `cmma`
 /// (the `cmma` forward, for comparisons); 64 keys, or 32 where two stages of 64 do not fit the
@@ -527,6 +531,58 @@ pub(crate) fn backward<R: CubeRuntime>(
             head_dim,
         );
         let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
+        if let Some(key_tile) =
+            mma_forward_tile(&call.client, call.dtype, head_dim).filter(|_| width >= 2)
+        {
+            // SAFETY: as in `forward`'s register-resident launch. The key/value kernel walks
+            // query tiles of 32 (two stages fit every head dim up to 128).
+            unsafe {
+                dilated_flash_backward_query_mma::launch_unchecked::<R>(
+                    &call.client,
+                    call.cube_count(),
+                    cube_dim,
+                    width,
+                    query.clone().into_tensor_arg(),
+                    key.clone().into_tensor_arg(),
+                    value.clone().into_tensor_arg(),
+                    padding.clone().into_tensor_arg(),
+                    grad_output.clone().into_tensor_arg(),
+                    lse.clone().into_tensor_arg(),
+                    delta.clone().into_tensor_arg(),
+                    call.table(),
+                    grad_query.clone().into_tensor_arg(),
+                    call.scale,
+                    key_tile,
+                    head_dim,
+                    config.causal,
+                    has_padding,
+                    call.dtype.into(),
+                );
+                dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
+                    &call.client,
+                    call.cube_count(),
+                    cube_dim,
+                    width,
+                    query.into_tensor_arg(),
+                    key.into_tensor_arg(),
+                    value.into_tensor_arg(),
+                    padding.into_tensor_arg(),
+                    grad_output.into_tensor_arg(),
+                    lse.into_tensor_arg(),
+                    delta.into_tensor_arg(),
+                    call.table(),
+                    grad_key.clone().into_tensor_arg(),
+                    grad_value.clone().into_tensor_arg(),
+                    call.scale,
+                    32,
+                    head_dim,
+                    config.causal,
+                    has_padding,
+                    call.dtype.into(),
+                );
+            }
+            return Ok([grad_query, grad_key, grad_value]);
+        }
         // SAFETY: as in `forward`'s tensor-core launch.
         unsafe {
             dilated_flash_backward_query_tensor_core::launch_unchecked::<R>(

@@ -7,11 +7,13 @@
 //! - [`backward`]: the portable backward (`delta`, `dQ`, `dK`/`dV`);
 //! - [`backward_query_tensor_core`], [`backward_key_value_tensor_core`]: `dQ` and `dK`/`dV` on
 //!   tensor cores;
-//! - [`fragments`], [`tile_walk`], [`rows`], [`tiles`]: what the kernels share;
+//! - [`fragments`], [`mma_tiles`], [`tile_walk`], [`rows`], [`tiles`]: what the kernels share;
 //! - [`launch`]: checks, tile sizes and allocation around the launches.
 
 pub(crate) mod backward;
+pub(crate) mod backward_key_value_mma;
 pub(crate) mod backward_key_value_tensor_core;
+pub(crate) mod backward_query_mma;
 pub(crate) mod backward_query_tensor_core;
 pub(crate) mod forward;
 pub(crate) mod forward_mma;
@@ -19,6 +21,7 @@ pub(crate) mod forward_tensor_core;
 pub(crate) mod fragments;
 pub(crate) mod launch;
 pub(crate) mod launch_plan;
+pub(crate) mod mma_tiles;
 pub(crate) mod rows;
 pub(crate) mod tile_walk;
 pub(crate) mod tiles;

@@ -1,0 +1,454 @@
+//! `dK` and `dV` with scores in registers: a cube owns 64 key rows (4 planes x 16, the launch
+//! plan's rows read as keys) and walks the query tiles that see them (the mirror walk of
+//! [`super::tile_walk`]), with the data flow of [`super::forward_mma`] (`mma.sync` m16n8k16,
+//! `ldmatrix`, two `cp.async` stages of queries and output gradients). `K` and `V` of the cube's
+//! rows are held in registers. Per query tile and plane, transposed so that the plane's keys are
+//! the rows of every product:
+//! 1. `S^T = K Q^T`, `P^T = exp(scale S^T + mask - LSE_q)` in registers;
+//! 2. `dV += P^T dO` with `P^T`'s registers as the `A` operand (`dO` by `ldmatrix.trans`);
+//! 3. `dP^T = V dO^T`, `dS^T = P^T (dP^T - delta_q)` in registers;
+//! 4. `dK += dS^T Q`; `scale` is applied once at the end.
+//!
+//! A key the pair does not select here, a padded key, a query past the segment and a query that
+//! saw no key all give `P = 0`.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::ir::FastMath;
+use burn_cubecl::cubecl::prelude::barrier::Barrier;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::forward_mma::MmaRow;
+use super::forward_tensor_core::{KEY_MASKED, KEY_PAD};
+use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_tiles::{
+    Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
+    store_cube_rows_mma, tile_scores, zero_pairs,
+};
+use super::rows::{RowBlock, pair_view, row_block};
+use super::tile_walk::{FIRST_SEGMENT, KeyTile, next_key_tile, seek_key_tile};
+use super::tiles::MASKED;
+
+#[cube(
+    launch_unchecked,
+    fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
+    query: &Tensor<Vector<F, N>>,
+    key: &Tensor<Vector<F, N>>,
+    value: &Tensor<Vector<F, N>>,
+    padding: &Tensor<F>,
+    grad_output: &Tensor<Vector<F, N>>,
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    table: &Array<u32>,
+    grad_key: &mut Tensor<Vector<F, N>>,
+    grad_value: &mut Tensor<Vector<F, N>>,
+    scale: f32,
+    #[comptime] key_tile: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] causal: bool,
+    #[comptime] has_padding: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let seq_len = query.shape(1);
+    let batch = CUBE_POS_Z as usize;
+    let head = CUBE_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let rows = row_block(
+        table,
+        head,
+        CUBE_POS_X as usize,
+        0usize,
+        seq_len,
+        TENSOR_CORE_BLOCK_ROWS,
+    );
+    let stride = comptime!(head_dim + KEY_PAD);
+    let value_offset = comptime!(key_tile * stride);
+    let stage_size = comptime!(2 * key_tile * stride);
+    let dim_blocks = comptime!(head_dim / 8);
+    let key_blocks = comptime!(key_tile / 8);
+    let group = lane / 4;
+    let quad = lane % 4;
+    let cube_row_count = min(
+        (seq_len - rows.first_row).div_ceil(rows.stride),
+        TENSOR_CORE_BLOCK_ROWS,
+    );
+
+    // Keys then values of the current tile (and, before and after the walk, the cube's queries
+    // and outputs: 64 rows, so `key_tile >= 32`).
+    // Two stages of (keys, values): the cube copies tile i+1 (`cp.async`, no registers) while it
+    // computes tile i; each stage's copies complete on its own barrier.
+    let mut tiles = SharedMemory::<F>::new_aligned(2 * stage_size, 16usize);
+    // Per query of each stage: `-LSE` (-1e30 for a query that saw no key or lies past the
+    // segment: its probabilities are 0) and delta.
+    let mut bias_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
+    let mut delta_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
+    let barrier_0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let barrier_1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let width = N::value();
+    let rounds = comptime!((key_tile * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
+    let mut key_regs = Array::<Vector<F, N>>::new(rounds);
+
+    // The cube's keys and values: 4 registers per 16 columns, by `ldmatrix` from staged rows.
+    let mut value_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
+    stage_cube_rows_mma(
+        value,
+        &mut value_regs,
+        &mut key_regs,
+        &mut tiles,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        key_tile,
+        head_dim,
+        stride,
+    );
+    let mut key_regs_a = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
+    stage_cube_rows_mma(
+        key,
+        &mut key_regs_a,
+        &mut key_regs,
+        &mut tiles,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        key_tile,
+        head_dim,
+        stride,
+    );
+
+    let mut grad_key_acc = zero_pairs(comptime!(2 * dim_blocks));
+    let mut grad_value_acc = zero_pairs(comptime!(2 * dim_blocks));
+    let mut job = seek_key_tile(
+        table,
+        &rows,
+        seq_len,
+        0usize,
+        FIRST_SEGMENT,
+        0usize,
+        key_tile,
+        causal,
+        true,
+    );
+    let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
+    let row_b = row_a + 8 * rows.stride;
+    let rows_a = RowBlock {
+        entry: rows.entry,
+        stride: rows.stride,
+        class: rows.class,
+        first_row: rows.first_row,
+        last_row: rows.last_row,
+        row: row_a,
+    };
+    let rows_b = RowBlock {
+        entry: rows.entry,
+        stride: rows.stride,
+        class: rows.class,
+        first_row: rows.first_row,
+        last_row: rows.last_row,
+        row: row_b,
+    };
+    let live_a = key_live(padding, batch, row_a, seq_len, has_padding);
+    let live_b = key_live(padding, batch, row_b, seq_len, has_padding);
+    let view_a = pair_view(table, &rows_a, job.pair, seq_len);
+    let view_b = pair_view(table, &rows_b, job.pair, seq_len);
+    let mut state_a = MmaRow {
+        selected: view_a.selected,
+        segment: view_a.row_segment,
+        t: view_a.t,
+        max: f32::new(KEY_MASKED),
+        sum: 0.0f32,
+    };
+    let mut state_b = MmaRow {
+        selected: view_b.selected,
+        segment: view_b.row_segment,
+        t: view_b.t,
+        max: f32::new(KEY_MASKED),
+        sum: 0.0f32,
+    };
+    let mut scores = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
+    let mut grad_p = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
+
+    // The walk over query tiles, one ahead: tile i+1's copies are issued before tile i's
+    // products. A stage holds the queries, then the output gradients.
+    sync_cube();
+    copy_tile_async(
+        query, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+    );
+    copy_tile_async(
+        grad_output,
+        &mut tiles,
+        value_offset,
+        &job,
+        batch,
+        head,
+        unit,
+        key_tile,
+        head_dim,
+        stride,
+    );
+    if unit < key_tile {
+        let values = query_column(lse, delta, &job, batch, head, unit, key_tile);
+        bias_smem[unit] = values[0];
+        delta_smem[unit] = values[1];
+    }
+    barrier_0.commit_copy_async();
+    let mut stage = 0usize;
+    while job.valid {
+        let query0 = job.tile * key_tile;
+        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, true);
+        let other = 1 - stage;
+        if next.valid {
+            copy_tile_async(
+                query,
+                &mut tiles,
+                other * stage_size,
+                &next,
+                batch,
+                head,
+                unit,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            copy_tile_async(
+                grad_output,
+                &mut tiles,
+                other * stage_size + value_offset,
+                &next,
+                batch,
+                head,
+                unit,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            if unit < key_tile {
+                let values = query_column(lse, delta, &next, batch, head, unit, key_tile);
+                bias_smem[other * key_tile + unit] = values[0];
+                delta_smem[other * key_tile + unit] = values[1];
+            }
+        }
+        if stage == 0 {
+            barrier_1.commit_copy_async();
+            barrier_0.arrive_and_wait();
+        } else {
+            barrier_0.commit_copy_async();
+            barrier_1.arrive_and_wait();
+        }
+        let query_base = stage * stage_size;
+        let grad_base = query_base + value_offset;
+        let column_base = stage * key_tile;
+
+        let here_a = live_a && state_a.selected && state_a.segment == job.segment_index;
+        let here_b = live_b && state_b.selected && state_b.segment == job.segment_index;
+        let mut sees = here_a || here_b;
+        if causal {
+            // Some query of the tile sits at or after the key.
+            sees = (here_a && state_a.t < query0 + key_tile)
+                || (here_b && state_b.t < query0 + key_tile);
+        }
+        if plane_any(sees) {
+            // 1. P^T = exp(scale K Q^T - LSE_q), masked.
+            tile_scores(
+                &key_regs_a,
+                &tiles,
+                query_base,
+                lane,
+                &mut scores,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            mask_scores(
+                &mut scores,
+                &bias_smem,
+                column_base,
+                scale,
+                false,
+                here_a,
+                here_b,
+                state_a.t,
+                state_b.t,
+                query0,
+                quad,
+                key_tile,
+                causal,
+                true,
+            );
+            #[unroll]
+            for nb in 0..key_blocks {
+                let mut p_a = scores[2 * nb];
+                let mut p_b = scores[2 * nb + 1];
+                #[unroll]
+                for e in 0..2usize {
+                    p_a[e] = p_a[e].exp();
+                    p_b[e] = p_b[e].exp();
+                }
+                scores[2 * nb] = p_a;
+                scores[2 * nb + 1] = p_b;
+            }
+
+            // 2. dV += P^T dO (dO by `ldmatrix.trans`).
+            accumulate_weighted_rows(
+                &scores,
+                &tiles,
+                grad_base,
+                lane,
+                &mut grad_value_acc,
+                key_tile,
+                head_dim,
+                stride,
+            );
+
+            // 3. dS^T = P^T (V dO^T - delta_q), in place.
+            tile_scores(
+                &value_regs,
+                &tiles,
+                grad_base,
+                lane,
+                &mut grad_p,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            #[unroll]
+            for nb in 0..key_blocks {
+                let col = column_base + nb * 8 + 2 * quad;
+                let deltas = delta_smem
+                    .slice(col, col + 2)
+                    .into_vectorized()
+                    .with_vector_size::<Const<2>>()[0];
+                let mut ds_a = scores[2 * nb];
+                let mut ds_b = scores[2 * nb + 1];
+                let dp_a = grad_p[2 * nb];
+                let dp_b = grad_p[2 * nb + 1];
+                #[unroll]
+                for e in 0..2usize {
+                    ds_a[e] *= dp_a[e] - deltas[e];
+                    ds_b[e] *= dp_b[e] - deltas[e];
+                }
+                scores[2 * nb] = ds_a;
+                scores[2 * nb + 1] = ds_b;
+            }
+
+            // 4. dK += dS^T Q (Q by `ldmatrix.trans`).
+            accumulate_weighted_rows(
+                &scores,
+                &tiles,
+                query_base,
+                lane,
+                &mut grad_key_acc,
+                key_tile,
+                head_dim,
+                stride,
+            );
+        }
+
+        // Every plane is done with this stage before the next iteration copies into it.
+        sync_cube();
+        stage = other;
+        if next.valid && next.pair != job.pair {
+            let next_a = pair_view(table, &rows_a, next.pair, seq_len);
+            let next_b = pair_view(table, &rows_b, next.pair, seq_len);
+            state_a.selected = next_a.selected;
+            state_a.segment = next_a.row_segment;
+            state_a.t = next_a.t;
+            state_b.selected = next_b.selected;
+            state_b.segment = next_b.row_segment;
+            state_b.t = next_b.t;
+        }
+        job.valid = next.valid;
+        job.pair = next.pair;
+        job.segment_index = next.segment_index;
+        job.tile = next.tile;
+        job.key_start = next.key_start;
+        job.dilation = next.dilation;
+        job.key_count = next.key_count;
+    }
+
+    store_cube_rows_mma(
+        &grad_key_acc,
+        scale,
+        scale,
+        &mut tiles,
+        grad_key,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        head_dim,
+        stride,
+    );
+    store_cube_rows_mma(
+        &grad_value_acc,
+        1.0f32,
+        1.0f32,
+        &mut tiles,
+        grad_value,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        head_dim,
+        stride,
+    );
+}
+
+/// Whether key `row` takes part: inside the sequence and not padded.
+#[cube]
+fn key_live<F: Float>(
+    padding: &Tensor<F>,
+    batch: usize,
+    row: usize,
+    seq_len: usize,
+    #[comptime] has_padding: bool,
+) -> bool {
+    let mut live = row < seq_len;
+    if has_padding && live {
+        live = f32::cast_from(padding[batch * padding.stride(0) + row * padding.stride(1)]) < 0.5;
+    }
+    live
+}
+
+/// Query `unit` of `job`'s tile: `-LSE` (-1e30 when it saw no key or is past the tile's list)
+/// and delta.
+#[cube]
+fn query_column(
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    job: &KeyTile,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    #[comptime] query_tile: usize,
+) -> Pair<f32> {
+    let t = job.tile * query_tile + unit;
+    let mut values = Pair::<f32>::empty();
+    values[0] = f32::new(KEY_MASKED);
+    values[1] = 0.0f32;
+    if job.valid && t < job.key_count {
+        let pos = job.key_start + t * job.dilation;
+        let raw = lse[batch * lse.stride(0) + pos * lse.stride(1) + head * lse.stride(2)];
+        values[0] = select(raw > f32::new(MASKED), -raw, f32::new(KEY_MASKED));
+        values[1] = delta[batch * delta.stride(0) + pos * delta.stride(1) + head * delta.stride(2)];
+    }
+    values
+}

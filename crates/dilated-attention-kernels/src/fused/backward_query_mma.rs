@@ -1,0 +1,392 @@
+//! `dQ` with scores in registers: the cube, walk and data flow of [`super::forward_mma`]
+//! (`mma.sync` m16n8k16, `ldmatrix`, two `cp.async` stages), with the probabilities recomputed
+//! from the forward's LSE (FlashAttention-2's backward; the algebra is in [`super::backward`]).
+//! Per key tile and plane: `S = Q K^T` and `P = exp(scale S + mask - LSE)`, `dP = dO V^T` and
+//! `dS = P (dP - delta)` in registers, then `dQ += dS K` with `dS`'s registers as the `A` operand
+//! (`K` by `ldmatrix.trans`). `Q` and `dO` are held in registers for the whole walk; `scale` is
+//! applied once at the end. Requirements are the register-resident forward's.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::ir::FastMath;
+use burn_cubecl::cubecl::prelude::barrier::Barrier;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::backward_query_tensor_core::live_lse;
+use super::forward_mma::MmaRow;
+use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias};
+use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_tiles::{
+    Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
+    store_cube_rows_mma, tile_scores, zero_pairs,
+};
+use super::rows::{RowBlock, pair_view, row_block};
+use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
+
+/// A row's LSE (`+1e30` when it saw no key or lies past the sequence: its probabilities are 0)
+/// and delta.
+#[cube]
+pub(crate) fn row_statistics(
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    batch: usize,
+    head: usize,
+    row: usize,
+    seq_len: usize,
+) -> (f32, f32) {
+    let mut row_lse = f32::new(-KEY_MASKED);
+    let mut row_delta = 0.0f32;
+    if row < seq_len {
+        row_lse = live_lse(lse[batch * lse.stride(0) + row * lse.stride(1) + head * lse.stride(2)]);
+        row_delta = delta[batch * delta.stride(0) + row * delta.stride(1) + head * delta.stride(2)];
+    }
+    (row_lse, row_delta)
+}
+
+#[cube(
+    launch_unchecked,
+    fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
+)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
+    query: &Tensor<Vector<F, N>>,
+    key: &Tensor<Vector<F, N>>,
+    value: &Tensor<Vector<F, N>>,
+    padding: &Tensor<F>,
+    grad_output: &Tensor<Vector<F, N>>,
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    table: &Array<u32>,
+    grad_query: &mut Tensor<Vector<F, N>>,
+    scale: f32,
+    #[comptime] key_tile: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] causal: bool,
+    #[comptime] has_padding: bool,
+    #[define(F)] _dtype: StorageType,
+) {
+    let seq_len = query.shape(1);
+    let batch = CUBE_POS_Z as usize;
+    let head = CUBE_POS_Y as usize;
+    let lane = UNIT_POS_X as usize;
+    let plane = UNIT_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let rows = row_block(
+        table,
+        head,
+        CUBE_POS_X as usize,
+        0usize,
+        seq_len,
+        TENSOR_CORE_BLOCK_ROWS,
+    );
+    let stride = comptime!(head_dim + KEY_PAD);
+    let value_offset = comptime!(key_tile * stride);
+    let stage_size = comptime!(2 * key_tile * stride);
+    let dim_blocks = comptime!(head_dim / 8);
+    let key_blocks = comptime!(key_tile / 8);
+    let group = lane / 4;
+    let quad = lane % 4;
+    let cube_row_count = min(
+        (seq_len - rows.first_row).div_ceil(rows.stride),
+        TENSOR_CORE_BLOCK_ROWS,
+    );
+
+    // Keys then values of the current tile (and, before and after the walk, the cube's queries
+    // and outputs: 64 rows, so `key_tile >= 32`).
+    // Two stages of (keys, values): the cube copies tile i+1 (`cp.async`, no registers) while it
+    // computes tile i; each stage's copies complete on its own barrier.
+    let mut tiles = SharedMemory::<F>::new_aligned(2 * stage_size, 16usize);
+    let mut bias_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
+    let barrier_0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let barrier_1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
+    let width = N::value();
+    let rounds = comptime!((key_tile * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
+    let mut key_regs = Array::<Vector<F, N>>::new(rounds);
+
+    // Q and dO: 4 registers per 16 columns, loaded by `ldmatrix` from the staged rows.
+    let mut grad_output_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
+    stage_cube_rows_mma(
+        grad_output,
+        &mut grad_output_regs,
+        &mut key_regs,
+        &mut tiles,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        key_tile,
+        head_dim,
+        stride,
+    );
+    let mut query_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
+    stage_cube_rows_mma(
+        query,
+        &mut query_regs,
+        &mut key_regs,
+        &mut tiles,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        key_tile,
+        head_dim,
+        stride,
+    );
+
+    let mut grad_query_acc = zero_pairs(comptime!(2 * dim_blocks));
+    let mut job = seek_key_tile(
+        table,
+        &rows,
+        seq_len,
+        0usize,
+        FIRST_SEGMENT,
+        0usize,
+        key_tile,
+        causal,
+        false,
+    );
+    let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
+    let row_b = row_a + 8 * rows.stride;
+    let rows_a = RowBlock {
+        entry: rows.entry,
+        stride: rows.stride,
+        class: rows.class,
+        first_row: rows.first_row,
+        last_row: rows.last_row,
+        row: row_a,
+    };
+    let rows_b = RowBlock {
+        entry: rows.entry,
+        stride: rows.stride,
+        class: rows.class,
+        first_row: rows.first_row,
+        last_row: rows.last_row,
+        row: row_b,
+    };
+    let (lse_a, delta_a) = row_statistics(lse, delta, batch, head, row_a, seq_len);
+    let (lse_b, delta_b) = row_statistics(lse, delta, batch, head, row_b, seq_len);
+    let view_a = pair_view(table, &rows_a, job.pair, seq_len);
+    let view_b = pair_view(table, &rows_b, job.pair, seq_len);
+    let mut state_a = MmaRow {
+        selected: view_a.selected,
+        segment: view_a.row_segment,
+        t: view_a.t,
+        max: f32::new(KEY_MASKED),
+        sum: 0.0f32,
+    };
+    let mut state_b = MmaRow {
+        selected: view_b.selected,
+        segment: view_b.row_segment,
+        t: view_b.t,
+        max: f32::new(KEY_MASKED),
+        sum: 0.0f32,
+    };
+    let mut scores = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
+    let mut grad_p = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
+
+    // The walk, one tile ahead: tile i+1's copies are issued before tile i's products.
+    sync_cube();
+    copy_tile_async(
+        key, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+    );
+    copy_tile_async(
+        value,
+        &mut tiles,
+        value_offset,
+        &job,
+        batch,
+        head,
+        unit,
+        key_tile,
+        head_dim,
+        stride,
+    );
+    if unit < key_tile {
+        bias_smem[unit] = key_bias(padding, &job, batch, unit, key_tile, has_padding);
+    }
+    barrier_0.commit_copy_async();
+    let mut stage = 0usize;
+    while job.valid {
+        let key0 = job.tile * key_tile;
+        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+        let other = 1 - stage;
+        if next.valid {
+            copy_tile_async(
+                key,
+                &mut tiles,
+                other * stage_size,
+                &next,
+                batch,
+                head,
+                unit,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            copy_tile_async(
+                value,
+                &mut tiles,
+                other * stage_size + value_offset,
+                &next,
+                batch,
+                head,
+                unit,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            if unit < key_tile {
+                bias_smem[other * key_tile + unit] =
+                    key_bias(padding, &next, batch, unit, key_tile, has_padding);
+            }
+        }
+        if stage == 0 {
+            barrier_1.commit_copy_async();
+            barrier_0.arrive_and_wait();
+        } else {
+            barrier_0.commit_copy_async();
+            barrier_1.arrive_and_wait();
+        }
+        let key_base = stage * stage_size;
+        let value_base = key_base + value_offset;
+        let bias_base = stage * key_tile;
+
+        let here_a = state_a.selected && state_a.segment == job.segment_index;
+        let here_b = state_b.selected && state_b.segment == job.segment_index;
+        let mut sees = here_a || here_b;
+        if causal {
+            sees = (here_a && key0 <= state_a.t) || (here_b && key0 <= state_b.t);
+        }
+        if plane_any(sees) {
+            // 1. S = Q K^T.
+            tile_scores(
+                &query_regs,
+                &tiles,
+                key_base,
+                lane,
+                &mut scores,
+                key_tile,
+                head_dim,
+                stride,
+            );
+
+            // 2. Masks, online softmax (exact: O is rescaled in registers). A tile that both
+            // rows see whole (every key present, none padded, none past a causal row) skips the
+            // masks: most tiles of a segment.
+            let mut whole = here_a && here_b && key0 + key_tile <= job.key_count && !has_padding;
+            if causal {
+                whole = whole && key0 + key_tile <= min(state_a.t, state_b.t) + 1;
+            }
+            mask_scores(
+                &mut scores,
+                &bias_smem,
+                bias_base,
+                scale,
+                whole,
+                here_a,
+                here_b,
+                state_a.t,
+                state_b.t,
+                key0,
+                quad,
+                key_tile,
+                causal,
+                false,
+            );
+            // P = exp(s - LSE) (rows outside the tile's segment are masked: 0).
+            #[unroll]
+            for nb in 0..key_blocks {
+                let mut p_a = scores[2 * nb];
+                let mut p_b = scores[2 * nb + 1];
+                #[unroll]
+                for e in 0..2usize {
+                    p_a[e] = (p_a[e] - lse_a).exp();
+                    p_b[e] = (p_b[e] - lse_b).exp();
+                }
+                scores[2 * nb] = p_a;
+                scores[2 * nb + 1] = p_b;
+            }
+
+            // 2. dS = P (dO V^T - delta), in place.
+            tile_scores(
+                &grad_output_regs,
+                &tiles,
+                value_base,
+                lane,
+                &mut grad_p,
+                key_tile,
+                head_dim,
+                stride,
+            );
+            #[unroll]
+            for nb in 0..key_blocks {
+                let mut ds_a = scores[2 * nb];
+                let mut ds_b = scores[2 * nb + 1];
+                let dp_a = grad_p[2 * nb];
+                let dp_b = grad_p[2 * nb + 1];
+                #[unroll]
+                for e in 0..2usize {
+                    ds_a[e] *= dp_a[e] - delta_a;
+                    ds_b[e] *= dp_b[e] - delta_b;
+                }
+                scores[2 * nb] = ds_a;
+                scores[2 * nb + 1] = ds_b;
+            }
+
+            // 3. dQ += dS K: dS's registers are the A operand; K by `ldmatrix.trans`.
+            accumulate_weighted_rows(
+                &scores,
+                &tiles,
+                key_base,
+                lane,
+                &mut grad_query_acc,
+                key_tile,
+                head_dim,
+                stride,
+            );
+        }
+
+        // Every plane is done with this stage before the next iteration copies into it.
+        sync_cube();
+        stage = other;
+        if next.valid && next.pair != job.pair {
+            let next_a = pair_view(table, &rows_a, next.pair, seq_len);
+            let next_b = pair_view(table, &rows_b, next.pair, seq_len);
+            state_a.selected = next_a.selected;
+            state_a.segment = next_a.row_segment;
+            state_a.t = next_a.t;
+            state_b.selected = next_b.selected;
+            state_b.segment = next_b.row_segment;
+            state_b.t = next_b.t;
+        }
+        job.valid = next.valid;
+        job.pair = next.pair;
+        job.segment_index = next.segment_index;
+        job.tile = next.tile;
+        job.key_start = next.key_start;
+        job.dilation = next.dilation;
+        job.key_count = next.key_count;
+    }
+
+    store_cube_rows_mma(
+        &grad_query_acc,
+        scale,
+        scale,
+        &mut tiles,
+        grad_query,
+        &rows,
+        cube_row_count,
+        batch,
+        head,
+        unit,
+        lane,
+        plane,
+        head_dim,
+        stride,
+    );
+}

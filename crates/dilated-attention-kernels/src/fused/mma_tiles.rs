@@ -1,0 +1,465 @@
+//! What the register-resident kernels share ([`super::forward_mma`] and the `mma` backward
+//! kernels): `mma.sync` m16n8k16 through CubeCL's manual MMA (`f16`/`bf16` in, `f32`
+//! accumulation), operands from shared memory by `ldmatrix`, tiles copied by `cp.async`.
+//!
+//! Register layouts (PTX, per plane of 32 units; unit `(g, t) = (lane / 4, lane % 4)`):
+//! - an accumulator block (16 rows x 8 columns) is two [`Pair`]s: row `g`, then row `g + 8`, each
+//!   at columns `2t, 2t + 1`; a 16 x `8 n` tile is `2 n` pairs, block-major;
+//! - an `A` block (16 x 16) is four pairs: (row `g`, cols `2t..`), (`g + 8`, `2t..`),
+//!   (`g`, `2t + 8..`), (`g + 8`, `2t + 8..`): the accumulators of two adjacent 8-column blocks,
+//!   in order, so a tile of scores is the `A` operand of the next product as it stands.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::cmma::{MatrixIdent, MmaDefinition};
+use burn_cubecl::cubecl::prelude::barrier::copy_async;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::forward_tensor_core::KEY_MASKED;
+use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::rows::RowBlock;
+use super::tile_walk::KeyTile;
+use super::tiles::{load_rows_registers, store_rows_registers};
+
+/// Two values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
+pub(crate) type Pair<E> = Vector<E, Const<2>>;
+
+/// The m16n8k16 product for the inputs' dtype into `f32`.
+#[cube]
+pub(crate) fn mma_definition<F: Float>() -> MmaDefinition<F, F, f32> {
+    MmaDefinition::<F, F, f32>::new(16usize, 8usize, 16usize)
+}
+
+/// `count` zero pairs.
+#[cube]
+pub(crate) fn zero_pairs(#[comptime] count: usize) -> Array<Pair<f32>> {
+    let mut pairs = Array::<Pair<f32>>::new(count);
+    #[unroll]
+    for i in 0..count {
+        pairs[i] = Pair::<f32>::zeroed();
+    }
+    pairs
+}
+
+/// Loads the cube's own 64 rows of `tensor` into `A` registers (`head_dim / 16` blocks of four
+/// pairs per plane: plane `p` gets rows `16 p .. 16 p + 16`), staged `staging_rows` rows at a time
+/// through `tiles` (from element 0, row stride `stride`). Every unit takes part; `registers` must
+/// hold the staging tile's share.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    fragment: &mut Array<Pair<F>>,
+    registers: &mut Array<Vector<F, N>>,
+    tiles: &mut SharedMemory<F>,
+    rows: &RowBlock,
+    cube_row_count: usize,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    lane: usize,
+    plane: usize,
+    #[comptime] staging_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let def = mma_definition::<F>();
+    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
+    #[unroll]
+    for chunk in 0..chunks {
+        load_rows_registers(
+            tensor,
+            registers,
+            batch,
+            head,
+            rows.first_row,
+            rows.stride,
+            chunk * staging_rows,
+            cube_row_count,
+            unit,
+            TENSOR_CORE_UNITS,
+            staging_rows,
+            head_dim,
+        );
+        sync_cube();
+        store_rows_registers(
+            registers,
+            tiles,
+            unit,
+            TENSOR_CORE_UNITS,
+            staging_rows,
+            head_dim,
+            stride,
+        );
+        sync_cube();
+        let first_plane = comptime!(chunk * staging_rows / 16);
+        let last_plane = comptime!((chunk + 1) * staging_rows / 16);
+        if plane >= first_plane && plane < last_plane {
+            // Matrix `j = lane / 8`: rows `8 (j % 2) ..`, columns `8 (j / 2) ..` of the block.
+            let row = plane * 16 - chunk * staging_rows + lane % 8 + 8 * ((lane / 8) % 2);
+            #[unroll]
+            for kb in 0..comptime!(head_dim / 16) {
+                let at = row * stride + kb * 16 + 8 * (lane / 16);
+                let regs = def.load_matrix::<F, Const<2>>(
+                    &tiles.slice(at, at + 8),
+                    MatrixIdent::A,
+                    4usize,
+                    false,
+                );
+                #[unroll]
+                for i in 0..4usize {
+                    fragment[kb * 4 + i] = regs[i];
+                }
+            }
+        }
+    }
+    sync_cube();
+}
+
+/// `scores = A B^T` for one plane: `a` holds the plane's 16 rows (`head_dim / 16` blocks of four
+/// pairs), the tile at `base` holds `tile_rows` rows of `head_dim` (row stride `stride`), read as
+/// the columns of `B` by `ldmatrix` (two 16-deep blocks per load). `scores` gets `2 tile_rows / 8`
+/// pairs.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tile_scores<F: Float>(
+    a: &Array<Pair<F>>,
+    tiles: &SharedMemory<F>,
+    base: usize,
+    lane: usize,
+    scores: &mut Array<Pair<f32>>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let def = mma_definition::<F>();
+    #[unroll]
+    for nb in 0..comptime!(tile_rows / 8) {
+        let mut acc = Array::<Pair<f32>>::new(2usize);
+        acc[0] = Pair::<f32>::zeroed();
+        acc[1] = Pair::<f32>::zeroed();
+        let row = nb * 8 + lane % 8;
+        #[unroll]
+        for kb2 in 0..comptime!(head_dim / 32) {
+            let at = base + row * stride + kb2 * 32 + 8 * (lane / 8);
+            let regs = def.load_matrix::<F, Const<2>>(
+                &tiles.slice(at, at + 8),
+                MatrixIdent::B,
+                4usize,
+                false,
+            );
+            multiply_block(&def, a, &regs, 0usize, 2 * kb2, &mut acc);
+            multiply_block(&def, a, &regs, 2usize, 2 * kb2 + 1, &mut acc);
+        }
+        if comptime!(head_dim % 32 == 16) {
+            let at = base + row * stride + comptime!(head_dim - 16) + 8 * ((lane / 8) % 2);
+            let regs = def.load_matrix::<F, Const<2>>(
+                &tiles.slice(at, at + 8),
+                MatrixIdent::B,
+                2usize,
+                false,
+            );
+            multiply_block(
+                &def,
+                a,
+                &regs,
+                0usize,
+                comptime!(head_dim / 16 - 1),
+                &mut acc,
+            );
+        }
+        scores[2 * nb] = acc[0];
+        scores[2 * nb + 1] = acc[1];
+    }
+}
+
+/// `acc += A[kb] B` with `B`'s two registers at `regs[first]`, `regs[first + 1]`.
+#[cube]
+fn multiply_block<F: Float>(
+    def: &MmaDefinition<F, F, f32>,
+    a: &Array<Pair<F>>,
+    regs: &Array<Pair<F>>,
+    #[comptime] first: usize,
+    #[comptime] kb: usize,
+    acc: &mut Array<Pair<f32>>,
+) {
+    let mut a_block = Array::<Pair<F>>::new(4usize);
+    #[unroll]
+    for i in 0..4usize {
+        a_block[i] = a[kb * 4 + i];
+    }
+    let mut b = Array::<Pair<F>>::new(2usize);
+    b[0] = regs[first];
+    b[1] = regs[first + 1];
+    def.execute_inplace(&a_block, &b, acc);
+}
+
+/// `out += W T` for one plane: `W` is the plane's 16 x `tile_rows` weights in registers (`scores`
+/// layout, cast to the inputs' dtype as the `A` operand), `T` is the tile at `base` (`tile_rows`
+/// rows of `head_dim`, row stride `stride`), loaded by `ldmatrix.trans` as `B`. `out` holds
+/// `2 head_dim / 8` pairs.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_weighted_rows<F: Float>(
+    weights: &Array<Pair<f32>>,
+    tiles: &SharedMemory<F>,
+    base: usize,
+    lane: usize,
+    out: &mut Array<Pair<f32>>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let def = mma_definition::<F>();
+    #[unroll]
+    for kb in 0..comptime!(tile_rows / 16) {
+        let mut a = Array::<Pair<F>>::new(4usize);
+        #[unroll]
+        for i in 0..4usize {
+            a[i] = Pair::<F>::cast_from(weights[4 * kb + i]);
+        }
+        let row = kb * 16 + lane % 8 + 8 * ((lane / 8) % 2);
+        #[unroll]
+        for dn2 in 0..comptime!(head_dim / 16) {
+            let at = base + row * stride + dn2 * 16 + 8 * (lane / 16);
+            let regs = def.load_matrix::<F, Const<2>>(
+                &tiles.slice(at, at + 8),
+                MatrixIdent::B,
+                4usize,
+                true,
+            );
+            accumulate_block(&def, &a, &regs, 0usize, 2 * dn2, out);
+            accumulate_block(&def, &a, &regs, 2usize, 2 * dn2 + 1, out);
+        }
+    }
+}
+
+/// `out[dn] += A B` with `B`'s two registers at `regs[first]`, `regs[first + 1]`.
+#[cube]
+fn accumulate_block<F: Float>(
+    def: &MmaDefinition<F, F, f32>,
+    a: &Array<Pair<F>>,
+    regs: &Array<Pair<F>>,
+    #[comptime] first: usize,
+    #[comptime] dn: usize,
+    out: &mut Array<Pair<f32>>,
+) {
+    let mut b = Array::<Pair<F>>::new(2usize);
+    b[0] = regs[first];
+    b[1] = regs[first + 1];
+    let mut acc = Array::<Pair<f32>>::new(2usize);
+    acc[0] = out[2 * dn];
+    acc[1] = out[2 * dn + 1];
+    def.execute_inplace(a, &b, &mut acc);
+    out[2 * dn] = acc[0];
+    out[2 * dn + 1] = acc[1];
+}
+
+/// Writes the plane's 16 x `head_dim` accumulators (`out`, rows `g` and `g + 8` times `factor_a`
+/// and `factor_b`) to `output` for the cube's rows, through `tiles` (64 rows from element 0, row
+/// stride `stride`) and `N`-wide stores. Every unit takes part.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn store_cube_rows_mma<F: Float, N: Size>(
+    out: &Array<Pair<f32>>,
+    factor_a: f32,
+    factor_b: f32,
+    tiles: &mut SharedMemory<F>,
+    output: &mut Tensor<Vector<F, N>>,
+    rows: &RowBlock,
+    cube_row_count: usize,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    lane: usize,
+    plane: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    sync_cube();
+    let staged_a = (plane * 16 + lane / 4) * stride + 2 * (lane % 4);
+    let staged_b = staged_a + 8 * stride;
+    #[unroll]
+    for dn in 0..comptime!(head_dim / 8) {
+        let o_a = out[2 * dn];
+        let o_b = out[2 * dn + 1];
+        let mut v_a = Pair::<F>::empty();
+        let mut v_b = Pair::<F>::empty();
+        v_a[0] = F::cast_from(o_a[0] * factor_a);
+        v_a[1] = F::cast_from(o_a[1] * factor_a);
+        v_b[0] = F::cast_from(o_b[0] * factor_b);
+        v_b[1] = F::cast_from(o_b[1] * factor_b);
+        write_pair(tiles, staged_a + dn * 8, v_a);
+        write_pair(tiles, staged_b + dn * 8, v_b);
+    }
+    sync_cube();
+    let width = N::value();
+    let per_row = comptime!(head_dim / width);
+    let total = comptime!(TENSOR_CORE_BLOCK_ROWS * per_row);
+    #[unroll]
+    for round in 0..comptime!(total.div_ceil(TENSOR_CORE_UNITS)) {
+        let element = unit + round * TENSOR_CORE_UNITS;
+        let r = element / per_row;
+        if element < total && r < cube_row_count {
+            let c = (element % per_row) * width;
+            let row = rows.first_row + r * rows.stride;
+            let at = r * stride + c;
+            let values = tiles
+                .slice(at, at + width)
+                .into_vectorized()
+                .with_vector_size::<N>()[0];
+            output[(batch * output.stride(0)
+                + row * output.stride(1)
+                + head * output.stride(2)
+                + c)
+                / width] = values;
+        }
+    }
+}
+
+/// Two values at `at` (even) in one 4-byte store.
+#[cube]
+fn write_pair<F: Float>(smem: &mut SharedMemory<F>, at: usize, values: Pair<F>) {
+    let mut target = smem
+        .slice_mut(at, at + 2)
+        .into_vectorized()
+        .with_vector_size::<Const<2>>();
+    target[0] = values;
+}
+
+/// Issues the copies of `job`'s rows of `tensor` into `tiles` from element `base` (row stride
+/// `stride`), `N` values per `cp.async`; rows past the tile's list are zeroed by plain stores.
+/// The copies complete on the barrier the caller commits them to.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_tile_async<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    tiles: &mut SharedMemory<F>,
+    base: usize,
+    job: &KeyTile,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let width = N::value();
+    let per_row = comptime!(head_dim / width);
+    let total = comptime!(tile_rows * per_row);
+    let rounds = comptime!(total.div_ceil(TENSOR_CORE_UNITS));
+    let first = job.tile * tile_rows;
+    let row_base = batch * tensor.stride(0) + head * tensor.stride(2);
+    #[unroll]
+    for round in 0..rounds {
+        let element = unit + round * TENSOR_CORE_UNITS;
+        if element < total {
+            let r = element / per_row;
+            let c = (element % per_row) * width;
+            let at = base + r * stride + c;
+            let t = first + r;
+            if job.valid && t < job.key_count {
+                let from =
+                    (row_base + (job.key_start + t * job.dilation) * tensor.stride(1) + c) / width;
+                let mut destination = unsafe {
+                    tiles
+                        .slice_mut(at, at + width)
+                        .downcast_unchecked::<Vector<F, N>>()
+                };
+                copy_async(
+                    &tensor.slice(from, from + 1),
+                    &mut destination,
+                    comptime!(width as u32),
+                );
+            } else {
+                let mut target = tiles
+                    .slice_mut(at, at + width)
+                    .into_vectorized()
+                    .with_vector_size::<N>();
+                target[0] = Vector::<F, N>::zeroed();
+            }
+        }
+    }
+}
+
+/// Scales a plane's tile of scores and applies its masks in place: `scale s + bias[col]` where
+/// this unit's row (`a`: row `g`, `b`: row `g + 8`) takes part and, when `causal`, the column's
+/// index `first + col` is at most the row's `limit` (at least, with `columns_after_rows`: the key
+/// rows of the key/value backward see the queries at or after them); [`KEY_MASKED`] elsewhere.
+/// With `whole` (every column present and unmasked for both rows, the biases all 0) only the
+/// scale is applied. Returns this unit's max of rows `a` and `b`.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mask_scores(
+    scores: &mut Array<Pair<f32>>,
+    biases: &SharedMemory<f32>,
+    bias_base: usize,
+    scale: f32,
+    whole: bool,
+    here_a: bool,
+    here_b: bool,
+    limit_a: usize,
+    limit_b: usize,
+    first: usize,
+    quad: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] causal: bool,
+    #[comptime] columns_after_rows: bool,
+) -> Pair<f32> {
+    let blocks = comptime!(tile_rows / 8);
+    let mut max_a = f32::new(KEY_MASKED);
+    let mut max_b = f32::new(KEY_MASKED);
+    if whole {
+        #[unroll]
+        for nb in 0..blocks {
+            let mut s_a = scores[2 * nb];
+            let mut s_b = scores[2 * nb + 1];
+            s_a[0] *= scale;
+            s_a[1] *= scale;
+            s_b[0] *= scale;
+            s_b[1] *= scale;
+            max_a = max(max_a, max(s_a[0], s_a[1]));
+            max_b = max(max_b, max(s_b[0], s_b[1]));
+            scores[2 * nb] = s_a;
+            scores[2 * nb + 1] = s_b;
+        }
+    } else {
+        #[unroll]
+        for nb in 0..blocks {
+            let col = nb * 8 + 2 * quad;
+            let bias = biases
+                .slice(bias_base + col, bias_base + col + 2)
+                .into_vectorized()
+                .with_vector_size::<Const<2>>()[0];
+            let raw_a = scores[2 * nb];
+            let raw_b = scores[2 * nb + 1];
+            let mut masked_a = Pair::<f32>::empty();
+            let mut masked_b = Pair::<f32>::empty();
+            #[unroll]
+            for e in 0..2usize {
+                let mut keep_a = here_a;
+                let mut keep_b = here_b;
+                if causal {
+                    if comptime!(columns_after_rows) {
+                        keep_a = keep_a && first + col + e >= limit_a;
+                        keep_b = keep_b && first + col + e >= limit_b;
+                    } else {
+                        keep_a = keep_a && first + col + e <= limit_a;
+                        keep_b = keep_b && first + col + e <= limit_b;
+                    }
+                }
+                let a = select(keep_a, raw_a[e] * scale + bias[e], f32::new(KEY_MASKED));
+                let b = select(keep_b, raw_b[e] * scale + bias[e], f32::new(KEY_MASKED));
+                masked_a[e] = a;
+                masked_b[e] = b;
+                max_a = max(max_a, a);
+                max_b = max(max_b, b);
+            }
+            scores[2 * nb] = masked_a;
+            scores[2 * nb + 1] = masked_b;
+        }
+    }
+    let mut maxes = Pair::<f32>::empty();
+    maxes[0] = max_a;
+    maxes[1] = max_b;
+    maxes
+}
