@@ -1,7 +1,9 @@
 //! GPU harness for the fused kernels: one JSON line per (implementation, mode, dtype, sequence,
 //! pass) with the median time over repeats, tokens/s, useful TFLOP/s (the issue's count:
 //! `4 d sum m^2` per head and pair, `2 d m (m + 1)` causal; forward+backward counted as 3.5x the
-//! forward, FlashAttention's convention) and the memory the call reserved beyond its inputs.
+//! forward, FlashAttention's convention), the memory the call reserved beyond its inputs, and what
+//! one forward leaves allocated while its output and LSE are alive (`held_after_forward_mb`, next
+//! to `output_and_lse_mb = b n h (d E + 4)`: the issue's measure of the forward's extra memory).
 //!
 //! ```text
 //! cargo build --release -p dilated-attention-kernels --features test-cuda --example fused_bench
@@ -113,6 +115,14 @@ fn useful_flops(cfg: &DilatedAttentionConfig, batch: usize, n: usize, h: usize, 
     total * batch as f64
 }
 
+/// Bytes of live allocations in the device's pool (not counting what it reserved around them).
+fn in_use_bytes(device: &burn::tensor::Device<Bench>) -> u64 {
+    BenchRuntime::client(device)
+        .memory_usage()
+        .map(|usage| usage.bytes_in_use)
+        .unwrap_or(0)
+}
+
 fn reserved_bytes(device: &burn::tensor::Device<Bench>) -> u64 {
     BenchRuntime::client(device)
         .memory_usage()
@@ -204,9 +214,22 @@ fn main() {
                     let secs = median(times);
                     // A launch that failed (e.g. a kernel that did not compile) leaves the
                     // output unwritten: refuse to report a time for it.
-                    let (check, _) =
+                    // What the call leaves allocated while its output and LSE are alive: the
+                    // forward's extra memory (the kernels allocate nothing else).
+                    Bench::sync(&device).expect("sync");
+                    let in_use_before = in_use_bytes(&device);
+                    let (check, check_lse) =
                         dilated_attention_with_lse(q.clone(), k.clone(), v.clone(), &cfg)
                             .expect("valid call");
+                    Bench::sync(&device).expect("sync");
+                    let held = in_use_bytes(&device).saturating_sub(in_use_before);
+                    let element_bytes = match dtype {
+                        DType::F32 => 4,
+                        _ => 2,
+                    };
+                    let rows = args.batch * n * args.heads;
+                    let output_and_lse = rows * (args.head_dim * element_bytes + 4);
+                    drop(check_lse);
                     let output_mean_abs: f32 =
                         check.cast(DType::F32).abs().mean().into_scalar().elem();
                     assert!(
@@ -216,7 +239,7 @@ fn main() {
                     let flops = useful_flops(&cfg, args.batch, n, args.heads, args.head_dim)
                         * if backward { 3.5 } else { 1.0 };
                     println!(
-                        "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"repeats\":{}}}",
+                        "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"held_after_forward_mb\":{:.1},\"output_and_lse_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"repeats\":{}}}",
                         if args.reference {
                             "burn_reference"
                         } else if std::env::var("DILATED_ATTENTION_KERNEL")
@@ -234,6 +257,8 @@ fn main() {
                         (args.batch * n) as f64 / secs,
                         flops / secs / 1e12,
                         extra as f64 / 1e6,
+                        held as f64 / 1e6,
+                        output_and_lse as f64 / 1e6,
                         first_s,
                         args.repeats
                     );
