@@ -16,7 +16,9 @@ use super::rows::{
 };
 
 /// `segment_index` value that means "the first segment the cube's rows touch in this pair".
-pub(crate) const FIRST_SEGMENT: usize = usize::MAX;
+// `u32::MAX`, not `usize::MAX`: device-side `usize` is 32 bits on WGPU, where the 64-bit constant
+// did not survive (the walk came back empty on lavapipe).
+pub(crate) const FIRST_SEGMENT: usize = u32::MAX as usize;
 
 /// One tile of the walk: keys `key_start + (tile * key_tile + j) * dilation` for
 /// `j < key_tile` and `tile * key_tile + j < key_count`.
@@ -152,4 +154,226 @@ pub(crate) fn next_key_tile(
         next.key_count = found.key_count;
     }
     next
+}
+
+/// The walk against the attention it must cover, on the test runtime (lavapipe in CI): every
+/// (query, key) interaction of a cube's rows lies in exactly one walked tile, for the forward's
+/// walk (the cube's rows as queries) and the key/value backward's mirror walk (as keys).
+#[cfg(all(test, feature = "test-wgpu"))]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use burn_cubecl::cubecl::wgpu::WgpuRuntime;
+    use dilated_attention_core::{DilatedAttentionConfig, DilatedIndexPlan, DilationMode};
+
+    use super::*;
+    use crate::fused::launch_plan::{LaunchPlan, blocks_per_class};
+    use crate::fused::rows::row_block;
+
+    const ROWS: usize = 64;
+    const MAX_TILES: usize = 256;
+
+    /// Writes, per (head, block), the walk's length and its (pair, segment, tile) entries.
+    #[cube(launch_unchecked)]
+    fn walk_probe(
+        table: &Array<u32>,
+        out: &mut Array<u32>,
+        seq_len_arg: u32,
+        #[comptime] tile: usize,
+        #[comptime] causal: bool,
+        #[comptime] queries_of_keys: bool,
+    ) {
+        let seq_len = seq_len_arg as usize;
+        let head = CUBE_POS_Y as usize;
+        let block = CUBE_POS_X as usize;
+        let slot = (head * CUBE_COUNT_X as usize + block) * (1 + 3 * MAX_TILES);
+        out[slot] = 0;
+        let rows = row_block(table, head, block, 0usize, seq_len, ROWS);
+        let mut job = seek_key_tile(
+            table,
+            &rows,
+            seq_len,
+            0usize,
+            FIRST_SEGMENT,
+            0usize,
+            tile,
+            causal,
+            queries_of_keys,
+        );
+        let mut count = 0usize;
+        while job.valid && count < MAX_TILES {
+            out[slot + 1 + 3 * count] = job.pair as u32;
+            out[slot + 2 + 3 * count] = job.segment_index as u32;
+            out[slot + 3 + 3 * count] = job.tile as u32;
+            count += 1;
+            let next = next_key_tile(table, &rows, seq_len, &job, tile, causal, queries_of_keys);
+            job.valid = next.valid;
+            job.pair = next.pair;
+            job.segment_index = next.segment_index;
+            job.tile = next.tile;
+            job.key_start = next.key_start;
+            job.dilation = next.dilation;
+            job.key_count = next.key_count;
+        }
+        out[slot] = count as u32;
+    }
+
+    /// The walk of every (head, block) as read back from the device.
+    fn walks(
+        plan: &LaunchPlan,
+        seq_len: usize,
+        heads: usize,
+        tile: usize,
+        causal: bool,
+        queries_of_keys: bool,
+    ) -> Vec<Vec<(usize, usize, usize)>> {
+        let client = WgpuRuntime::client(&Default::default());
+        let table = client.create_from_slice(u32::as_bytes(&plan.table));
+        let blocks = plan.blocks_x as usize;
+        let words = heads * blocks * (1 + 3 * MAX_TILES);
+        let out = client.empty(words * 4);
+        // SAFETY: the table is the plan's; every index the probe writes is below `words`.
+        unsafe {
+            walk_probe::launch_unchecked::<WgpuRuntime>(
+                &client,
+                CubeCount::Static(plan.blocks_x, heads as u32, 1),
+                CubeDim::new_1d(1),
+                ArrayArg::from_raw_parts(table, plan.table.len()),
+                ArrayArg::from_raw_parts(out.clone(), words),
+                seq_len as u32,
+                tile,
+                causal,
+                queries_of_keys,
+            )
+        };
+        let bytes = client.read_one(out).expect("probe ran");
+        let words = u32::from_bytes(&bytes);
+        (0..heads * blocks)
+            .map(|cube| {
+                let slot = cube * (1 + 3 * MAX_TILES);
+                let count = words[slot] as usize;
+                assert!(count < MAX_TILES, "walk longer than the probe holds");
+                (0..count)
+                    .map(|i| {
+                        let at = slot + 1 + 3 * i;
+                        (
+                            words[at] as usize,
+                            words[at + 1] as usize,
+                            words[at + 2] as usize,
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_interaction_lies_in_exactly_one_walked_tile() {
+        for (segments, rates, mode, seq_len, heads, tile) in [
+            (vec![16, 32], vec![1, 2], DilationMode::LongNet, 150, 3, 16),
+            (vec![64, 128], vec![1, 4], DilationMode::LongNet, 300, 2, 32),
+            (
+                vec![24, 48],
+                vec![2, 3],
+                DilationMode::HeadGrouped,
+                200,
+                4,
+                16,
+            ),
+            (vec![7, 40], vec![3, 5], DilationMode::LongNet, 97, 3, 16),
+            (vec![512], vec![8], DilationMode::LongNet, 700, 2, 32),
+        ] {
+            let mut cfg = DilatedAttentionConfig::new(segments, rates);
+            cfg.mode = mode;
+            let plan = LaunchPlan::new(&cfg, seq_len, heads, ROWS).unwrap();
+            let index = DilatedIndexPlan::new(&cfg, seq_len, heads).unwrap();
+            for causal in [false, true] {
+                for queries_of_keys in [false, true] {
+                    let found = walks(&plan, seq_len, heads, tile, causal, queries_of_keys);
+                    let blocks = plan.blocks_x as usize;
+                    for head in 0..heads {
+                        let stride = plan.table
+                            [1 + 2 * index.pairs().len() + head * (1 + index.pairs().len())]
+                            as usize;
+                        let per_class = blocks_per_class(seq_len, stride, ROWS);
+                        for block in 0..blocks {
+                            let walk = &found[head * blocks + block];
+                            let listed: BTreeSet<_> = walk.iter().copied().collect();
+                            assert_eq!(listed.len(), walk.len(), "a tile walked twice: {walk:?}");
+                            let needed = needed_tiles(
+                                &index,
+                                seq_len,
+                                head,
+                                block,
+                                stride,
+                                per_class,
+                                tile,
+                                causal,
+                                queries_of_keys,
+                            );
+                            let missing: Vec<_> = needed.difference(&listed).collect();
+                            assert!(
+                                missing.is_empty(),
+                                "head {head} block {block} causal {causal} mirror \
+                                 {queries_of_keys}: tiles {missing:?} not walked"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The (pair, segment, tile) of every partner the cube's rows attend with: its keys (or,
+    /// mirrored, its queries) among the selected rows of the row's segment, causal as given.
+    #[allow(clippy::too_many_arguments)]
+    fn needed_tiles(
+        index: &DilatedIndexPlan,
+        seq_len: usize,
+        head: usize,
+        block: usize,
+        stride: usize,
+        per_class: usize,
+        tile: usize,
+        causal: bool,
+        queries_of_keys: bool,
+    ) -> BTreeSet<(usize, usize, usize)> {
+        let mut needed = BTreeSet::new();
+        if block >= stride * per_class {
+            return needed;
+        }
+        let class = block / per_class;
+        let first = (block % per_class) * ROWS;
+        let rows = (0..ROWS)
+            .map(|lane| class + stride * (first + lane))
+            .filter(|&row| row < seq_len);
+        for row in rows {
+            for (p, pair) in index.pairs().iter().enumerate() {
+                let Some(group) = pair.groups.iter().find(|g| g.heads.contains(&head)) else {
+                    continue;
+                };
+                let segment = pair.segment_length;
+                let within = row % segment;
+                if within < group.offset || (within - group.offset) % pair.dilation != 0 {
+                    continue;
+                }
+                let t = (within - group.offset) / pair.dilation;
+                let seg_index = row / segment;
+                let seg_len = segment.min(seq_len - seg_index * segment);
+                let count =
+                    dilated_attention_core::rows_selected(group.offset, seg_len, pair.dilation);
+                for partner in 0..count {
+                    let sees = match (causal, queries_of_keys) {
+                        (false, _) => true,
+                        (true, false) => partner <= t,
+                        (true, true) => partner >= t,
+                    };
+                    if sees {
+                        needed.insert((p, seg_index, partner / tile));
+                    }
+                }
+            }
+        }
+        needed
+    }
 }
