@@ -15,15 +15,14 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::backward_query_tensor_core::live_lse;
 use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD};
 use super::fragments::{
     TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS, accumulate_product,
     accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
     store_accumulators, write_four,
 };
-use super::rows::{RowBlock, pair_view, row_block};
-use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
+use super::rows::{cube_row_count, key_live, live_lse, pair_view, row_block, with_row};
+use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::{load_rows_registers, store_rows_registers};
 
 #[cube(
@@ -73,23 +72,9 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     let half = lane % 2;
     let my_row = rows.first_row + (plane * 16 + row_in_plane) * rows.stride;
     let row_valid = my_row < seq_len;
-    let my_rows = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: my_row,
-    };
-    let cube_row_count = min(
-        (seq_len - rows.first_row).div_ceil(rows.stride),
-        TENSOR_CORE_BLOCK_ROWS,
-    );
-    let mut key_live = row_valid;
-    if has_padding && row_valid {
-        key_live =
-            f32::cast_from(padding[batch * padding.stride(0) + my_row * padding.stride(1)]) < 0.5;
-    }
+    let my_rows = with_row(&rows, my_row);
+    let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let live = key_live(padding, batch, my_row, seq_len, has_padding);
 
     let mut query_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
     let mut grad_output_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
@@ -229,7 +214,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             q_stride,
         );
         sync_cube();
-        let row_here = key_live && row_selected && row_segment == job.segment_index;
+        let row_here = live && row_selected && row_segment == job.segment_index;
         let mut row_sees_tile = row_here;
         if causal {
             // Some query of the tile sits at or after the key.
@@ -270,13 +255,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             row_segment = view.row_segment;
             row_t = view.t;
         }
-        job.valid = next.valid;
-        job.pair = next.pair;
-        job.segment_index = next.segment_index;
-        job.tile = next.tile;
-        job.key_start = next.key_start;
-        job.dilation = next.dilation;
-        job.key_count = next.key_count;
+        assign_key_tile(&mut job, &next);
     }
 
     let key_base =

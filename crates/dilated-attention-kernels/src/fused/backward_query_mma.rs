@@ -11,36 +11,15 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::backward_query_tensor_core::live_lse;
-use super::forward_mma::MmaRow;
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias};
+use super::forward_mma::{enter_pair, mma_row};
+use super::forward_tensor_core::{KEY_PAD, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::{
     Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
     store_cube_rows_mma, tile_scores, zero_pairs,
 };
-use super::rows::{RowBlock, pair_view, row_block};
-use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
-
-/// A row's LSE (`+1e30` when it saw no key or lies past the sequence: its probabilities are 0)
-/// and delta.
-#[cube]
-pub(crate) fn row_statistics(
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    batch: usize,
-    head: usize,
-    row: usize,
-    seq_len: usize,
-) -> (f32, f32) {
-    let mut row_lse = f32::new(-KEY_MASKED);
-    let mut row_delta = 0.0f32;
-    if row < seq_len {
-        row_lse = live_lse(lse[batch * lse.stride(0) + row * lse.stride(1) + head * lse.stride(2)]);
-        row_delta = delta[batch * delta.stride(0) + row * delta.stride(1) + head * delta.stride(2)];
-    }
-    (row_lse, row_delta)
-}
+use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
+use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 
 #[cube(
     launch_unchecked,
@@ -85,10 +64,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     let key_blocks = comptime!(key_tile / 8);
     let group = lane / 4;
     let quad = lane % 4;
-    let cube_row_count = min(
-        (seq_len - rows.first_row).div_ceil(rows.stride),
-        TENSOR_CORE_BLOCK_ROWS,
-    );
+    let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
 
     // Keys then values of the current tile (and, before and after the walk, the cube's queries
     // and outputs: 64 rows, so `key_tile >= 32`).
@@ -152,40 +128,14 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     );
     let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
     let row_b = row_a + 8 * rows.stride;
-    let rows_a = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: row_a,
-    };
-    let rows_b = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: row_b,
-    };
+    let rows_a = with_row(&rows, row_a);
+    let rows_b = with_row(&rows, row_b);
     let (lse_a, delta_a) = row_statistics(lse, delta, batch, head, row_a, seq_len);
     let (lse_b, delta_b) = row_statistics(lse, delta, batch, head, row_b, seq_len);
     let view_a = pair_view(table, &rows_a, job.pair, seq_len);
     let view_b = pair_view(table, &rows_b, job.pair, seq_len);
-    let mut state_a = MmaRow {
-        selected: view_a.selected,
-        segment: view_a.row_segment,
-        t: view_a.t,
-        max: f32::new(KEY_MASKED),
-        sum: 0.0f32,
-    };
-    let mut state_b = MmaRow {
-        selected: view_b.selected,
-        segment: view_b.row_segment,
-        t: view_b.t,
-        max: f32::new(KEY_MASKED),
-        sum: 0.0f32,
-    };
+    let mut state_a = mma_row(&view_a);
+    let mut state_b = mma_row(&view_b);
     let mut scores = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
     let mut grad_p = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
 
@@ -357,20 +307,10 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         if next.valid && next.pair != job.pair {
             let next_a = pair_view(table, &rows_a, next.pair, seq_len);
             let next_b = pair_view(table, &rows_b, next.pair, seq_len);
-            state_a.selected = next_a.selected;
-            state_a.segment = next_a.row_segment;
-            state_a.t = next_a.t;
-            state_b.selected = next_b.selected;
-            state_b.segment = next_b.row_segment;
-            state_b.t = next_b.t;
+            enter_pair(&mut state_a, &next_a);
+            enter_pair(&mut state_b, &next_b);
         }
-        job.valid = next.valid;
-        job.pair = next.pair;
-        job.segment_index = next.segment_index;
-        job.tile = next.tile;
-        job.key_start = next.key_start;
-        job.dilation = next.dilation;
-        job.key_count = next.key_count;
+        assign_key_tile(&mut job, &next);
     }
 
     store_cube_rows_mma(

@@ -21,16 +21,9 @@ use super::fragments::{
     accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
     store_accumulators, write_four,
 };
-use super::rows::{RowBlock, pair_view, row_block};
-use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
-use super::tiles::{MASKED, load_rows_registers, store_rows_registers};
-
-/// The LSE a row's probabilities are taken against: its own when it saw a key, else `+1e30`
-/// (every probability 0; fast math takes no infinities).
-#[cube]
-pub(crate) fn live_lse(raw: f32) -> f32 {
-    select(raw > f32::new(MASKED), raw, f32::new(-KEY_MASKED))
-}
+use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
+use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use super::tiles::{load_rows_registers, store_rows_registers};
 
 #[cube(
     launch_unchecked,
@@ -77,26 +70,9 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     let half = lane % 2;
     let my_row = rows.first_row + (plane * 16 + row_in_plane) * rows.stride;
     let row_valid = my_row < seq_len;
-    let my_rows = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: my_row,
-    };
-    let cube_row_count = min(
-        (seq_len - rows.first_row).div_ceil(rows.stride),
-        TENSOR_CORE_BLOCK_ROWS,
-    );
-    let mut row_lse = f32::new(-KEY_MASKED);
-    let mut row_delta = 0.0f32;
-    if row_valid {
-        row_lse =
-            live_lse(lse[batch * lse.stride(0) + my_row * lse.stride(1) + head * lse.stride(2)]);
-        row_delta =
-            delta[batch * delta.stride(0) + my_row * delta.stride(1) + head * delta.stride(2)];
-    }
+    let my_rows = with_row(&rows, my_row);
+    let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let (row_lse, row_delta) = row_statistics(lse, delta, batch, head, my_row, seq_len);
 
     let mut key_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
     let mut value_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
@@ -272,13 +248,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
             row_segment = view.row_segment;
             row_t = view.t;
         }
-        job.valid = next.valid;
-        job.pair = next.pair;
-        job.segment_index = next.segment_index;
-        job.tile = next.tile;
-        job.key_start = next.key_start;
-        job.dilation = next.dilation;
-        job.key_count = next.key_count;
+        assign_key_tile(&mut job, &next);
     }
 
     let row_base =

@@ -25,8 +25,8 @@ use super::mma_tiles::{
     Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
     store_cube_rows_mma, tile_scores, zero_pairs,
 };
-use super::rows::{RowBlock, pair_view, row_block};
-use super::tile_walk::{FIRST_SEGMENT, next_key_tile, seek_key_tile};
+use super::rows::{PairView, cube_row_count, pair_view, row_block, with_row};
+use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 
 /// One query row's state in the walk: where it sits in the current pair and its online softmax.
 #[derive(CubeType)]
@@ -81,10 +81,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     let key_blocks = comptime!(key_tile / 8);
     let group = lane / 4;
     let quad = lane % 4;
-    let cube_row_count = min(
-        (seq_len - rows.first_row).div_ceil(rows.stride),
-        TENSOR_CORE_BLOCK_ROWS,
-    );
+    let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
 
     // Keys then values of the current tile (and, before and after the walk, the cube's queries
     // and outputs: 64 rows, so `key_tile >= 32`).
@@ -131,38 +128,12 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     );
     let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
     let row_b = row_a + 8 * rows.stride;
-    let rows_a = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: row_a,
-    };
-    let rows_b = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: row_b,
-    };
+    let rows_a = with_row(&rows, row_a);
+    let rows_b = with_row(&rows, row_b);
     let view_a = pair_view(table, &rows_a, job.pair, seq_len);
     let view_b = pair_view(table, &rows_b, job.pair, seq_len);
-    let mut state_a = MmaRow {
-        selected: view_a.selected,
-        segment: view_a.row_segment,
-        t: view_a.t,
-        max: f32::new(KEY_MASKED),
-        sum: 0.0f32,
-    };
-    let mut state_b = MmaRow {
-        selected: view_b.selected,
-        segment: view_b.row_segment,
-        t: view_b.t,
-        max: f32::new(KEY_MASKED),
-        sum: 0.0f32,
-    };
+    let mut state_a = mma_row(&view_a);
+    let mut state_b = mma_row(&view_b);
     let mut scores = Array::<Pair<f32>>::new(comptime!(2 * key_blocks));
 
     // The walk, one tile ahead: tile i+1's copies are issued before tile i's products.
@@ -326,20 +297,10 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         if next.valid && next.pair != job.pair {
             let next_a = pair_view(table, &rows_a, next.pair, seq_len);
             let next_b = pair_view(table, &rows_b, next.pair, seq_len);
-            state_a.selected = next_a.selected;
-            state_a.segment = next_a.row_segment;
-            state_a.t = next_a.t;
-            state_b.selected = next_b.selected;
-            state_b.segment = next_b.row_segment;
-            state_b.t = next_b.t;
+            enter_pair(&mut state_a, &next_a);
+            enter_pair(&mut state_b, &next_b);
         }
-        job.valid = next.valid;
-        job.pair = next.pair;
-        job.segment_index = next.segment_index;
-        job.tile = next.tile;
-        job.key_start = next.key_start;
-        job.dilation = next.dilation;
-        job.key_count = next.key_count;
+        assign_key_tile(&mut job, &next);
     }
 
     // Epilogue: the row sums over the row's 4 units, O / l staged in shared memory, 16-byte
@@ -374,6 +335,26 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             lse[batch * lse.stride(0) + row_b * lse.stride(1) + head * lse.stride(2)] = value;
         }
     }
+}
+
+/// A row's state at the start of the walk, in the pair `view` shows.
+#[cube]
+pub(crate) fn mma_row(view: &PairView) -> MmaRow {
+    MmaRow {
+        selected: view.selected,
+        segment: view.row_segment,
+        t: view.t,
+        max: f32::new(KEY_MASKED),
+        sum: 0.0f32,
+    }
+}
+
+/// Moves `row` into the pair `view` shows (its softmax state carries over: pairs share it).
+#[cube]
+pub(crate) fn enter_pair(row: &mut MmaRow, view: &PairView) {
+    row.selected = view.selected;
+    row.segment = view.row_segment;
+    row.t = view.t;
 }
 
 /// Raises `row`'s max to include `tile_max` (max over the row's 4 units first) and returns the

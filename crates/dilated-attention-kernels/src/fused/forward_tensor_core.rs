@@ -34,8 +34,8 @@ use super::fragments::{
     accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
     store_accumulators, write_four,
 };
-use super::rows::{RowBlock, pair_view, row_block};
-use super::tile_walk::{FIRST_SEGMENT, KeyTile, next_key_tile, seek_key_tile};
+use super::rows::{cube_row_count, pair_view, row_block, with_row};
+use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::{MASKED, load_rows_registers, store_rows_registers};
 /// How far (in natural-log units) a row's tile max may exceed its reference max before the
 /// accumulator is rescaled: probabilities stay `<= e^8 ~ 2981` between rescales.
@@ -110,18 +110,8 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let half = lane % 2;
     let my_row = rows.first_row + (plane * 16 + row_in_plane) * rows.stride;
     let row_valid = my_row < seq_len;
-    let my_rows = RowBlock {
-        entry: rows.entry,
-        stride: rows.stride,
-        class: rows.class,
-        first_row: rows.first_row,
-        last_row: rows.last_row,
-        row: my_row,
-    };
-    let cube_row_count = min(
-        (seq_len - rows.first_row).div_ceil(rows.stride),
-        TENSOR_CORE_BLOCK_ROWS,
-    );
+    let my_rows = with_row(&rows, my_row);
+    let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
 
     let k_stride = comptime!(head_dim + KEY_PAD);
     let mut key_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
@@ -265,13 +255,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             row_segment = view.row_segment;
             row_t = view.t;
         }
-        job.valid = next.valid;
-        job.pair = next.pair;
-        job.segment_index = next.segment_index;
-        job.tile = next.tile;
-        job.key_start = next.key_start;
-        job.dilation = next.dilation;
-        job.key_count = next.key_count;
+        assign_key_tile(&mut job, &next);
     }
 
     // Epilogue: O / l through the scratch, fragment by fragment; the LSE once per row.
@@ -303,7 +287,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
 /// Loads `tile`'s keys and values into this unit's registers (zeros when the walk has ended).
 #[cube]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn load_tile<F: Float, N: Size>(
+fn load_tile<F: Float, N: Size>(
     key: &Tensor<Vector<F, N>>,
     value: &Tensor<Vector<F, N>>,
     key_regs: &mut Array<Vector<F, N>>,

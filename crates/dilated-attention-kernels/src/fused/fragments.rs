@@ -10,7 +10,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
 use super::rows::RowBlock;
-use super::tiles::{load_rows_registers, store_rows_registers};
+use super::tiles::stage_cube_chunk;
 
 /// Rows per cube of the tensor-core kernels (4 planes of 16 rows).
 pub(crate) const TENSOR_CORE_BLOCK_ROWS: usize = 64;
@@ -81,31 +81,21 @@ pub(crate) fn stage_cube_rows<F: Float, N: Size>(
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
     #[unroll]
     for chunk in 0..chunks {
-        load_rows_registers(
+        stage_cube_chunk(
             tensor,
             registers,
+            staging,
+            rows,
+            cube_row_count,
             batch,
             head,
-            rows.first_row,
-            rows.stride,
-            chunk * staging_rows,
-            cube_row_count,
             unit,
-            TENSOR_CORE_UNITS,
-            staging_rows,
-            head_dim,
-        );
-        sync_cube();
-        store_rows_registers(
-            registers,
-            staging,
-            unit,
+            chunk,
             TENSOR_CORE_UNITS,
             staging_rows,
             head_dim,
             smem_stride,
         );
-        sync_cube();
         let first_plane = comptime!(chunk * staging_rows / 16);
         let last_plane = comptime!((chunk + 1) * staging_rows / 16);
         if plane >= first_plane && plane < last_plane {

@@ -347,45 +347,6 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
-    let mma_tile = mma_forward_tile(&call.client, call.dtype, call.shape.head_dim);
-    let [query, key, value] = if mma_tile.is_some() {
-        [query, key, value].map(unit_last_stride)
-    } else {
-        [query, key, value]
-    };
-    let mma_width = load_width(
-        &call.client,
-        &[&query, &key, &value, &output],
-        call.shape.head_dim,
-    );
-    // `cp.async` copies 4, 8 or 16 bytes: two values at least.
-    if let Some(key_tile) = mma_tile.filter(|_| mma_width >= 2) {
-        let width = mma_width;
-        // SAFETY: as below; `mma_forward_tile` checked the manual MMA and `ldmatrix`.
-        unsafe {
-            dilated_flash_forward_mma::launch_unchecked::<R>(
-                &call.client,
-                call.cube_count(),
-                CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
-                width,
-                query.into_tensor_arg(),
-                key.into_tensor_arg(),
-                value.into_tensor_arg(),
-                padding.into_tensor_arg(),
-                call.table(),
-                output.clone().into_tensor_arg(),
-                lse.clone().into_tensor_arg(),
-                call.scale,
-                f32::NEG_INFINITY,
-                key_tile,
-                call.shape.head_dim,
-                config.causal,
-                has_padding,
-                call.dtype.into(),
-            )
-        };
-        return Ok((output, lse));
-    }
     if let KernelVariant::TensorCore { tile: key_tile } =
         kernel_variant(&call.client, call.dtype, call.shape.head_dim, 1, 64)
     {
@@ -396,6 +357,36 @@ pub(crate) fn forward<R: CubeRuntime>(
             &[&query, &key, &value, &output],
             call.shape.head_dim,
         );
+        // `cp.async` copies 4, 8 or 16 bytes: two values at least.
+        if let Some(mma_tile) =
+            mma_forward_tile(&call.client, call.dtype, call.shape.head_dim).filter(|_| width >= 2)
+        {
+            // SAFETY: as below; `mma_forward_tile` checked the manual MMA, `ldmatrix` and
+            // `cp.async`.
+            unsafe {
+                dilated_flash_forward_mma::launch_unchecked::<R>(
+                    &call.client,
+                    call.cube_count(),
+                    CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+                    width,
+                    query.into_tensor_arg(),
+                    key.into_tensor_arg(),
+                    value.into_tensor_arg(),
+                    padding.into_tensor_arg(),
+                    call.table(),
+                    output.clone().into_tensor_arg(),
+                    lse.clone().into_tensor_arg(),
+                    call.scale,
+                    f32::NEG_INFINITY,
+                    mma_tile,
+                    call.shape.head_dim,
+                    config.causal,
+                    has_padding,
+                    call.dtype.into(),
+                )
+            };
+            return Ok((output, lse));
+        }
         // SAFETY: as below; the cube has 4 planes of 32 units, the variant's requirements
         // (dtype, head_dim, plane size, cmma) were checked by `kernel_variant`.
         unsafe {

@@ -101,25 +101,31 @@ fn lcm(a: usize, b: usize) -> usize {
 }
 
 #[cfg(test)]
+/// The rows cube `block` of `head` owns, computed as the kernels do.
+pub(crate) fn rows_of_block(
+    plan: &LaunchPlan,
+    seq_len: usize,
+    head: usize,
+    block: usize,
+) -> Vec<usize> {
+    let pairs = plan.table[0] as usize;
+    let stride = plan.table[1 + 2 * pairs + head * (1 + pairs)] as usize;
+    let per_class = blocks_per_class(seq_len, stride, plan.block_rows);
+    if block >= stride * per_class {
+        return vec![];
+    }
+    let class = block / per_class;
+    let first = (block % per_class) * plan.block_rows;
+    (0..plan.block_rows)
+        .map(|lane| class + stride * (first + lane))
+        .filter(|&row| row < seq_len)
+        .collect()
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use dilated_attention_core::DilationMode;
-
-    /// The rows cube `block` of `head` owns, computed as the kernels do.
-    fn rows_of_block(plan: &LaunchPlan, seq_len: usize, head: usize, block: usize) -> Vec<usize> {
-        let pairs = plan.table[0] as usize;
-        let stride = plan.table[1 + 2 * pairs + head * (1 + pairs)] as usize;
-        let per_class = blocks_per_class(seq_len, stride, plan.block_rows);
-        if block >= stride * per_class {
-            return vec![];
-        }
-        let class = block / per_class;
-        let first = (block % per_class) * plan.block_rows;
-        (0..plan.block_rows)
-            .map(|lane| class + stride * (first + lane))
-            .filter(|&row| row < seq_len)
-            .collect()
-    }
 
     #[test]
     fn every_position_belongs_to_exactly_one_cube_per_head() {

@@ -18,7 +18,7 @@ use super::forward_tensor_core::KEY_MASKED;
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::rows::RowBlock;
 use super::tile_walk::KeyTile;
-use super::tiles::{load_rows_registers, store_rows_registers};
+use super::tiles::stage_cube_chunk;
 
 /// Two values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
 pub(crate) type Pair<E> = Vector<E, Const<2>>;
@@ -66,31 +66,21 @@ pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
     #[unroll]
     for chunk in 0..chunks {
-        load_rows_registers(
+        stage_cube_chunk(
             tensor,
             registers,
+            tiles,
+            rows,
+            cube_row_count,
             batch,
             head,
-            rows.first_row,
-            rows.stride,
-            chunk * staging_rows,
-            cube_row_count,
             unit,
-            TENSOR_CORE_UNITS,
-            staging_rows,
-            head_dim,
-        );
-        sync_cube();
-        store_rows_registers(
-            registers,
-            tiles,
-            unit,
+            chunk,
             TENSOR_CORE_UNITS,
             staging_rows,
             head_dim,
             stride,
         );
-        sync_cube();
         let first_plane = comptime!(chunk * staging_rows / 16);
         let last_plane = comptime!((chunk + 1) * staging_rows / 16);
         if plane >= first_plane && plane < last_plane {

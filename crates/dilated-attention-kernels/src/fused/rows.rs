@@ -1,10 +1,13 @@
 //! Device-side helpers the fused kernels share: which rows a cube owns, where a row sits in a
-//! pair, and how many selected rows of a segment a cube visits.
+//! pair, how many selected rows of a segment a cube visits, and the per-row values (LSE, delta,
+//! key padding) the backward kernels read.
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::forward_tensor_core::KEY_MASKED;
 use super::launch_plan::NOT_IN_PAIR;
+use super::tiles::MASKED;
 
 /// The rows one cube owns (see [`super::launch_plan`]) and the row of this unit.
 #[derive(CubeType, Clone, Copy)]
@@ -177,4 +180,69 @@ pub(crate) fn segment_key_count(
         );
     }
     key_count
+}
+
+/// The cube `rows` seen from another of its rows (`row`, e.g. a tensor-core unit's).
+#[cube]
+pub(crate) fn with_row(rows: &RowBlock, row: usize) -> RowBlock {
+    RowBlock {
+        entry: rows.entry,
+        stride: rows.stride,
+        class: rows.class,
+        first_row: rows.first_row,
+        last_row: rows.last_row,
+        row,
+    }
+}
+
+/// Rows of the cube inside the sequence (at most `block_rows`).
+#[cube]
+pub(crate) fn cube_row_count(
+    rows: &RowBlock,
+    seq_len: usize,
+    #[comptime] block_rows: usize,
+) -> usize {
+    min((seq_len - rows.first_row).div_ceil(rows.stride), block_rows)
+}
+
+/// The LSE the backward kernels take a row's probabilities against: its own when it saw a key,
+/// `+1e30` otherwise (every probability 0; fast math takes no infinities).
+#[cube]
+pub(crate) fn live_lse(raw: f32) -> f32 {
+    select(raw > f32::new(MASKED), raw, f32::new(-KEY_MASKED))
+}
+
+/// A row's [`live_lse`] (`+1e30` past the sequence) and delta.
+#[cube]
+pub(crate) fn row_statistics(
+    lse: &Tensor<f32>,
+    delta: &Tensor<f32>,
+    batch: usize,
+    head: usize,
+    row: usize,
+    seq_len: usize,
+) -> (f32, f32) {
+    let mut row_lse = f32::new(-KEY_MASKED);
+    let mut row_delta = 0.0f32;
+    if row < seq_len {
+        row_lse = live_lse(lse[batch * lse.stride(0) + row * lse.stride(1) + head * lse.stride(2)]);
+        row_delta = delta[batch * delta.stride(0) + row * delta.stride(1) + head * delta.stride(2)];
+    }
+    (row_lse, row_delta)
+}
+
+/// Whether key `row` takes part: inside the sequence and not padded.
+#[cube]
+pub(crate) fn key_live<F: Float>(
+    padding: &Tensor<F>,
+    batch: usize,
+    row: usize,
+    seq_len: usize,
+    #[comptime] has_padding: bool,
+) -> bool {
+    let mut live = row < seq_len;
+    if has_padding && live {
+        live = f32::cast_from(padding[batch * padding.stride(0) + row * padding.stride(1)]) < 0.5;
+    }
+    live
 }

@@ -145,15 +145,21 @@ pub(crate) fn next_key_tile(
             causal,
             queries_of_keys,
         );
-        next.valid = found.valid;
-        next.pair = found.pair;
-        next.segment_index = found.segment_index;
-        next.tile = found.tile;
-        next.key_start = found.key_start;
-        next.dilation = found.dilation;
-        next.key_count = found.key_count;
+        assign_key_tile(&mut next, &found);
     }
     next
+}
+
+/// `*target = *source` (CubeCL assigns structs field by field).
+#[cube]
+pub(crate) fn assign_key_tile(target: &mut KeyTile, source: &KeyTile) {
+    target.valid = source.valid;
+    target.pair = source.pair;
+    target.segment_index = source.segment_index;
+    target.tile = source.tile;
+    target.key_start = source.key_start;
+    target.dilation = source.dilation;
+    target.key_count = source.key_count;
 }
 
 /// The walk against the attention it must cover, on the test runtime (lavapipe in CI): every
@@ -167,7 +173,7 @@ mod tests {
     use dilated_attention_core::{DilatedAttentionConfig, DilatedIndexPlan, DilationMode};
 
     use super::*;
-    use crate::fused::launch_plan::{LaunchPlan, blocks_per_class};
+    use crate::fused::launch_plan::{LaunchPlan, rows_of_block};
     use crate::fused::rows::row_block;
 
     const ROWS: usize = 64;
@@ -207,13 +213,7 @@ mod tests {
             out[slot + 3 + 3 * count] = job.tile as u32;
             count += 1;
             let next = next_key_tile(table, &rows, seq_len, &job, tile, causal, queries_of_keys);
-            job.valid = next.valid;
-            job.pair = next.pair;
-            job.segment_index = next.segment_index;
-            job.tile = next.tile;
-            job.key_start = next.key_start;
-            job.dilation = next.dilation;
-            job.key_count = next.key_count;
+            assign_key_tile(&mut job, &next);
         }
         out[slot] = count as u32;
     }
@@ -292,10 +292,6 @@ mod tests {
                     let found = walks(&plan, seq_len, heads, tile, causal, queries_of_keys);
                     let blocks = plan.blocks_x as usize;
                     for head in 0..heads {
-                        let stride = plan.table
-                            [1 + 2 * index.pairs().len() + head * (1 + index.pairs().len())]
-                            as usize;
-                        let per_class = blocks_per_class(seq_len, stride, ROWS);
                         for block in 0..blocks {
                             let walk = &found[head * blocks + block];
                             let listed: BTreeSet<_> = walk.iter().copied().collect();
@@ -304,9 +300,7 @@ mod tests {
                                 &index,
                                 seq_len,
                                 head,
-                                block,
-                                stride,
-                                per_class,
+                                &rows_of_block(&plan, seq_len, head, block),
                                 tile,
                                 causal,
                                 queries_of_keys,
@@ -324,30 +318,19 @@ mod tests {
         }
     }
 
-    /// The (pair, segment, tile) of every partner the cube's rows attend with: its keys (or,
+    /// The (pair, segment, tile) of every partner the cube's `rows` attend with: its keys (or,
     /// mirrored, its queries) among the selected rows of the row's segment, causal as given.
-    #[allow(clippy::too_many_arguments)]
     fn needed_tiles(
         index: &DilatedIndexPlan,
         seq_len: usize,
         head: usize,
-        block: usize,
-        stride: usize,
-        per_class: usize,
+        rows: &[usize],
         tile: usize,
         causal: bool,
         queries_of_keys: bool,
     ) -> BTreeSet<(usize, usize, usize)> {
         let mut needed = BTreeSet::new();
-        if block >= stride * per_class {
-            return needed;
-        }
-        let class = block / per_class;
-        let first = (block % per_class) * ROWS;
-        let rows = (0..ROWS)
-            .map(|lane| class + stride * (first + lane))
-            .filter(|&row| row < seq_len);
-        for row in rows {
+        for &row in rows {
             for (p, pair) in index.pairs().iter().enumerate() {
                 let Some(group) = pair.groups.iter().find(|g| g.heads.contains(&head)) else {
                     continue;

@@ -4,6 +4,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use super::rows::RowBlock;
+
 /// Score of a masked key. Finite, because WGSL has no infinity literal and fast-math CUDA may
 /// not honour one; `exp(MASKED - m)` is 0 for every finite running max `m`. The `-inf` the LSE
 /// of an empty row needs arrives as a runtime argument.
@@ -164,31 +166,6 @@ pub(crate) fn store_rows_registers<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] smem_stride: usize,
 ) {
-    store_rows_registers_at(
-        registers,
-        smem,
-        0usize,
-        unit,
-        units,
-        tile_rows,
-        head_dim,
-        smem_stride,
-    );
-}
-
-/// [`store_rows_registers`] into `smem` from element `base` (a multiple of `N`).
-#[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn store_rows_registers_at<F: Float, N: Size>(
-    registers: &Array<Vector<F, N>>,
-    smem: &mut SharedMemory<F>,
-    #[comptime] base: usize,
-    unit: usize,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] smem_stride: usize,
-) {
     let width = N::value();
     let per_row = comptime!(head_dim / width);
     let total = comptime!(tile_rows * per_row);
@@ -197,7 +174,7 @@ pub(crate) fn store_rows_registers_at<F: Float, N: Size>(
     for round in 0..rounds {
         let element = unit + round * units;
         if element < total {
-            let at = base + (element / per_row) * smem_stride + (element % per_row) * width;
+            let at = (element / per_row) * smem_stride + (element % per_row) * width;
             let mut target = smem
                 .slice_mut(at, at + width)
                 .into_vectorized()
@@ -205,4 +182,52 @@ pub(crate) fn store_rows_registers_at<F: Float, N: Size>(
             target[0] = registers[round];
         }
     }
+}
+
+/// Stages rows `chunk * tile_rows ..` of the cube's own rows (`rows.first_row + i * rows.stride`,
+/// zeros from `cube_row_count` on) into `smem` from element 0 (row stride `smem_stride`), through
+/// `registers`; every unit of the cube takes part and the tile is visible to all on return.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_cube_chunk<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    registers: &mut Array<Vector<F, N>>,
+    smem: &mut SharedMemory<F>,
+    rows: &RowBlock,
+    cube_row_count: usize,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    #[comptime] chunk: usize,
+    #[comptime] units: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] smem_stride: usize,
+) {
+    load_rows_registers(
+        tensor,
+        registers,
+        batch,
+        head,
+        rows.first_row,
+        rows.stride,
+        chunk * tile_rows,
+        cube_row_count,
+        unit,
+        units,
+        tile_rows,
+        head_dim,
+    );
+    // The previous chunk's readers are done before it is overwritten.
+    sync_cube();
+    store_rows_registers(
+        registers,
+        smem,
+        unit,
+        units,
+        tile_rows,
+        head_dim,
+        smem_stride,
+    );
+    sync_cube();
 }

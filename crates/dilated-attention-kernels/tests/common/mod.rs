@@ -104,6 +104,34 @@ pub fn check_forward_with<BB: DilatedAttentionBackend>(
     );
 }
 
+/// Gradients of `sum(out * w) + sum(LSE) / 2` (LSE `-inf` counted as 0) with respect to the
+/// inputs, through the kernels' public call or (`oracle`) the dense oracle, on backend `AB`.
+fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
+    c: &OracleCase,
+    [q, k, v]: [Tensor<Oracle, 4>; 3],
+    w: &Tensor<Oracle, 4>,
+    mask: Option<Tensor<Oracle, 2, Bool>>,
+    oracle: bool,
+) -> [TensorData; 3] {
+    let device: AB::Device = Default::default();
+    let q = to::<AB, 4>(&q, &device).require_grad();
+    let k = to::<AB, 4>(&k, &device).require_grad();
+    let v = to::<AB, 4>(&v, &device).require_grad();
+    let m = mask.as_ref().map(|m| mask_to::<AB>(m, &device));
+    let (out, lse) = if oracle {
+        oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &c.config())
+    } else {
+        dilated_attention_with_lse_masked(q.clone(), k.clone(), v.clone(), m, &c.config())
+            .expect("valid")
+    };
+    let lse = lse
+        .clone()
+        .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
+    let loss = (out * to::<AB, 4>(w, &device)).sum() + lse.sum() * 0.5;
+    let g = loss.backward();
+    [q, k, v].map(|t| t.grad(&g).expect("gradient").into_data())
+}
+
 pub fn check_gradients<BB: DilatedAttentionBackend>(c: &OracleCase)
 where
     Autodiff<BB>: DilatedAttentionBackend,
@@ -111,31 +139,6 @@ where
     let [q, k, v] = c.inputs::<Oracle>(&Default::default());
     let w = seeded_normal::<Oracle, 4>(c.seed.wrapping_add(5), c.shape, &Default::default());
     let mask = c.padding_mask::<Oracle>(&Default::default());
-    fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
-        c: &OracleCase,
-        [q, k, v]: [Tensor<Oracle, 4>; 3],
-        w: &Tensor<Oracle, 4>,
-        mask: Option<Tensor<Oracle, 2, Bool>>,
-        oracle: bool,
-    ) -> [TensorData; 3] {
-        let device: AB::Device = Default::default();
-        let q = to::<AB, 4>(&q, &device).require_grad();
-        let k = to::<AB, 4>(&k, &device).require_grad();
-        let v = to::<AB, 4>(&v, &device).require_grad();
-        let m = mask.as_ref().map(|m| mask_to::<AB>(m, &device));
-        let (out, lse) = if oracle {
-            oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &c.config())
-        } else {
-            dilated_attention_with_lse_masked(q.clone(), k.clone(), v.clone(), m, &c.config())
-                .expect("valid")
-        };
-        let lse = lse
-            .clone()
-            .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
-        let loss = (out * to::<AB, 4>(w, &device)).sum() + lse.sum() * 0.5;
-        let g = loss.backward();
-        [q, k, v].map(|t| t.grad(&g).expect("gradient").into_data())
-    }
     let got = grads::<Autodiff<BB>>(
         c,
         [q.clone(), k.clone(), v.clone()],
@@ -251,20 +254,7 @@ where
             grad.cast(DType::F32).into_data()
         })
     };
-    let want = {
-        let device = Default::default();
-        let leaf = |t: &Tensor<Oracle, 4>| to::<Ad<Oracle>, 4>(t, &device).require_grad();
-        let [oq, ok, ov] = [leaf(&q), leaf(&k), leaf(&v)];
-        let m = mask.as_ref().map(|m| mask_to::<Ad<Oracle>>(m, &device));
-        let (out, lse) =
-            oracle_dilated_attention(oq.clone(), ok.clone(), ov.clone(), m, &c.config());
-        let lse = lse
-            .clone()
-            .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0);
-        let loss = (out * to::<Ad<Oracle>, 4>(&w, &device)).sum() + lse.sum() * 0.5;
-        let g = loss.backward();
-        [oq, ok, ov].map(|t| t.grad(&g).expect("gradient").into_data())
-    };
+    let want = grads::<Ad<Oracle>>(c, [q, k, v], &w, mask, true);
     let errors = [0, 1, 2].map(|i| relative_l2(finite(got[i].clone()), want[i].clone()));
     println!(
         "{dtype:?} gradients: rel L2 dQ {:.2e}, dK {:.2e}, dV {:.2e}",
