@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|bench|table|backward|mma|ncu|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert|bench|table|backward|mma|ncu|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -25,6 +25,18 @@ suite)
   grep -E "^test |test result|minimal failing|rc=" "$OUT/proptest_all.log" | head -30
   timeout 200 ./.device-bin/backend_suite --test-threads 1 > "$OUT/backend_suite.log" 2>&1; echo "rc=$?" >> "$OUT/backend_suite.log"
   grep -E "^test |test result|rc=" "$OUT/backend_suite.log" | head -20
+  ;;
+ordered)
+  echo "== along a sequence order: register-resident, cmma and portable kernels"
+  for V in default cmma portable; do
+    (cd crates/dilated-attention-kernels && DILATED_ATTENTION_KERNEL=$V timeout 200 ../../.device-bin/fused_matches_oracle along_an_order --test-threads 2 --nocapture > "$OUT/ordered_$V.log" 2>&1; echo "rc=$?" >> "$OUT/ordered_$V.log")
+    echo "-- $V"; grep -E "^test |test result|minimal failing|rc=" "$OUT/ordered_$V.log" | head -8
+    grep -E "rel L2" "$OUT/ordered_$V.log" | sort -t' ' -k5 -g | tail -2
+  done
+  ;;
+hilbert)
+  echo "== Hilbert order vs plain vs gathered (bf16, 8x64, LongNet pairs)"
+  timeout 300 ./.device-bin/hilbert_bench 256 512 1024 2>&1 | tee "$OUT/hilbert_bench.jsonl"
   ;;
 bench)
   echo "== harness: tensor-core vs portable, bf16 forward"

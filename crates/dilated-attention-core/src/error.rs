@@ -254,6 +254,18 @@ pub enum DilatedAttentionError {
         /// The largest value supported.
         limit: usize,
     },
+    /// A sequence order that is not a permutation of its positions.
+    #[error(
+        "sequence order entry {index} is {value}: an order of {len} positions must list each of 0..{len} exactly once"
+    )]
+    NotAPermutation {
+        /// The first entry that is out of range or repeated.
+        index: usize,
+        /// Its value.
+        value: usize,
+        /// The order's length.
+        len: usize,
+    },
     /// NaN or infinite values where finite ones are required (the production ring's checks).
     #[error("rank {rank}: {name} has {count} non-finite values (NaN or Inf)")]
     NonFinite {

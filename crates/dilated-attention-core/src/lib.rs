@@ -25,6 +25,7 @@ pub mod oracle;
 mod plan;
 mod reference;
 mod segment_attention;
+mod sequence_order;
 mod shape;
 
 pub use config::*;
@@ -35,4 +36,5 @@ pub use lse_merge::*;
 pub use plan::*;
 pub use reference::*;
 pub use segment_attention::*;
+pub use sequence_order::*;
 pub use shape::*;

@@ -1,6 +1,9 @@
 //! GPU timing of Hilbert-ordered attention against plain dilated attention on the same inputs
 //! (issue 5: the ordering must cost < 10% extra). One JSON line per (grid, pass, implementation):
-//! median milliseconds over repeats, each ending in a device sync.
+//! median milliseconds over repeats, each ending in a device sync. Implementations: `plain`
+//! (raster order), `hilbert` (`HilbertDilatedAttention`: the kernels read the order) and
+//! `gathered` (the straightforward way: `select` along the curve, the plain call, `select`
+//! back; what `HilbertDilatedAttention` did before the kernels read the order).
 //!
 //! ```text
 //! cargo build --release -p dilated-attention-hilbert --features test-cuda --example hilbert_bench
@@ -14,6 +17,7 @@ use burn::backend::{Autodiff, Cuda};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
 use dilated_attention_core::DilatedAttentionConfig;
+use dilated_attention_core::index_tensor;
 use dilated_attention_hilbert::HilbertDilatedAttentionConfig;
 use dilated_attention_kernels::dilated_attention_with_lse;
 
@@ -46,8 +50,11 @@ fn main() {
                 .cast(DType::BF16)
         };
         let (q, k, v) = (make(), make(), make());
+        let order = hilbert.order(n).expect("grid of n cells");
+        let along = index_tensor::<Bench>(order.order().iter().copied(), &device);
+        let back = index_tensor::<Bench>(order.inverse().iter().copied(), &device);
         for backward in [false, true] {
-            for along_curve in [false, true] {
+            for implementation in ["plain", "hilbert", "gathered"] {
                 let run = || {
                     let (q, k, v) = if backward {
                         (
@@ -58,12 +65,20 @@ fn main() {
                     } else {
                         (q.clone(), k.clone(), v.clone())
                     };
-                    let out = if along_curve {
-                        hilbert.forward(q, k, v)
-                    } else {
-                        dilated_attention_with_lse(q, k, v, &cfg)
-                            .expect("valid call")
-                            .0
+                    let out = match implementation {
+                        "hilbert" => hilbert.forward(q, k, v),
+                        "gathered" => {
+                            let curve = |t: Tensor<Bench, 4>| t.select(1, along.clone());
+                            dilated_attention_with_lse(curve(q), curve(k), curve(v), &cfg)
+                                .expect("valid call")
+                                .0
+                                .select(1, back.clone())
+                        }
+                        _ => {
+                            dilated_attention_with_lse(q, k, v, &cfg)
+                                .expect("valid call")
+                                .0
+                        }
                     };
                     if backward {
                         drop(out.cast(DType::F32).sum().backward());
@@ -84,7 +99,7 @@ fn main() {
                 println!(
                     "{{\"grid\":[{side},{side}],\"seq\":{n},\"dtype\":\"bf16\",\"pass\":\"{}\",\"impl\":\"{}\",\"median_ms\":{:.3},\"repeats\":7}}",
                     if backward { "fwd_bwd" } else { "fwd" },
-                    if along_curve { "hilbert" } else { "plain" },
+                    implementation,
                     median(times) * 1e3
                 );
             }

@@ -7,9 +7,11 @@
 //! frames of patches), or a plain sequence with the default square grid of side
 //! `ceil(sqrt(seq))` (the PyTorch library's). Point clouds bring their own order
 //! ([`HilbertOrder::points_3d`]) to [`HilbertDilatedAttention::try_forward_with_order`]; one
-//! order serves the whole batch. Today the permutation is a gather before the
-//! attention and one after it, on every backend (the fused kernels reading the index array
-//! directly is still to do); the orders are cached per shape.
+//! order serves the whole batch. Where the fused kernels run (CUDA, WGPU), they read the order as
+//! an index array: each row is read and written at its token's place, so no tensor is copied
+//! into Hilbert order and back, forward or backward. Elsewhere (NdArray, the reference path)
+//! the permutation is a gather before the attention and one after it. The orders are cached
+//! per shape.
 //!
 //! ```
 //! use burn::backend::NdArray;
@@ -34,9 +36,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Bool, Tensor, backend::Backend};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result, index_tensor,
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result,
 };
-use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_along_order};
 
 use crate::HilbertOrder;
 
@@ -234,22 +236,14 @@ impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
                 actual: order.len(),
             });
         }
-        let device = query.device();
-        let along = index_tensor::<B>(order.order().iter().copied(), &device);
-        let back = index_tensor::<B>(order.inverse().iter().copied(), &device);
-        let to_curve = |t: Tensor<B, 4>| t.select(1, along.clone());
-        let mask = key_padding_mask.map(|m| {
-            // 0/1 floats through the gather (see core's note on WGPU boolean masks)
-            m.float().select(1, along.clone()).greater_elem(0.5)
-        });
-        let (out, lse) = dilated_attention_with_lse_masked(
-            to_curve(query),
-            to_curve(key),
-            to_curve(value),
-            mask,
+        dilated_attention_along_order(
+            query,
+            key,
+            value,
+            key_padding_mask,
             &self.config.attention,
-        )?;
-        Ok((out.select(1, back.clone()), lse.select(1, back)))
+            order.sequence_order(),
+        )
     }
 }
 

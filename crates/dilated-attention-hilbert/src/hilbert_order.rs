@@ -26,7 +26,7 @@
 //! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
 //! ```
 
-use dilated_attention_core::{DilatedAttentionError, Result, inverse_permutation};
+use dilated_attention_core::{DilatedAttentionError, Result, SequenceOrder, inverse_permutation};
 
 use crate::{hilbert_2d, hilbert_3d};
 
@@ -41,6 +41,8 @@ pub struct HilbertOrder {
     order: Vec<usize>,
     /// `inverse[token]`: the position of raster token `token` along the curve.
     inverse: Vec<usize>,
+    /// `order` as the index array the fused kernels read.
+    sequence: SequenceOrder,
 }
 
 impl HilbertOrder {
@@ -63,7 +65,7 @@ impl HilbertOrder {
             .into_iter()
             .map(|(x, y)| y * width + x)
             .collect();
-        Ok(Self::from_order(order))
+        Self::from_order(order)
     }
 
     /// The default order of a plain sequence of `len` tokens: the first `len` cells (in raster
@@ -81,7 +83,7 @@ impl HilbertOrder {
             .map(|(x, y)| y * side + x)
             .filter(|&token| token < len)
             .collect();
-        Ok(Self::from_order(order))
+        Self::from_order(order)
     }
 
     /// The order of a `width x height x depth` volume's tokens, in raster order
@@ -104,7 +106,7 @@ impl HilbertOrder {
             .into_iter()
             .map(|(x, y, z)| (z * height + y) * width + x)
             .collect();
-        Ok(Self::from_order(order))
+        Self::from_order(order)
     }
 
     /// The order of a 2-D point cloud: every point is quantised to a `side x side` grid over
@@ -124,9 +126,7 @@ impl HilbertOrder {
                 .map(|(x, y)| y * side + x),
             side * side,
         );
-        Ok(Self::from_cells(&cells, |cell| {
-            rank[cell[1] * side + cell[0]]
-        }))
+        Self::from_cells(&cells, |cell| rank[cell[1] * side + cell[0]])
     }
 
     /// The order of a 3-D point cloud: as [`Self::points_2d`] with a `side^3` grid over the
@@ -142,24 +142,29 @@ impl HilbertOrder {
                 .map(|(x, y, z)| (z * side + y) * side + x),
             side * side * side,
         );
-        Ok(Self::from_cells(&cells, |cell| {
+        Self::from_cells(&cells, |cell| {
             rank[(cell[2] * side + cell[1]) * side + cell[0]]
-        }))
+        })
     }
 
     /// Sorts the points by the curve position of their cell, ties in input order.
     fn from_cells<const D: usize>(
         cells: &[[usize; D]],
         position: impl Fn(&[usize; D]) -> u32,
-    ) -> Self {
+    ) -> Result<Self> {
         let mut order: Vec<usize> = (0..cells.len()).collect();
         order.sort_by_key(|&i| (position(&cells[i]), i));
         Self::from_order(order)
     }
 
-    fn from_order(order: Vec<usize>) -> Self {
+    fn from_order(order: Vec<usize>) -> Result<Self> {
         let inverse = inverse_permutation(&order);
-        Self { order, inverse }
+        let sequence = SequenceOrder::new(order.clone())?;
+        Ok(Self {
+            order,
+            inverse,
+            sequence,
+        })
     }
 
     /// Number of tokens.
@@ -182,6 +187,12 @@ impl HilbertOrder {
     /// back).
     pub fn inverse(&self) -> &[usize] {
         &self.inverse
+    }
+
+    /// The order as a [`SequenceOrder`], for
+    /// [`dilated_attention_along_order`](dilated_attention_kernels::dilated_attention_along_order).
+    pub fn sequence_order(&self) -> &SequenceOrder {
+        &self.sequence
     }
 }
 

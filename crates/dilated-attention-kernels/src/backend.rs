@@ -30,7 +30,8 @@ use std::sync::Arc;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{Bool, Device, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
-    DilatedAttentionConfig, DilatedAttentionError, Result, reference_dilated_attention,
+    DilatedAttentionConfig, DilatedAttentionError, Result, SequenceOrder, index_tensor,
+    reference_dilated_attention,
 };
 
 use crate::CustomAttention;
@@ -88,6 +89,27 @@ pub trait DilatedAttentionBackend: Backend {
         reference_with_lse::<Self>(query, key, value, key_padding_mask, config)
     }
 
+    /// [`Self::dilated_attention_with_lse`] along a [`SequenceOrder`]: equal to gathering the
+    /// inputs (and the mask) along `order`, attending, and scattering the output and the
+    /// log-sum-exp back, so both come back in the inputs' layout. Backends with kernels pass the
+    /// order to them (each row read and written at its token's place, no copy); the default body
+    /// gathers ([`reference_along_order`]).
+    ///
+    /// # Errors
+    /// Those of [`Self::dilated_attention_with_lse`], and
+    /// [`SequenceMismatch`](DilatedAttentionError::SequenceMismatch) when the order's length is
+    /// not the sequence's.
+    fn dilated_attention_along_order(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+        order: &SequenceOrder,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        reference_along_order::<Self>(query, key, value, key_padding_mask, config, order)
+    }
+
     /// Whether this backend's fused kernels take a call with inputs of shape `dims`
     /// (`[batch, seq, heads, head_dim]`) and `config`. False for backends without kernels and
     /// when the config forces the reference path.
@@ -100,7 +122,8 @@ pub trait DilatedAttentionBackend: Backend {
     }
 
     /// The fused forward: the output in the query's dtype and the log-sum-exp in `f32` (the
-    /// precision the backward needs). Shapes as in [`Self::dilated_attention_with_lse`].
+    /// precision the backward needs), along `order` when given (see
+    /// [`Self::dilated_attention_along_order`]). Shapes as in [`Self::dilated_attention_with_lse`].
     ///
     /// # Errors
     /// [`DilatedAttentionError::Unsupported`] when the backend has no kernels for the call (see
@@ -111,14 +134,15 @@ pub trait DilatedAttentionBackend: Backend {
         value: FloatTensor<Self>,
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        let _ = (query, key, value, key_padding_mask, config);
+        let _ = (query, key, value, key_padding_mask, config, order);
         Err(no_kernels())
     }
 
     /// The fused backward (FlashAttention-2 with recomputation): the gradients of `query`, `key`
     /// and `value` from the forward's inputs, its output and `f32` LSE, the output's gradient and,
-    /// when the LSE was used, the LSE's gradient.
+    /// when the LSE was used, the LSE's gradient; along the forward's `order`.
     ///
     /// # Errors
     /// As [`Self::fused_dilated_attention_forward`].
@@ -133,9 +157,10 @@ pub trait DilatedAttentionBackend: Backend {
         grad_output: Option<FloatTensor<Self>>,
         grad_lse: Option<FloatTensor<Self>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<[FloatTensor<Self>; 3]> {
         let _ = (query, key, value, key_padding_mask, output, lse);
-        let _ = (grad_output, grad_lse, config);
+        let _ = (grad_output, grad_lse, config, order);
         Err(no_kernels())
     }
 }
@@ -206,14 +231,72 @@ pub fn reference_with_lse<B: Backend>(
     Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
 }
 
+/// The reference path along a [`SequenceOrder`] on any backend's primitives: gathers the inputs
+/// and the mask along the order (`select` on the sequence axis), runs [`reference_with_lse`],
+/// and gathers the output and the log-sum-exp back with the inverse order. The default body of
+/// [`DilatedAttentionBackend::dilated_attention_along_order`].
+///
+/// # Errors
+/// As [`reference_with_lse`], and a length mismatch of the order.
+pub fn reference_along_order<B: Backend>(
+    query: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    key_padding_mask: Option<BoolTensor<B>>,
+    config: &DilatedAttentionConfig,
+    order: &SequenceOrder,
+) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
+    let float = |t: FloatTensor<B>| Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t));
+    let query = float(query);
+    match query.shape().as_slice() {
+        [_, seq_len, _, _] => order.check_len(*seq_len)?,
+        // the reference path reports the rank error
+        _ => {
+            return reference_with_lse::<B>(
+                query.into_primitive().tensor(),
+                key,
+                value,
+                key_padding_mask,
+                config,
+            );
+        }
+    }
+    let device = query.device();
+    let along = index_tensor::<B>(order.tokens().iter().map(|&t| t as usize), &device);
+    let back = index_tensor::<B>(order.positions_of_tokens(), &device);
+    let gather = |t: Tensor<B, 4>| t.select(1, along.clone()).into_primitive().tensor();
+    let mask = key_padding_mask.map(|m| {
+        // 0/1 floats through the gather (see core's note on WGPU boolean masks)
+        Tensor::<B, 2, Bool>::from_primitive(m)
+            .float()
+            .select(1, along.clone())
+            .greater_elem(0.5)
+            .into_primitive()
+    });
+    let (output, lse) = reference_with_lse::<B>(
+        gather(query),
+        gather(float(key)),
+        gather(float(value)),
+        mask,
+        config,
+    )?;
+    let output = float(output).select(1, back.clone());
+    let lse = Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse)).select(1, back);
+    Ok((
+        output.into_primitive().tensor(),
+        lse.into_primitive().tensor(),
+    ))
+}
+
 /// The dims of a rank-4 primitive, or `None` (the reference path then reports the rank error).
 pub(crate) fn dims4(tensor: &impl TensorMetadata) -> Option<[usize; 4]> {
     tensor.shape().as_slice().try_into().ok()
 }
 
-/// The body of `dilated_attention_with_lse` for backends with kernels: the fused forward (its
-/// `f32` LSE cast to the query's dtype) when [`DilatedAttentionBackend::fused_dilated_attention_available`]
-/// says so, else the reference path.
+/// The body of `dilated_attention_with_lse` (and `_along_order`) for backends with kernels: the
+/// fused forward (its `f32` LSE cast to the query's dtype) when
+/// [`DilatedAttentionBackend::fused_dilated_attention_available`] says so, else the reference
+/// path (gathering along `order`, when given).
 #[cfg(any(feature = "cubecl", feature = "fusion"))]
 pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
     query: FloatTensor<B>,
@@ -221,13 +304,20 @@ pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
     value: FloatTensor<B>,
     key_padding_mask: Option<BoolTensor<B>>,
     config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
 ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
     match dims4(&query) {
         Some(dims) if B::fused_dilated_attention_available(dims, config) => {
             use burn::tensor::{DType, FloatDType};
             let dtype = query.dtype();
-            let (output, lse) =
-                B::fused_dilated_attention_forward(query, key, value, key_padding_mask, config)?;
+            let (output, lse) = B::fused_dilated_attention_forward(
+                query,
+                key,
+                value,
+                key_padding_mask,
+                config,
+                order,
+            )?;
             let lse = if dtype == DType::F32 {
                 lse
             } else {
@@ -235,13 +325,18 @@ pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
             };
             Ok((output, lse))
         }
-        _ => reference_with_lse::<B>(query, key, value, key_padding_mask, config),
+        _ => match order {
+            Some(order) => {
+                reference_along_order::<B>(query, key, value, key_padding_mask, config, order)
+            }
+            None => reference_with_lse::<B>(query, key, value, key_padding_mask, config),
+        },
     }
 }
 
 /// The checks of a fused call, on dims only (so the fusion layer can run them before queueing):
-/// q/k/v shapes, the key padding mask's full shape (rank included) and the config against the
-/// sequence and head count.
+/// q/k/v shapes, the key padding mask's full shape (rank included), the config against the
+/// sequence and head count, and the sequence order's length.
 ///
 /// # Errors
 /// Those of `AttentionShape::check_qkv`, [`AttentionShape::check_key_padding_mask`] and
@@ -253,10 +348,14 @@ pub(crate) fn check_fused_call(
     value: &[usize],
     key_padding_mask: Option<&[usize]>,
     config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
 ) -> Result<dilated_attention_core::AttentionShape> {
     let shape = dilated_attention_core::AttentionShape::check_qkv(query, key, value)?;
     if let Some(mask) = key_padding_mask {
         shape.check_key_padding_mask(mask)?;
+    }
+    if let Some(order) = order {
+        order.check_len(shape.seq_len)?;
     }
     dilated_attention_core::DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
     Ok(shape)

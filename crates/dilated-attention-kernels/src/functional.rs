@@ -16,7 +16,7 @@
 //! ```
 
 use burn::tensor::{Bool, Tensor, TensorPrimitive};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
+use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
 use crate::DilatedAttentionBackend;
 
@@ -66,6 +66,63 @@ pub fn dilated_attention_with_lse_masked<B: DilatedAttentionBackend>(
         value.into_primitive().tensor(),
         key_padding_mask.map(Tensor::into_primitive),
         config,
+    )?;
+    Ok((
+        Tensor::from_primitive(TensorPrimitive::Float(out)),
+        Tensor::from_primitive(TensorPrimitive::Float(lse)),
+    ))
+}
+
+/// [`dilated_attention_with_lse_masked`] along a [`SequenceOrder`]: attention runs on the
+/// sequence in that order (segments, dilation and causal masking follow it) and the output and
+/// log-sum-exp come back in the inputs' layout. Equal to gathering the inputs and the mask along
+/// the order, attending and gathering the results back with the inverse; the fused kernels read
+/// the order instead (no copy of any tensor). Hilbert attention is built on it.
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::tensor::{Distribution, Tensor};
+/// use dilated_attention_core::{DilatedAttentionConfig, SequenceOrder};
+/// use dilated_attention_kernels::dilated_attention_along_order;
+///
+/// let device = Default::default();
+/// let cfg = DilatedAttentionConfig::new(vec![2], vec![1]);
+/// let q = Tensor::<NdArray, 4>::random([1, 4, 2, 8], Distribution::Default, &device);
+/// // segments {token 0, token 2} and {token 1, token 3}
+/// let order = SequenceOrder::new(vec![0, 2, 1, 3])?;
+/// let (out, lse) = dilated_attention_along_order(q.clone(), q.clone(), q, None, &cfg, &order)?;
+/// assert_eq!(out.dims(), [1, 4, 2, 8]);
+/// assert_eq!(lse.dims(), [1, 4, 2]);
+/// # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
+/// ```
+///
+/// # Errors
+/// Those of [`dilated_attention_with_lse_masked`], and
+/// [`SequenceMismatch`](dilated_attention_core::DilatedAttentionError::SequenceMismatch) when the
+/// order's length is not the sequence's.
+pub fn dilated_attention_along_order<B: DilatedAttentionBackend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+    order: &SequenceOrder,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    config.validate()?;
+    let shape = AttentionShape::check_inputs(
+        &query.dims(),
+        &key.dims(),
+        &value.dims(),
+        key_padding_mask.as_ref().map(Tensor::dims),
+    )?;
+    order.check_len(shape.seq_len)?;
+    let (out, lse) = B::dilated_attention_along_order(
+        query.into_primitive().tensor(),
+        key.into_primitive().tensor(),
+        value.into_primitive().tensor(),
+        key_padding_mask.map(Tensor::into_primitive),
+        config,
+        order,
     )?;
     Ok((
         Tensor::from_primitive(TensorPrimitive::Float(out)),

@@ -73,7 +73,7 @@ fn dispatch_output_and_lse_match_oracle_on_odd_shapes() {
 #[test]
 fn dispatch_gradients_match_oracle_on_odd_shapes() {
     for c in cases() {
-        check_gradients::<TestBackend>(&c);
+        check_gradients::<TestBackend>(&c, None);
     }
 }
 
@@ -81,7 +81,7 @@ fn dispatch_gradients_match_oracle_on_odd_shapes() {
 #[test]
 fn reference_path_output_and_lse_match_oracle_on_odd_shapes() {
     for c in cases() {
-        check_forward_with::<TestBackend>(&c, AttentionImplementation::Reference);
+        check_forward_with::<TestBackend>(&c, AttentionImplementation::Reference, None);
     }
 }
 
@@ -97,6 +97,36 @@ fn fused_kernels_on_the_raw_cube_backend_match_oracle() {
 #[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
 fn fused_kernel_gradients_on_the_raw_cube_backend_match_oracle() {
     for c in cases() {
-        check_gradients::<RawCube>(&c);
+        check_gradients::<RawCube>(&c, None);
+    }
+}
+
+/// Attention along a random sequence order (Hilbert attention's path): on NdArray the default
+/// body gathers, on WGPU/CUDA the kernels read the order; the oracle gathers along it and back.
+#[test]
+fn dispatch_along_an_order_matches_the_gathered_oracle() {
+    for (i, c) in cases().into_iter().enumerate() {
+        let order = random_order(c.shape[1], 100 + i as u64);
+        check_forward_with::<TestBackend>(&c, AttentionImplementation::Auto, Some(&order));
+        check_gradients::<TestBackend>(&c, Some(&order));
+    }
+}
+
+/// The same with the reference path forced (a gather on every backend).
+#[test]
+fn reference_path_along_an_order_matches_the_gathered_oracle() {
+    for (i, c) in cases().into_iter().enumerate() {
+        let order = random_order(c.shape[1], 200 + i as u64);
+        check_forward_with::<TestBackend>(&c, AttentionImplementation::Reference, Some(&order));
+    }
+}
+
+#[test]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn fused_kernels_along_an_order_on_the_raw_cube_backend_match_oracle() {
+    for (i, c) in cases().into_iter().enumerate() {
+        let order = random_order(c.shape[1], 300 + i as u64);
+        check_forward_with::<RawCube>(&c, AttentionImplementation::Auto, Some(&order));
+        check_gradients::<RawCube>(&c, Some(&order));
     }
 }

@@ -9,6 +9,7 @@ mod common;
 
 use burn::tensor::DType;
 use common::*;
+use dilated_attention_core::AttentionImplementation;
 use dilated_attention_core::oracle::arbitrary_case;
 use proptest::prelude::*;
 
@@ -42,14 +43,32 @@ proptest! {
     #[test]
     fn fused_gradients_match_oracle(c in arbitrary_case(head_dims())) {
         if c.valid() {
-            check_gradients::<TestBackend>(&c);
+            check_gradients::<TestBackend>(&c, None);
         }
     }
 
     #[test]
     fn fused_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
         if c.valid() {
-            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3);
+            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3, None);
+        }
+    }
+}
+
+// Along a random sequence order (Hilbert attention's path): the kernels read the order as an
+// index array, forward and backward; the oracle gathers the inputs along it and the results back.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    #[test]
+    fn fused_along_an_order_matches_the_gathered_oracle(
+        c in arbitrary_case(head_dims()),
+        order_seed in any::<u64>(),
+    ) {
+        if c.valid() {
+            let order = random_order(c.shape[1], order_seed);
+            check_forward_with::<TestBackend>(&c, AttentionImplementation::Auto, Some(&order));
+            check_gradients::<TestBackend>(&c, Some(&order));
         }
     }
 }
@@ -62,7 +81,7 @@ proptest! {
     #[test]
     fn fused_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
         if c.valid() {
-            check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2);
+            check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2, None);
         }
     }
 }
@@ -76,14 +95,14 @@ proptest! {
     #[test]
     fn tensor_core_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
         if c.valid() {
-            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3);
+            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3, None);
         }
     }
 
     #[test]
     fn tensor_core_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
         if c.valid() {
-            check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2);
+            check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2, None);
         }
     }
 }
@@ -97,14 +116,32 @@ proptest! {
     #[test]
     fn tensor_core_f16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
         if c.valid() {
-            check_gradients_half::<TestBackend>(&c, DType::F16, 2e-3);
+            check_gradients_half::<TestBackend>(&c, DType::F16, 2e-3, None);
         }
     }
 
     #[test]
     fn tensor_core_bf16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
         if c.valid() {
-            check_gradients_half::<TestBackend>(&c, DType::BF16, 1e-2);
+            check_gradients_half::<TestBackend>(&c, DType::BF16, 1e-2, None);
+        }
+    }
+}
+
+// The tensor-core kernels along a random sequence order.
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_core_along_an_order_matches_the_gathered_oracle(
+        c in arbitrary_case(vec![16, 32, 64, 128]),
+        order_seed in any::<u64>(),
+    ) {
+        if c.valid() {
+            let order = random_order(c.shape[1], order_seed);
+            check_forward_half::<TestBackend>(&c, DType::F16, 2e-3, Some(&order));
+            check_gradients_half::<TestBackend>(&c, DType::BF16, 1e-2, Some(&order));
         }
     }
 }

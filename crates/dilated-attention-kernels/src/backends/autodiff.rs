@@ -17,10 +17,10 @@ use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
-use dilated_attention_core::{DilatedAttentionConfig, Result};
+use dilated_attention_core::{DilatedAttentionConfig, Result, SequenceOrder};
 
 use crate::backend::dims4;
-use crate::{CustomAttention, DilatedAttentionBackend, reference_with_lse};
+use crate::{CustomAttention, DilatedAttentionBackend, reference_along_order, reference_with_lse};
 
 /// What the backward kernels need, saved by the forward.
 #[derive(Debug, Clone)]
@@ -33,6 +33,7 @@ struct FusedState<B: DilatedAttentionBackend> {
     /// `f32`.
     lse: FloatTensor<B>,
     config: DilatedAttentionConfig,
+    order: Option<SequenceOrder>,
 }
 
 impl<B: DilatedAttentionBackend> FusedState<B> {
@@ -54,6 +55,7 @@ impl<B: DilatedAttentionBackend> FusedState<B> {
             grad_output,
             grad_lse,
             &self.config,
+            self.order.as_ref(),
         );
         // The forward ran on these very tensors and config, so the checks cannot fail here.
         let gradients = result.expect("fused backward on inputs the fused forward accepted");
@@ -228,47 +230,18 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        let fused =
-            dims4(&query).is_some_and(|dims| Self::fused_dilated_attention_available(dims, config));
-        if !fused {
-            return reference_with_lse::<Self>(query, key, value, key_padding_mask, config);
-        }
-        let dtype = query.dtype();
-        let (output, lse) = B::fused_dilated_attention_forward(
-            query.primitive.clone(),
-            key.primitive.clone(),
-            value.primitive.clone(),
-            key_padding_mask.clone(),
-            config,
-        )?;
-        let lse_out = if dtype == DType::F32 {
-            lse.clone()
-        } else {
-            B::float_cast(lse.clone(), FloatDType::from(dtype))
-        };
-        let state = FusedState::<B> {
-            query: query.primitive,
-            key: key.primitive,
-            value: value.primitive,
-            key_padding_mask,
-            output: output.clone(),
-            lse,
-            config: config.clone(),
-        };
-        let nodes = [query.node, key.node, value.node];
-        let output = match OutputBackward
-            .prepare::<C>(nodes.clone())
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(state.clone(), output),
-            OpsKind::UnTracked(prep) => prep.finish(output),
-        };
-        let lse = match LseBackward.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(state, lse_out),
-            OpsKind::UnTracked(prep) => prep.finish(lse_out),
-        };
-        Ok((output, lse))
+        tracked_attention::<B, C>(query, key, value, key_padding_mask, config, None)
+    }
+
+    fn dilated_attention_along_order(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+        order: &SequenceOrder,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        tracked_attention::<B, C>(query, key, value, key_padding_mask, config, Some(order))
     }
 
     fn fused_dilated_attention_available(
@@ -277,4 +250,73 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
     ) -> bool {
         config.dropout == 0.0 && B::fused_dilated_attention_available(dims, config)
     }
+}
+
+/// The body of `dilated_attention_with_lse` (and `_along_order`) under `Autodiff`: the fused
+/// forward with the fused backward as its backward step where the kernels take the call,
+/// otherwise the reference path on the autodiff backend's ops (which records its own backward).
+fn tracked_attention<B: DilatedAttentionBackend, C: CheckpointStrategy>(
+    query: FloatTensor<Autodiff<B, C>>,
+    key: FloatTensor<Autodiff<B, C>>,
+    value: FloatTensor<Autodiff<B, C>>,
+    key_padding_mask: Option<BoolTensor<Autodiff<B, C>>>,
+    config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
+) -> Result<(FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>)> {
+    type Tracked<B, C> = Autodiff<B, C>;
+    let fused = dims4(&query)
+        .is_some_and(|dims| Tracked::<B, C>::fused_dilated_attention_available(dims, config));
+    if !fused {
+        return match order {
+            Some(order) => reference_along_order::<Tracked<B, C>>(
+                query,
+                key,
+                value,
+                key_padding_mask,
+                config,
+                order,
+            ),
+            None => {
+                reference_with_lse::<Tracked<B, C>>(query, key, value, key_padding_mask, config)
+            }
+        };
+    }
+    let dtype = query.dtype();
+    let (output, lse) = B::fused_dilated_attention_forward(
+        query.primitive.clone(),
+        key.primitive.clone(),
+        value.primitive.clone(),
+        key_padding_mask.clone(),
+        config,
+        order,
+    )?;
+    let lse_out = if dtype == DType::F32 {
+        lse.clone()
+    } else {
+        B::float_cast(lse.clone(), FloatDType::from(dtype))
+    };
+    let state = FusedState::<B> {
+        query: query.primitive,
+        key: key.primitive,
+        value: value.primitive,
+        key_padding_mask,
+        output: output.clone(),
+        lse,
+        config: config.clone(),
+        order: order.cloned(),
+    };
+    let nodes = [query.node, key.node, value.node];
+    let output = match OutputBackward
+        .prepare::<C>(nodes.clone())
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state.clone(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    let lse = match LseBackward.prepare::<C>(nodes).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(state, lse_out),
+        OpsKind::UnTracked(prep) => prep.finish(lse_out),
+    };
+    Ok((output, lse))
 }

@@ -5,7 +5,7 @@ use burn::tensor::ops::{BoolTensor, BoolTensorOps, FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, FloatDType, TensorMetadata};
 use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
+use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
 use crate::DilatedAttentionBackend;
 use crate::backend::{fused_or_reference, untracked_backend_items};
@@ -27,7 +27,18 @@ where
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        fused_or_reference::<Self>(query, key, value, key_padding_mask, config)
+        fused_or_reference::<Self>(query, key, value, key_padding_mask, config, None)
+    }
+
+    fn dilated_attention_along_order(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+        order: &SequenceOrder,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        fused_or_reference::<Self>(query, key, value, key_padding_mask, config, Some(order))
     }
 
     fn fused_dilated_attention_available(
@@ -44,10 +55,11 @@ where
         value: FloatTensor<Self>,
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
         let dtype = FloatDType::from(query.dtype);
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
-        launch::forward(query, key, value, padding, config)
+        launch::forward(query, key, value, padding, config, order)
     }
 
     fn fused_dilated_attention_backward(
@@ -60,6 +72,7 @@ where
         grad_output: Option<FloatTensor<Self>>,
         grad_lse: Option<FloatTensor<Self>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<[FloatTensor<Self>; 3]> {
         let dtype = FloatDType::from(query.dtype);
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
@@ -78,6 +91,6 @@ where
             grad_output,
             grad_lse,
         };
-        launch::backward(query, key, value, padding, inputs, config)
+        launch::backward(query, key, value, padding, inputs, config, order)
     }
 }

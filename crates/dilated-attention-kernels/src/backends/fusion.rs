@@ -11,7 +11,7 @@ use burn::tensor::{DType, Shape};
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result};
+use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
 use crate::DilatedAttentionBackend;
 use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
@@ -23,6 +23,7 @@ fn check_eagerly<R: FusionRuntime>(
     value: &FusionTensor<R>,
     mask: Option<&FusionTensor<R>>,
     config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
 ) -> Result<AttentionShape> {
     check_fused_call(
         query.shape.as_slice(),
@@ -30,6 +31,7 @@ fn check_eagerly<R: FusionRuntime>(
         value.shape.as_slice(),
         mask.map(|m| m.shape.as_slice()),
         config,
+        order,
     )
 }
 
@@ -39,6 +41,7 @@ struct ForwardOp<B> {
     desc: CustomOpIr,
     has_mask: bool,
     config: DilatedAttentionConfig,
+    order: Option<SequenceOrder>,
     backend: PhantomData<B>,
 }
 
@@ -57,6 +60,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for
             handles.get_float_tensor::<B>(&inputs[2]),
             mask,
             &self.config,
+            self.order.as_ref(),
         );
         // `check_eagerly` ran the launcher's checks on these shapes before queueing.
         let (output, lse) = result.expect("fused forward on inputs checked before queueing");
@@ -74,6 +78,7 @@ struct BackwardOp<B> {
     has_grad_output: bool,
     has_grad_lse: bool,
     config: DilatedAttentionConfig,
+    order: Option<SequenceOrder>,
     backend: PhantomData<B>,
 }
 
@@ -108,6 +113,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for
             grad_output,
             grad_lse,
             &self.config,
+            self.order.as_ref(),
         );
         let gradients = result.expect("fused backward on inputs checked before queueing");
         for (out, gradient) in self.desc.outputs.iter().zip(gradients) {
@@ -126,7 +132,18 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        fused_or_reference::<Self>(query, key, value, key_padding_mask, config)
+        fused_or_reference::<Self>(query, key, value, key_padding_mask, config, None)
+    }
+
+    fn dilated_attention_along_order(
+        query: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        key_padding_mask: Option<BoolTensor<Self>>,
+        config: &DilatedAttentionConfig,
+        order: &SequenceOrder,
+    ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        fused_or_reference::<Self>(query, key, value, key_padding_mask, config, Some(order))
     }
 
     fn fused_dilated_attention_available(
@@ -142,8 +159,16 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
         value: FloatTensor<Self>,
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
-        let shape = check_eagerly(&query, &key, &value, key_padding_mask.as_ref(), config)?;
+        let shape = check_eagerly(
+            &query,
+            &key,
+            &value,
+            key_padding_mask.as_ref(),
+            config,
+            order,
+        )?;
         let client = query.client.clone();
         let dtype = query.dtype;
         let mut inputs = vec![query, key, value];
@@ -166,6 +191,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             desc: desc.clone(),
             has_mask,
             config: config.clone(),
+            order: order.cloned(),
             backend: PhantomData,
         };
         let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
@@ -184,8 +210,16 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
         grad_output: Option<FloatTensor<Self>>,
         grad_lse: Option<FloatTensor<Self>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<[FloatTensor<Self>; 3]> {
-        let shape = check_eagerly(&query, &key, &value, key_padding_mask.as_ref(), config)?;
+        let shape = check_eagerly(
+            &query,
+            &key,
+            &value,
+            key_padding_mask.as_ref(),
+            config,
+            order,
+        )?;
         let client = query.client.clone();
         let dtype = query.dtype;
         let has_mask = key_padding_mask.is_some();
@@ -212,6 +246,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             has_grad_output,
             has_grad_lse,
             config: config.clone(),
+            order: order.cloned(),
             backend: PhantomData,
         };
         let outputs = client.register(streams, OperationIr::Custom(desc), op);

@@ -15,7 +15,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
 use super::rows::{
-    first_selected_at_or_after, pair_view, row_block, rows_selected, segment_key_count,
+    first_selected_at_or_after, memory_row, pair_view, row_block, rows_selected, segment_key_count,
 };
 use super::tiles::{MASKED, load_row_values, load_rows_tile, load_visibility};
 
@@ -105,6 +105,7 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     table: &Array<u32>,
+    order: &Array<u32>,
     grad_query: &mut Tensor<F>,
     scale: f32,
     #[comptime] block_rows: usize,
@@ -112,6 +113,7 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -121,12 +123,13 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
     let rows = row_block(table, head, CUBE_POS_X as usize, lane, seq_len, block_rows);
     let row = rows.row;
     let row_valid = row < seq_len;
+    let at = memory_row(order, row, ordered);
 
     let mut row_lse = f32::new(MASKED);
     let mut row_delta = 0.0f32;
     if row_valid {
-        row_lse = lse[batch * lse.stride(0) + row * lse.stride(1) + head * lse.stride(2)];
-        row_delta = delta[batch * delta.stride(0) + row * delta.stride(1) + head * delta.stride(2)];
+        row_lse = lse[batch * lse.stride(0) + at * lse.stride(1) + head * lse.stride(2)];
+        row_delta = delta[batch * delta.stride(0) + at * delta.stride(1) + head * delta.stride(2)];
     }
     // A row that saw no key (LSE -inf) has zero gradients.
     let row_active = row_lse > f32::new(MASKED);
@@ -134,12 +137,12 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
     let mut q = Array::<f32>::new(head_dim);
     let mut d_o = Array::<f32>::new(head_dim);
     let mut dq = Array::<f32>::new(head_dim);
-    load_row(query, &mut q, batch, row, head, row_valid, scale, head_dim);
+    load_row(query, &mut q, batch, at, head, row_valid, scale, head_dim);
     load_row(
         grad_output,
         &mut d_o,
         batch,
-        row,
+        at,
         head,
         row_valid,
         1.0,
@@ -169,6 +172,7 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
                     sync_cube();
                     load_rows_tile(
                         key,
+                        order,
                         &mut key_smem,
                         batch,
                         head,
@@ -180,9 +184,11 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
                         block_rows,
                         key_tile,
                         head_dim,
+                        ordered,
                     );
                     load_rows_tile(
                         value,
+                        order,
                         &mut value_smem,
                         batch,
                         head,
@@ -194,9 +200,11 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
                         block_rows,
                         key_tile,
                         head_dim,
+                        ordered,
                     );
                     load_visibility(
                         padding,
+                        order,
                         &mut visible_smem,
                         batch,
                         key_start,
@@ -207,6 +215,7 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
                         block_rows,
                         key_tile,
                         has_padding,
+                        ordered,
                     );
                     sync_cube();
                     if row_here {
@@ -233,9 +242,7 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
             }
         }
     }
-    store_row(
-        grad_query, &dq, batch, row, head, row_valid, scale, head_dim,
-    );
+    store_row(grad_query, &dq, batch, at, head, row_valid, scale, head_dim);
 }
 
 #[cube(launch_unchecked)]
@@ -249,6 +256,7 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     table: &Array<u32>,
+    order: &Array<u32>,
     grad_key: &mut Tensor<F>,
     grad_value: &mut Tensor<F>,
     scale: f32,
@@ -257,6 +265,7 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -266,18 +275,19 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
     let rows = row_block(table, head, CUBE_POS_X as usize, lane, seq_len, block_rows);
     let row = rows.row;
     let row_valid = row < seq_len;
+    let at = memory_row(order, row, ordered);
     let mut key_active = row_valid;
     if has_padding && row_valid {
         key_active =
-            f32::cast_from(padding[batch * padding.stride(0) + row * padding.stride(1)]) < 0.5;
+            f32::cast_from(padding[batch * padding.stride(0) + at * padding.stride(1)]) < 0.5;
     }
 
     let mut k = Array::<f32>::new(head_dim);
     let mut v = Array::<f32>::new(head_dim);
     let mut dk = Array::<f32>::new(head_dim);
     let mut dv = Array::<f32>::new(head_dim);
-    load_row(key, &mut k, batch, row, head, row_valid, scale, head_dim);
-    load_row(value, &mut v, batch, row, head, row_valid, 1.0, head_dim);
+    load_row(key, &mut k, batch, at, head, row_valid, scale, head_dim);
+    load_row(value, &mut v, batch, at, head, row_valid, 1.0, head_dim);
     for i in 0..head_dim {
         dk[i] = 0.0;
         dv[i] = 0.0;
@@ -315,6 +325,7 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
                     sync_cube();
                     load_rows_tile(
                         query,
+                        order,
                         &mut query_smem,
                         batch,
                         head,
@@ -326,9 +337,11 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
                         block_rows,
                         query_tile,
                         head_dim,
+                        ordered,
                     );
                     load_rows_tile(
                         grad_output,
+                        order,
                         &mut grad_smem,
                         batch,
                         head,
@@ -340,9 +353,11 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
                         block_rows,
                         query_tile,
                         head_dim,
+                        ordered,
                     );
                     load_row_values(
                         lse,
+                        order,
                         &mut lse_smem,
                         batch,
                         head,
@@ -354,9 +369,11 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
                         f32::new(MASKED),
                         block_rows,
                         query_tile,
+                        ordered,
                     );
                     load_row_values(
                         delta,
+                        order,
                         &mut delta_smem,
                         batch,
                         head,
@@ -368,6 +385,7 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
                         0.0,
                         block_rows,
                         query_tile,
+                        ordered,
                     );
                     sync_cube();
                     if key_here {
@@ -396,6 +414,6 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
             }
         }
     }
-    store_row(grad_key, &dk, batch, row, head, row_valid, scale, head_dim);
-    store_row(grad_value, &dv, batch, row, head, row_valid, 1.0, head_dim);
+    store_row(grad_key, &dk, batch, at, head, row_valid, scale, head_dim);
+    store_row(grad_value, &dv, batch, at, head, row_valid, 1.0, head_dim);
 }

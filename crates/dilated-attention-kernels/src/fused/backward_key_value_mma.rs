@@ -24,7 +24,7 @@ use super::mma_tiles::{
     Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
     store_cube_rows_mma, tile_scores, zero_pairs,
 };
-use super::rows::{cube_row_count, key_live, pair_view, row_block, with_row};
+use super::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::MASKED;
 
@@ -42,6 +42,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     table: &Array<u32>,
+    order: &Array<u32>,
     grad_key: &mut Tensor<Vector<F, N>>,
     grad_value: &mut Tensor<Vector<F, N>>,
     scale: f32,
@@ -49,6 +50,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -93,6 +95,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     let mut value_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
     stage_cube_rows_mma(
         value,
+        order,
         &mut value_regs,
         &mut key_regs,
         &mut tiles,
@@ -106,10 +109,12 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
     let mut key_regs_a = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
     stage_cube_rows_mma(
         key,
+        order,
         &mut key_regs_a,
         &mut key_regs,
         &mut tiles,
@@ -123,6 +128,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
 
     let mut grad_key_acc = zero_pairs(comptime!(2 * dim_blocks));
@@ -142,8 +148,8 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     let row_b = row_a + 8 * rows.stride;
     let rows_a = with_row(&rows, row_a);
     let rows_b = with_row(&rows, row_b);
-    let live_a = key_live(padding, batch, row_a, seq_len, has_padding);
-    let live_b = key_live(padding, batch, row_b, seq_len, has_padding);
+    let live_a = key_live(padding, batch, row_a, seq_len, order, has_padding, ordered);
+    let live_b = key_live(padding, batch, row_b, seq_len, order, has_padding, ordered);
     let view_a = pair_view(table, &rows_a, job.pair, seq_len);
     let view_b = pair_view(table, &rows_b, job.pair, seq_len);
     let mut state_a = mma_row(&view_a);
@@ -155,10 +161,12 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     // products. A stage holds the queries, then the output gradients.
     sync_cube();
     copy_tile_async(
-        query, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+        query, order, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+        ordered,
     );
     copy_tile_async(
         grad_output,
+        order,
         &mut tiles,
         value_offset,
         &job,
@@ -168,9 +176,12 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
     if unit < key_tile {
-        let values = query_column(lse, delta, &job, batch, head, unit, key_tile);
+        let values = query_column(
+            lse, order, delta, &job, batch, head, unit, key_tile, ordered,
+        );
         bias_smem[unit] = values[0];
         delta_smem[unit] = values[1];
     }
@@ -183,6 +194,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         if next.valid {
             copy_tile_async(
                 query,
+                order,
                 &mut tiles,
                 other * stage_size,
                 &next,
@@ -192,9 +204,11 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                ordered,
             );
             copy_tile_async(
                 grad_output,
+                order,
                 &mut tiles,
                 other * stage_size + value_offset,
                 &next,
@@ -204,9 +218,12 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                ordered,
             );
             if unit < key_tile {
-                let values = query_column(lse, delta, &next, batch, head, unit, key_tile);
+                let values = query_column(
+                    lse, order, delta, &next, batch, head, unit, key_tile, ordered,
+                );
                 bias_smem[other * key_tile + unit] = values[0];
                 delta_smem[other * key_tile + unit] = values[1];
             }
@@ -345,6 +362,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         scale,
         &mut tiles,
         grad_key,
+        order,
         &rows,
         cube_row_count,
         batch,
@@ -354,6 +372,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         plane,
         head_dim,
         stride,
+        ordered,
     );
     store_cube_rows_mma(
         &grad_value_acc,
@@ -361,6 +380,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         1.0f32,
         &mut tiles,
         grad_value,
+        order,
         &rows,
         cube_row_count,
         batch,
@@ -370,6 +390,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         plane,
         head_dim,
         stride,
+        ordered,
     );
 }
 
@@ -378,19 +399,21 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
 #[cube]
 fn query_column(
     lse: &Tensor<f32>,
+    order: &Array<u32>,
     delta: &Tensor<f32>,
     job: &KeyTile,
     batch: usize,
     head: usize,
     unit: usize,
     #[comptime] query_tile: usize,
+    #[comptime] ordered: bool,
 ) -> Pair<f32> {
     let t = job.tile * query_tile + unit;
     let mut values = Pair::<f32>::empty();
     values[0] = f32::new(KEY_MASKED);
     values[1] = 0.0f32;
     if job.valid && t < job.key_count {
-        let pos = job.key_start + t * job.dilation;
+        let pos = memory_row(order, job.key_start + t * job.dilation, ordered);
         let raw = lse[batch * lse.stride(0) + pos * lse.stride(1) + head * lse.stride(2)];
         values[0] = select(raw > f32::new(MASKED), -raw, f32::new(KEY_MASKED));
         values[1] = delta[batch * delta.stride(0) + pos * delta.stride(1) + head * delta.stride(2)];

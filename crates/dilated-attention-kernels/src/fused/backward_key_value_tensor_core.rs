@@ -21,7 +21,7 @@ use super::fragments::{
     accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
     store_accumulators, write_four,
 };
-use super::rows::{cube_row_count, key_live, live_lse, pair_view, row_block, with_row};
+use super::rows::{cube_row_count, key_live, live_lse, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::{load_rows_registers, store_rows_registers};
 
@@ -39,6 +39,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     table: &Array<u32>,
+    order: &Array<u32>,
     grad_key: &mut Tensor<Vector<F, N>>,
     grad_value: &mut Tensor<Vector<F, N>>,
     scale: f32,
@@ -46,6 +47,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -73,8 +75,9 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     let my_row = rows.first_row + (plane * 16 + row_in_plane) * rows.stride;
     let row_valid = my_row < seq_len;
     let my_rows = with_row(&rows, my_row);
+    let my_memory_row = memory_row(order, my_row, ordered);
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
-    let live = key_live(padding, batch, my_row, seq_len, has_padding);
+    let live = key_live(padding, batch, my_row, seq_len, order, has_padding, ordered);
 
     let mut query_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
     let mut grad_output_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
@@ -93,6 +96,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     let mut key_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
         key,
+        order,
         &mut key_frags,
         &mut query_regs,
         &mut query_smem,
@@ -105,10 +109,12 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         query_tile,
         head_dim,
         q_stride,
+        ordered,
     );
     let mut value_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
         value,
+        order,
         &mut value_frags,
         &mut query_regs,
         &mut query_smem,
@@ -121,6 +127,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         query_tile,
         head_dim,
         q_stride,
+        ordered,
     );
     let mut grad_key_frags = accumulator_fragments(dim_tiles);
     let mut grad_value_frags = accumulator_fragments(dim_tiles);
@@ -153,6 +160,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         let query0 = job.tile * query_tile;
         load_rows_registers(
             query,
+            order,
             &mut query_regs,
             batch,
             head,
@@ -164,9 +172,11 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             TENSOR_CORE_UNITS,
             query_tile,
             head_dim,
+            ordered,
         );
         load_rows_registers(
             grad_output,
+            order,
             &mut grad_output_regs,
             batch,
             head,
@@ -178,6 +188,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             TENSOR_CORE_UNITS,
             query_tile,
             head_dim,
+            ordered,
         );
         if unit < query_tile {
             let t = query0 + unit;
@@ -185,7 +196,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             let mut query_lse = f32::new(-KEY_MASKED);
             let mut query_delta = 0.0f32;
             if t < job.key_count {
-                let pos = job.key_start + t * job.dilation;
+                let pos = memory_row(order, job.key_start + t * job.dilation, ordered);
                 query_lse = live_lse(
                     lse[batch * lse.stride(0) + pos * lse.stride(1) + head * lse.stride(2)],
                 );
@@ -259,7 +270,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     }
 
     let key_base =
-        batch * grad_key.stride(0) + my_row * grad_key.stride(1) + head * grad_key.stride(2);
+        batch * grad_key.stride(0) + my_memory_row * grad_key.stride(1) + head * grad_key.stride(2);
     store_accumulators(
         &grad_key_frags,
         &mut scratch,
@@ -273,8 +284,9 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         head_dim,
         s_stride,
     );
-    let value_base =
-        batch * grad_value.stride(0) + my_row * grad_value.stride(1) + head * grad_value.stride(2);
+    let value_base = batch * grad_value.stride(0)
+        + my_memory_row * grad_value.stride(1)
+        + head * grad_value.stride(2);
     store_accumulators(
         &grad_value_frags,
         &mut scratch,

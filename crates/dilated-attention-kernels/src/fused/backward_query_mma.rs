@@ -35,12 +35,14 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     table: &Array<u32>,
+    order: &Array<u32>,
     grad_query: &mut Tensor<Vector<F, N>>,
     scale: f32,
     #[comptime] key_tile: usize,
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -82,6 +84,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     let mut grad_output_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
     stage_cube_rows_mma(
         grad_output,
+        order,
         &mut grad_output_regs,
         &mut key_regs,
         &mut tiles,
@@ -95,10 +98,12 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
     let mut query_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
     stage_cube_rows_mma(
         query,
+        order,
         &mut query_regs,
         &mut key_regs,
         &mut tiles,
@@ -112,6 +117,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
 
     let mut grad_query_acc = zero_pairs(comptime!(2 * dim_blocks));
@@ -130,8 +136,8 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     let row_b = row_a + 8 * rows.stride;
     let rows_a = with_row(&rows, row_a);
     let rows_b = with_row(&rows, row_b);
-    let (lse_a, delta_a) = row_statistics(lse, delta, batch, head, row_a, seq_len);
-    let (lse_b, delta_b) = row_statistics(lse, delta, batch, head, row_b, seq_len);
+    let (lse_a, delta_a) = row_statistics(lse, delta, batch, head, row_a, seq_len, order, ordered);
+    let (lse_b, delta_b) = row_statistics(lse, delta, batch, head, row_b, seq_len, order, ordered);
     let view_a = pair_view(table, &rows_a, job.pair, seq_len);
     let view_b = pair_view(table, &rows_b, job.pair, seq_len);
     let mut state_a = mma_row(&view_a);
@@ -142,10 +148,12 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     // The walk, one tile ahead: tile i+1's copies are issued before tile i's products.
     sync_cube();
     copy_tile_async(
-        key, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+        key, order, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+        ordered,
     );
     copy_tile_async(
         value,
+        order,
         &mut tiles,
         value_offset,
         &job,
@@ -155,9 +163,19 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
     if unit < key_tile {
-        bias_smem[unit] = key_bias(padding, &job, batch, unit, key_tile, has_padding);
+        bias_smem[unit] = key_bias(
+            padding,
+            order,
+            &job,
+            batch,
+            unit,
+            key_tile,
+            has_padding,
+            ordered,
+        );
     }
     barrier_0.commit_copy_async();
     let mut stage = 0usize;
@@ -168,6 +186,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         if next.valid {
             copy_tile_async(
                 key,
+                order,
                 &mut tiles,
                 other * stage_size,
                 &next,
@@ -177,9 +196,11 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                ordered,
             );
             copy_tile_async(
                 value,
+                order,
                 &mut tiles,
                 other * stage_size + value_offset,
                 &next,
@@ -189,10 +210,19 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                ordered,
             );
             if unit < key_tile {
-                bias_smem[other * key_tile + unit] =
-                    key_bias(padding, &next, batch, unit, key_tile, has_padding);
+                bias_smem[other * key_tile + unit] = key_bias(
+                    padding,
+                    order,
+                    &next,
+                    batch,
+                    unit,
+                    key_tile,
+                    has_padding,
+                    ordered,
+                );
             }
         }
         if stage == 0 {
@@ -319,6 +349,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         scale,
         &mut tiles,
         grad_query,
+        order,
         &rows,
         cube_row_count,
         batch,
@@ -328,5 +359,6 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         plane,
         head_dim,
         stride,
+        ordered,
     );
 }

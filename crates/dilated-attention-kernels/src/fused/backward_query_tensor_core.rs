@@ -21,7 +21,7 @@ use super::fragments::{
     accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
     store_accumulators, write_four,
 };
-use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
+use super::rows::{cube_row_count, memory_row, pair_view, row_block, row_statistics, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::{load_rows_registers, store_rows_registers};
 
@@ -39,12 +39,14 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     lse: &Tensor<f32>,
     delta: &Tensor<f32>,
     table: &Array<u32>,
+    order: &Array<u32>,
     grad_query: &mut Tensor<Vector<F, N>>,
     scale: f32,
     #[comptime] key_tile: usize,
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -72,7 +74,8 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     let row_valid = my_row < seq_len;
     let my_rows = with_row(&rows, my_row);
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
-    let (row_lse, row_delta) = row_statistics(lse, delta, batch, head, my_row, seq_len);
+    let (row_lse, row_delta) =
+        row_statistics(lse, delta, batch, head, my_row, seq_len, order, ordered);
 
     let mut key_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
     let mut value_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
@@ -90,6 +93,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     let mut query_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
         query,
+        order,
         &mut query_frags,
         &mut key_regs,
         &mut key_smem,
@@ -102,10 +106,12 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         key_tile,
         head_dim,
         k_stride,
+        ordered,
     );
     let mut grad_output_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
         grad_output,
+        order,
         &mut grad_output_frags,
         &mut key_regs,
         &mut key_smem,
@@ -118,6 +124,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         key_tile,
         head_dim,
         k_stride,
+        ordered,
     );
     let mut grad_query_frags = accumulator_fragments(dim_tiles);
     let block = cmma::Matrix::<f32>::from_value(
@@ -149,6 +156,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         let key0 = job.tile * key_tile;
         load_rows_registers(
             key,
+            order,
             &mut key_regs,
             batch,
             head,
@@ -160,9 +168,11 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
             TENSOR_CORE_UNITS,
             key_tile,
             head_dim,
+            ordered,
         );
         load_rows_registers(
             value,
+            order,
             &mut value_regs,
             batch,
             head,
@@ -174,6 +184,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
             TENSOR_CORE_UNITS,
             key_tile,
             head_dim,
+            ordered,
         );
         if unit < key_tile {
             let t = key0 + unit;
@@ -181,7 +192,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
             if t < job.key_count {
                 bias = 0.0;
                 if has_padding {
-                    let pos = job.key_start + t * job.dilation;
+                    let pos = memory_row(order, job.key_start + t * job.dilation, ordered);
                     let padded = f32::cast_from(
                         padding[batch * padding.stride(0) + pos * padding.stride(1)],
                     );
@@ -251,8 +262,9 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         assign_key_tile(&mut job, &next);
     }
 
-    let row_base =
-        batch * grad_query.stride(0) + my_row * grad_query.stride(1) + head * grad_query.stride(2);
+    let row_base = batch * grad_query.stride(0)
+        + memory_row(order, my_row, ordered) * grad_query.stride(1)
+        + head * grad_query.stride(2);
     store_accumulators(
         &grad_query_frags,
         &mut scratch,

@@ -16,7 +16,7 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::{pair_view, row_block, segment_key_count};
+use super::rows::{memory_row, pair_view, row_block, segment_key_count};
 use super::tiles::{MASKED, load_rows_tile, load_visibility};
 
 #[cube(launch_unchecked)]
@@ -27,6 +27,7 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     value: &Tensor<F>,
     padding: &Tensor<F>,
     table: &Array<u32>,
+    order: &Array<u32>,
     output: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
     scale: f32,
@@ -36,6 +37,7 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -45,10 +47,11 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     let rows = row_block(table, head, CUBE_POS_X as usize, lane, seq_len, block_rows);
     let row = rows.row;
     let row_valid = row < seq_len;
+    let at = memory_row(order, row, ordered);
 
     let mut q = Array::<f32>::new(head_dim);
     let mut acc = Array::<f32>::new(head_dim);
-    let q_base = batch * query.stride(0) + row * query.stride(1) + head * query.stride(2);
+    let q_base = batch * query.stride(0) + at * query.stride(1) + head * query.stride(2);
     for i in 0..head_dim {
         acc[i] = 0.0;
         q[i] = 0.0;
@@ -83,6 +86,7 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                     sync_cube();
                     load_rows_tile(
                         key,
+                        order,
                         &mut key_smem,
                         batch,
                         head,
@@ -94,9 +98,11 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                         block_rows,
                         key_tile,
                         head_dim,
+                        ordered,
                     );
                     load_rows_tile(
                         value,
+                        order,
                         &mut value_smem,
                         batch,
                         head,
@@ -108,9 +114,11 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                         block_rows,
                         key_tile,
                         head_dim,
+                        ordered,
                     );
                     load_visibility(
                         padding,
+                        order,
                         &mut visible_smem,
                         batch,
                         key_start,
@@ -121,6 +129,7 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                         block_rows,
                         key_tile,
                         has_padding,
+                        ordered,
                     );
                     sync_cube();
                     if row_here {
@@ -170,10 +179,10 @@ pub(crate) fn dilated_flash_forward<F: Float>(
             inverse = 1.0 / running_sum;
             log_sum_exp = running_max + running_sum.ln();
         }
-        let o_base = batch * output.stride(0) + row * output.stride(1) + head * output.stride(2);
+        let o_base = batch * output.stride(0) + at * output.stride(1) + head * output.stride(2);
         for i in 0..head_dim {
             output[o_base + i * output.stride(3)] = F::cast_from(acc[i] * inverse);
         }
-        lse[batch * lse.stride(0) + row * lse.stride(1) + head * lse.stride(2)] = log_sum_exp;
+        lse[batch * lse.stride(0) + at * lse.stride(1) + head * lse.stride(2)] = log_sum_exp;
     }
 }

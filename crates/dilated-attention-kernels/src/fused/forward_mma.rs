@@ -25,7 +25,7 @@ use super::mma_tiles::{
     Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
     store_cube_rows_mma, tile_scores, zero_pairs,
 };
-use super::rows::{PairView, cube_row_count, pair_view, row_block, with_row};
+use super::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 
 /// One query row's state in the walk: where it sits in the current pair and its online softmax.
@@ -50,6 +50,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     value: &Tensor<Vector<F, N>>,
     padding: &Tensor<F>,
     table: &Array<u32>,
+    order: &Array<u32>,
     output: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<f32>,
     scale: f32,
@@ -58,6 +59,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -99,6 +101,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     let mut query_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
     stage_cube_rows_mma(
         query,
+        order,
         &mut query_regs,
         &mut key_regs,
         &mut tiles,
@@ -112,6 +115,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
 
     let mut out = zero_pairs(comptime!(2 * dim_blocks));
@@ -139,10 +143,12 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     // The walk, one tile ahead: tile i+1's copies are issued before tile i's products.
     sync_cube();
     copy_tile_async(
-        key, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+        key, order, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+        ordered,
     );
     copy_tile_async(
         value,
+        order,
         &mut tiles,
         value_offset,
         &job,
@@ -152,9 +158,19 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         key_tile,
         head_dim,
         stride,
+        ordered,
     );
     if unit < key_tile {
-        bias_smem[unit] = key_bias(padding, &job, batch, unit, key_tile, has_padding);
+        bias_smem[unit] = key_bias(
+            padding,
+            order,
+            &job,
+            batch,
+            unit,
+            key_tile,
+            has_padding,
+            ordered,
+        );
     }
     barrier_0.commit_copy_async();
     let mut stage = 0usize;
@@ -165,6 +181,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         if next.valid {
             copy_tile_async(
                 key,
+                order,
                 &mut tiles,
                 other * stage_size,
                 &next,
@@ -174,9 +191,11 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                ordered,
             );
             copy_tile_async(
                 value,
+                order,
                 &mut tiles,
                 other * stage_size + value_offset,
                 &next,
@@ -186,10 +205,19 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                ordered,
             );
             if unit < key_tile {
-                bias_smem[other * key_tile + unit] =
-                    key_bias(padding, &next, batch, unit, key_tile, has_padding);
+                bias_smem[other * key_tile + unit] = key_bias(
+                    padding,
+                    order,
+                    &next,
+                    batch,
+                    unit,
+                    key_tile,
+                    has_padding,
+                    ordered,
+                );
             }
         }
         if stage == 0 {
@@ -315,6 +343,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         inverse_b,
         &mut tiles,
         output,
+        order,
         &rows,
         cube_row_count,
         batch,
@@ -324,15 +353,18 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         plane,
         head_dim,
         stride,
+        ordered,
     );
     if quad == 0 {
         if row_a < seq_len {
             let value = select(total_a > 0.0, state_a.max + total_a.ln(), neg_inf);
-            lse[batch * lse.stride(0) + row_a * lse.stride(1) + head * lse.stride(2)] = value;
+            let at = memory_row(order, row_a, ordered);
+            lse[batch * lse.stride(0) + at * lse.stride(1) + head * lse.stride(2)] = value;
         }
         if row_b < seq_len {
             let value = select(total_b > 0.0, state_b.max + total_b.ln(), neg_inf);
-            lse[batch * lse.stride(0) + row_b * lse.stride(1) + head * lse.stride(2)] = value;
+            let at = memory_row(order, row_b, ordered);
+            lse[batch * lse.stride(0) + at * lse.stride(1) + head * lse.stride(2)] = value;
         }
     }
 }

@@ -34,7 +34,7 @@ use super::fragments::{
     accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
     store_accumulators, write_four,
 };
-use super::rows::{cube_row_count, pair_view, row_block, with_row};
+use super::rows::{cube_row_count, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::{MASKED, load_rows_registers, store_rows_registers};
 /// How far (in natural-log units) a row's tile max may exceed its reference max before the
@@ -76,6 +76,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     value: &Tensor<Vector<F, N>>,
     padding: &Tensor<F>,
     table: &Array<u32>,
+    order: &Array<u32>,
     output: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<f32>,
     scale: f32,
@@ -84,6 +85,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -131,6 +133,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let mut query_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
         query,
+        order,
         &mut query_frags,
         &mut key_regs,
         &mut key_smem,
@@ -143,6 +146,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         key_tile,
         head_dim,
         k_stride,
+        ordered,
     );
     let mut out_frags = accumulator_fragments(dim_tiles);
     let score_frag = cmma::Matrix::<f32>::from_value(
@@ -182,6 +186,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         sync_cube();
         load_tile(
             key,
+            order,
             value,
             &mut key_regs,
             &mut value_regs,
@@ -192,8 +197,18 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             units,
             key_tile,
             head_dim,
+            ordered,
         );
-        let bias = key_bias(padding, &job, batch, unit, key_tile, has_padding);
+        let bias = key_bias(
+            padding,
+            order,
+            &job,
+            batch,
+            unit,
+            key_tile,
+            has_padding,
+            ordered,
+        );
         store_rows_registers(
             &key_regs,
             &mut key_smem,
@@ -265,7 +280,9 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         inverse = 1.0 / state.sum;
         log_sum_exp = state.reference_max + state.sum.ln();
     }
-    let o_base = batch * output.stride(0) + my_row * output.stride(1) + head * output.stride(2);
+    let my_memory_row = memory_row(order, my_row, ordered);
+    let o_base =
+        batch * output.stride(0) + my_memory_row * output.stride(1) + head * output.stride(2);
     store_accumulators(
         &out_frags,
         &mut scratch,
@@ -280,7 +297,8 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         s_stride,
     );
     if row_valid && half == 0 {
-        lse[batch * lse.stride(0) + my_row * lse.stride(1) + head * lse.stride(2)] = log_sum_exp;
+        lse[batch * lse.stride(0) + my_memory_row * lse.stride(1) + head * lse.stride(2)] =
+            log_sum_exp;
     }
 }
 
@@ -289,6 +307,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 fn load_tile<F: Float, N: Size>(
     key: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     value: &Tensor<Vector<F, N>>,
     key_regs: &mut Array<Vector<F, N>>,
     value_regs: &mut Array<Vector<F, N>>,
@@ -299,6 +318,7 @@ fn load_tile<F: Float, N: Size>(
     #[comptime] units: usize,
     #[comptime] key_tile: usize,
     #[comptime] head_dim: usize,
+    #[comptime] ordered: bool,
 ) {
     let mut count = tile.key_count;
     if !tile.valid {
@@ -307,6 +327,7 @@ fn load_tile<F: Float, N: Size>(
     let key0 = tile.tile * key_tile;
     load_rows_registers(
         key,
+        order,
         key_regs,
         batch,
         head,
@@ -318,9 +339,11 @@ fn load_tile<F: Float, N: Size>(
         units,
         key_tile,
         head_dim,
+        ordered,
     );
     load_rows_registers(
         value,
+        order,
         value_regs,
         batch,
         head,
@@ -332,6 +355,7 @@ fn load_tile<F: Float, N: Size>(
         units,
         key_tile,
         head_dim,
+        ordered,
     );
 }
 
@@ -340,18 +364,20 @@ fn load_tile<F: Float, N: Size>(
 #[cube]
 pub(crate) fn key_bias<F: Float>(
     padding: &Tensor<F>,
+    order: &Array<u32>,
     tile: &KeyTile,
     batch: usize,
     unit: usize,
     #[comptime] key_tile: usize,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
 ) -> f32 {
     let t = tile.tile * key_tile + unit;
     let mut bias = f32::new(KEY_MASKED);
     if tile.valid && unit < key_tile && t < tile.key_count {
         bias = 0.0;
         if has_padding {
-            let pos = tile.key_start + t * tile.dilation;
+            let pos = memory_row(order, tile.key_start + t * tile.dilation, ordered);
             let padded =
                 f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
             bias = select(padded > 0.5, f32::new(KEY_MASKED), 0.0f32);

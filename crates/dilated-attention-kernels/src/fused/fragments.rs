@@ -64,6 +64,7 @@ pub(crate) fn accumulator_fragments(#[comptime] count: usize) -> Sequence<cmma::
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_cube_rows<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     fragments: &mut Sequence<cmma::Matrix<F>>,
     registers: &mut Array<Vector<F, N>>,
     staging: &mut SharedMemory<F>,
@@ -76,6 +77,7 @@ pub(crate) fn stage_cube_rows<F: Float, N: Size>(
     #[comptime] staging_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] smem_stride: usize,
+    #[comptime] ordered: bool,
 ) {
     let dim_tiles = comptime!(head_dim / 16);
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
@@ -83,6 +85,7 @@ pub(crate) fn stage_cube_rows<F: Float, N: Size>(
     for chunk in 0..chunks {
         stage_cube_chunk(
             tensor,
+            order,
             registers,
             staging,
             rows,
@@ -95,6 +98,7 @@ pub(crate) fn stage_cube_rows<F: Float, N: Size>(
             staging_rows,
             head_dim,
             smem_stride,
+            ordered,
         );
         let first_plane = comptime!(chunk * staging_rows / 16);
         let last_plane = comptime!((chunk + 1) * staging_rows / 16);

@@ -11,7 +11,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use dilated_attention_core::{
-    AttentionImplementation, AttentionShape, DilatedAttentionConfig, Result,
+    AttentionImplementation, AttentionShape, DilatedAttentionConfig, Result, SequenceOrder,
 };
 
 use super::backward::{
@@ -243,6 +243,8 @@ struct Call<R: CubeRuntime> {
     plan: LaunchPlan,
     /// The plan's table, uploaded once per call and shared by its launches.
     table: Handle,
+    /// The sequence order the call attends along (`u32` per position), uploaded once per call.
+    order: Option<(Handle, usize)>,
     scale: f32,
     tile: usize,
     client: ComputeClient<R>,
@@ -257,6 +259,7 @@ impl<R: CubeRuntime> Call<R> {
         value: &CubeTensor<R>,
         padding: Option<&CubeTensor<R>>,
         config: &DilatedAttentionConfig,
+        order: Option<&SequenceOrder>,
     ) -> Result<Self> {
         let shape = check_fused_call(
             query.meta.shape().as_slice(),
@@ -264,6 +267,7 @@ impl<R: CubeRuntime> Call<R> {
             value.meta.shape().as_slice(),
             padding.map(|mask| mask.meta.shape().as_slice()),
             config,
+            order,
         )?;
         let plan = LaunchPlan::new(config, shape.seq_len, shape.num_heads, BLOCK_ROWS)?;
         let scale = config
@@ -271,6 +275,12 @@ impl<R: CubeRuntime> Call<R> {
             .unwrap_or_else(|| 1.0 / (shape.head_dim as f64).sqrt()) as f32;
         let client = query.client.clone();
         let table = client.create_from_slice(u32::as_bytes(&plan.table));
+        let order = order.map(|order| {
+            (
+                client.create_from_slice(u32::as_bytes(order.tokens())),
+                order.len(),
+            )
+        });
         let tile = key_tile(
             shape.head_dim,
             client.properties().hardware.max_shared_memory_size,
@@ -279,6 +289,7 @@ impl<R: CubeRuntime> Call<R> {
             shape,
             plan,
             table,
+            order,
             scale,
             tile,
             client,
@@ -315,6 +326,20 @@ impl<R: CubeRuntime> Call<R> {
         unsafe { ArrayArg::from_raw_parts(self.table.clone(), self.plan.table.len()) }
     }
 
+    /// The call's sequence order; the table stands in (never read) for a call without one.
+    fn order(&self) -> ArrayArg<R> {
+        match &self.order {
+            // SAFETY: the handle holds exactly `len` u32 values.
+            Some((handle, len)) => unsafe { ArrayArg::from_raw_parts(handle.clone(), *len) },
+            None => self.table(),
+        }
+    }
+
+    /// Whether the kernels read rows through [`Self::order`].
+    fn ordered(&self) -> bool {
+        self.order.is_some()
+    }
+
     fn cube_count(&self) -> CubeCount {
         CubeCount::Static(
             self.plan.blocks_x,
@@ -332,6 +357,8 @@ impl<R: CubeRuntime> Call<R> {
 /// `[b, n, h]` in `f32`.
 ///
 /// `padding` is the key padding mask as floats of the inputs' dtype (1 = padded), `[b, n]`.
+/// With `order`, the call attends along it ([`SequenceOrder`]): every row is read and written
+/// at its token's place, so the tensors keep their layout.
 ///
 /// # Errors
 /// Shape and config errors of the reference path.
@@ -341,8 +368,9 @@ pub(crate) fn forward<R: CubeRuntime>(
     value: CubeTensor<R>,
     padding: Option<CubeTensor<R>>,
     config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
-    let call = Call::new(&query, &key, &value, padding.as_ref(), config)?;
+    let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
     let output = call.empty_like_input();
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
@@ -374,6 +402,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                     value.into_tensor_arg(),
                     padding.into_tensor_arg(),
                     call.table(),
+                    call.order(),
                     output.clone().into_tensor_arg(),
                     lse.clone().into_tensor_arg(),
                     call.scale,
@@ -382,6 +411,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                     call.shape.head_dim,
                     config.causal,
                     has_padding,
+                    call.ordered(),
                     call.dtype.into(),
                 )
             };
@@ -400,6 +430,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                 value.into_tensor_arg(),
                 padding.into_tensor_arg(),
                 call.table(),
+                call.order(),
                 output.clone().into_tensor_arg(),
                 lse.clone().into_tensor_arg(),
                 call.scale,
@@ -408,6 +439,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                 call.shape.head_dim,
                 config.causal,
                 has_padding,
+                call.ordered(),
                 call.dtype.into(),
             )
         };
@@ -425,6 +457,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             value.into_tensor_arg(),
             padding.into_tensor_arg(),
             call.table(),
+            call.order(),
             output.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
             call.scale,
@@ -434,6 +467,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             call.shape.head_dim,
             config.causal,
             has_padding,
+            call.ordered(),
             call.dtype.into(),
         )
     };
@@ -452,7 +486,9 @@ pub(crate) struct BackwardInputs<R: CubeRuntime> {
     pub grad_lse: Option<CubeTensor<R>>,
 }
 
-/// The fused backward: `[dQ, dK, dV]` in the inputs' dtype.
+/// The fused backward: `[dQ, dK, dV]` in the inputs' dtype, along `order` when given (as in
+/// [`forward`]). The delta kernel runs on the tensors' own layout, which every other kernel
+/// reads through the order like the rest.
 ///
 /// # Errors
 /// Shape and config errors of the reference path.
@@ -463,8 +499,9 @@ pub(crate) fn backward<R: CubeRuntime>(
     padding: Option<CubeTensor<R>>,
     inputs: BackwardInputs<R>,
     config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
 ) -> Result<[CubeTensor<R>; 3]> {
-    let call = Call::new(&query, &key, &value, padding.as_ref(), config)?;
+    let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
     let BackwardInputs {
         output,
         lse,
@@ -541,12 +578,14 @@ pub(crate) fn backward<R: CubeRuntime>(
                     lse.clone().into_tensor_arg(),
                     delta.clone().into_tensor_arg(),
                     call.table(),
+                    call.order(),
                     grad_query.clone().into_tensor_arg(),
                     call.scale,
                     key_tile,
                     head_dim,
                     config.causal,
                     has_padding,
+                    call.ordered(),
                     call.dtype.into(),
                 );
                 dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
@@ -562,6 +601,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                     lse.into_tensor_arg(),
                     delta.into_tensor_arg(),
                     call.table(),
+                    call.order(),
                     grad_key.clone().into_tensor_arg(),
                     grad_value.clone().into_tensor_arg(),
                     call.scale,
@@ -569,6 +609,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                     head_dim,
                     config.causal,
                     has_padding,
+                    call.ordered(),
                     call.dtype.into(),
                 );
             }
@@ -589,12 +630,14 @@ pub(crate) fn backward<R: CubeRuntime>(
                 lse.clone().into_tensor_arg(),
                 delta.clone().into_tensor_arg(),
                 call.table(),
+                call.order(),
                 grad_query.clone().into_tensor_arg(),
                 call.scale,
                 key_tile,
                 head_dim,
                 config.causal,
                 has_padding,
+                call.ordered(),
                 call.dtype.into(),
             );
             dilated_flash_backward_key_value_tensor_core::launch_unchecked::<R>(
@@ -610,6 +653,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 lse.into_tensor_arg(),
                 delta.into_tensor_arg(),
                 call.table(),
+                call.order(),
                 grad_key.clone().into_tensor_arg(),
                 grad_value.clone().into_tensor_arg(),
                 call.scale,
@@ -617,6 +661,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 head_dim,
                 config.causal,
                 has_padding,
+                call.ordered(),
                 call.dtype.into(),
             );
         }
@@ -636,6 +681,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             lse.clone().into_tensor_arg(),
             delta.clone().into_tensor_arg(),
             call.table(),
+            call.order(),
             grad_query.clone().into_tensor_arg(),
             call.scale,
             call.plan.block_rows,
@@ -643,6 +689,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             call.shape.head_dim,
             config.causal,
             has_padding,
+            call.ordered(),
             call.dtype.into(),
         );
         dilated_flash_backward_key_value::launch_unchecked::<R>(
@@ -657,6 +704,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             lse.into_tensor_arg(),
             delta.into_tensor_arg(),
             call.table(),
+            call.order(),
             grad_key.clone().into_tensor_arg(),
             grad_value.clone().into_tensor_arg(),
             call.scale,
@@ -665,6 +713,7 @@ pub(crate) fn backward<R: CubeRuntime>(
             call.shape.head_dim,
             config.causal,
             has_padding,
+            call.ordered(),
             call.dtype.into(),
         );
     }

@@ -16,7 +16,7 @@ use burn_cubecl::cubecl::prelude::*;
 
 use super::forward_tensor_core::KEY_MASKED;
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::rows::RowBlock;
+use super::rows::{RowBlock, memory_row};
 use super::tile_walk::KeyTile;
 use super::tiles::stage_cube_chunk;
 
@@ -48,6 +48,7 @@ pub(crate) fn zero_pairs(#[comptime] count: usize) -> Array<Pair<f32>> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     fragment: &mut Array<Pair<F>>,
     registers: &mut Array<Vector<F, N>>,
     tiles: &mut SharedMemory<F>,
@@ -61,6 +62,7 @@ pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
     #[comptime] staging_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
+    #[comptime] ordered: bool,
 ) {
     let def = mma_definition::<F>();
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
@@ -68,6 +70,7 @@ pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
     for chunk in 0..chunks {
         stage_cube_chunk(
             tensor,
+            order,
             registers,
             tiles,
             rows,
@@ -80,6 +83,7 @@ pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
             staging_rows,
             head_dim,
             stride,
+            ordered,
         );
         let first_plane = comptime!(chunk * staging_rows / 16);
         let last_plane = comptime!((chunk + 1) * staging_rows / 16);
@@ -255,6 +259,7 @@ pub(crate) fn store_cube_rows_mma<F: Float, N: Size>(
     factor_b: f32,
     tiles: &mut SharedMemory<F>,
     output: &mut Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     rows: &RowBlock,
     cube_row_count: usize,
     batch: usize,
@@ -264,6 +269,7 @@ pub(crate) fn store_cube_rows_mma<F: Float, N: Size>(
     plane: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
+    #[comptime] ordered: bool,
 ) {
     sync_cube();
     let staged_a = (plane * 16 + lane / 4) * stride + 2 * (lane % 4);
@@ -291,7 +297,7 @@ pub(crate) fn store_cube_rows_mma<F: Float, N: Size>(
         let r = element / per_row;
         if element < total && r < cube_row_count {
             let c = (element % per_row) * width;
-            let row = rows.first_row + r * rows.stride;
+            let row = memory_row(order, rows.first_row + r * rows.stride, ordered);
             let at = r * stride + c;
             let values = tiles
                 .slice(at, at + width)
@@ -323,6 +329,7 @@ fn write_pair<F: Float>(smem: &mut SharedMemory<F>, at: usize, values: Pair<F>) 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_tile_async<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     tiles: &mut SharedMemory<F>,
     base: usize,
     job: &KeyTile,
@@ -332,6 +339,7 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
+    #[comptime] ordered: bool,
 ) {
     let width = N::value();
     let per_row = comptime!(head_dim / width);
@@ -348,8 +356,8 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
             let at = base + r * stride + c;
             let t = first + r;
             if job.valid && t < job.key_count {
-                let from =
-                    (row_base + (job.key_start + t * job.dilation) * tensor.stride(1) + c) / width;
+                let row = memory_row(order, job.key_start + t * job.dilation, ordered);
+                let from = (row_base + row * tensor.stride(1) + c) / width;
                 let mut destination = unsafe {
                     tiles
                         .slice_mut(at, at + width)

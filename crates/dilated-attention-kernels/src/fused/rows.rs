@@ -59,6 +59,21 @@ pub(crate) fn row_block(
     }
 }
 
+/// The memory row of sequence position `position`: the position itself, or, in a call along a
+/// sequence order (`ordered`: Hilbert attention), the order's entry `order[position]`, so that
+/// the kernels attend along the order while every tensor stays in its own layout. Positions past
+/// the order (rows past the sequence, which callers guard) map to themselves.
+#[cube]
+pub(crate) fn memory_row(order: &Array<u32>, position: usize, #[comptime] ordered: bool) -> usize {
+    let mut row = position;
+    if ordered {
+        if position < order.len() {
+            row = order[position] as usize;
+        }
+    }
+    row
+}
+
 /// One pair as a cube sees it.
 #[derive(CubeType, Clone, Copy)]
 pub(crate) struct PairView {
@@ -221,12 +236,15 @@ pub(crate) fn row_statistics(
     head: usize,
     row: usize,
     seq_len: usize,
+    order: &Array<u32>,
+    #[comptime] ordered: bool,
 ) -> (f32, f32) {
     let mut row_lse = f32::new(-KEY_MASKED);
     let mut row_delta = 0.0f32;
     if row < seq_len {
-        row_lse = live_lse(lse[batch * lse.stride(0) + row * lse.stride(1) + head * lse.stride(2)]);
-        row_delta = delta[batch * delta.stride(0) + row * delta.stride(1) + head * delta.stride(2)];
+        let at = memory_row(order, row, ordered);
+        row_lse = live_lse(lse[batch * lse.stride(0) + at * lse.stride(1) + head * lse.stride(2)]);
+        row_delta = delta[batch * delta.stride(0) + at * delta.stride(1) + head * delta.stride(2)];
     }
     (row_lse, row_delta)
 }
@@ -238,11 +256,14 @@ pub(crate) fn key_live<F: Float>(
     batch: usize,
     row: usize,
     seq_len: usize,
+    order: &Array<u32>,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
 ) -> bool {
     let mut live = row < seq_len;
     if has_padding && live {
-        live = f32::cast_from(padding[batch * padding.stride(0) + row * padding.stride(1)]) < 0.5;
+        let at = memory_row(order, row, ordered);
+        live = f32::cast_from(padding[batch * padding.stride(0) + at * padding.stride(1)]) < 0.5;
     }
     live
 }

@@ -4,7 +4,7 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::RowBlock;
+use super::rows::{RowBlock, memory_row};
 
 /// Score of a masked key. Finite, because WGSL has no infinity literal and fast-math CUDA may
 /// not honour one; `exp(MASKED - m)` is 0 for every finite running max `m`. The `-inf` the LSE
@@ -19,6 +19,7 @@ pub(crate) const MASKED: f32 = -3.0e38;
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load_rows_tile<F: Float, S: Float>(
     tensor: &Tensor<F>,
+    order: &Array<u32>,
     smem: &mut SharedMemory<S>,
     batch: usize,
     head: usize,
@@ -30,6 +31,7 @@ pub(crate) fn load_rows_tile<F: Float, S: Float>(
     #[comptime] units: usize,
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
+    #[comptime] ordered: bool,
 ) {
     let base = batch * tensor.stride(0) + head * tensor.stride(2);
     let rounds = comptime!((tile_rows * head_dim).div_ceil(units));
@@ -40,7 +42,7 @@ pub(crate) fn load_rows_tile<F: Float, S: Float>(
             let col = element % head_dim;
             let mut val = S::new(0.0);
             if t < count {
-                let pos = first + t * dilation;
+                let pos = memory_row(order, first + t * dilation, ordered);
                 val = S::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
             }
             smem[element] = val;
@@ -53,6 +55,7 @@ pub(crate) fn load_rows_tile<F: Float, S: Float>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load_visibility<F: Float>(
     padding: &Tensor<F>,
+    order: &Array<u32>,
     smem: &mut SharedMemory<f32>,
     batch: usize,
     first: usize,
@@ -63,6 +66,7 @@ pub(crate) fn load_visibility<F: Float>(
     #[comptime] units: usize,
     #[comptime] tile_rows: usize,
     #[comptime] has_padding: bool,
+    #[comptime] ordered: bool,
 ) {
     let mut key_row = lane;
     while key_row < tile_rows {
@@ -71,7 +75,7 @@ pub(crate) fn load_visibility<F: Float>(
         if t < count {
             visible = 1.0;
             if has_padding {
-                let pos = first + t * dilation;
+                let pos = memory_row(order, first + t * dilation, ordered);
                 let padded =
                     f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
                 visible = 1.0 - padded;
@@ -88,6 +92,7 @@ pub(crate) fn load_visibility<F: Float>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load_row_values(
     values: &Tensor<f32>,
+    order: &Array<u32>,
     smem: &mut SharedMemory<f32>,
     batch: usize,
     head: usize,
@@ -99,13 +104,14 @@ pub(crate) fn load_row_values(
     fill: f32,
     #[comptime] units: usize,
     #[comptime] tile_rows: usize,
+    #[comptime] ordered: bool,
 ) {
     let mut row = lane;
     while row < tile_rows {
         let t = tile_start + row;
         let mut val = fill;
         if t < count {
-            let pos = first + t * dilation;
+            let pos = memory_row(order, first + t * dilation, ordered);
             val =
                 values[batch * values.stride(0) + pos * values.stride(1) + head * values.stride(2)];
         }
@@ -123,6 +129,7 @@ pub(crate) fn load_row_values(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn load_rows_registers<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     registers: &mut Array<Vector<F, N>>,
     batch: usize,
     head: usize,
@@ -134,6 +141,7 @@ pub(crate) fn load_rows_registers<F: Float, N: Size>(
     #[comptime] units: usize,
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
+    #[comptime] ordered: bool,
 ) {
     let width = tensor.vector_size();
     let per_row = comptime!(head_dim / width);
@@ -146,7 +154,7 @@ pub(crate) fn load_rows_registers<F: Float, N: Size>(
         let t = tile_start + element / per_row;
         let mut val = Vector::<F, N>::zeroed();
         if element < total && t < count {
-            let pos = first + t * dilation;
+            let pos = memory_row(order, first + t * dilation, ordered);
             val = tensor[(base + pos * tensor.stride(1) + (element % per_row) * width) / width];
         }
         registers[round] = val;
@@ -191,6 +199,7 @@ pub(crate) fn store_rows_registers<F: Float, N: Size>(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_cube_chunk<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
     registers: &mut Array<Vector<F, N>>,
     smem: &mut SharedMemory<F>,
     rows: &RowBlock,
@@ -203,9 +212,11 @@ pub(crate) fn stage_cube_chunk<F: Float, N: Size>(
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] smem_stride: usize,
+    #[comptime] ordered: bool,
 ) {
     load_rows_registers(
         tensor,
+        order,
         registers,
         batch,
         head,
@@ -217,6 +228,7 @@ pub(crate) fn stage_cube_chunk<F: Float, N: Size>(
         units,
         tile_rows,
         head_dim,
+        ordered,
     );
     // The previous chunk's readers are done before it is overwritten.
     sync_cube();

@@ -8,9 +8,13 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::Tolerance;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
-use dilated_attention_core::AttentionImplementation;
 use dilated_attention_core::oracle::{OracleCase, oracle_dilated_attention, seeded_normal};
-use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+use dilated_attention_core::{
+    AttentionImplementation, DilatedAttentionConfig, SequenceOrder, index_tensor,
+};
+use dilated_attention_kernels::{
+    DilatedAttentionBackend, dilated_attention_along_order, dilated_attention_with_lse_masked,
+};
 
 #[cfg(feature = "test-cuda")]
 pub type TestBackend = burn::backend::Cuda;
@@ -73,28 +77,83 @@ pub fn finite(data: TensorData) -> TensorData {
 }
 
 pub fn check_forward<BB: DilatedAttentionBackend>(c: &OracleCase) {
-    check_forward_with::<BB>(c, AttentionImplementation::Auto);
+    check_forward_with::<BB>(c, AttentionImplementation::Auto, None);
+}
+
+/// A random permutation of `0..len` from `seed` (Fisher-Yates on splitmix64).
+pub fn random_order(len: usize, seed: u64) -> SequenceOrder {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut tokens: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        tokens.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    SequenceOrder::new(tokens).expect("a permutation")
+}
+
+/// The oracle along `order`, written the obvious way: gather the inputs and the mask along the
+/// order on the sequence axis, attend, gather the output and the LSE back (under `Autodiff` the
+/// gathers differentiate too). Without an order, the oracle itself.
+pub fn oracle_along<B: burn::tensor::backend::Backend>(
+    [q, k, v]: [Tensor<B, 4>; 3],
+    mask: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
+) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    let Some(order) = order else {
+        return oracle_dilated_attention(q, k, v, mask, config);
+    };
+    let device = q.device();
+    let along = index_tensor::<B>(order.tokens().iter().map(|&t| t as usize), &device);
+    let back = index_tensor::<B>(order.positions_of_tokens(), &device);
+    let gather = |t: Tensor<B, 4>| t.select(1, along.clone());
+    let mask = mask.map(|m| m.float().select(1, along.clone()).greater_elem(0.5));
+    let (out, lse) = oracle_dilated_attention(gather(q), gather(k), gather(v), mask, config);
+    (out.select(1, back.clone()), lse.select(1, back))
+}
+
+/// The call under test: along `order` when given, else the plain masked call.
+pub fn attend<B: DilatedAttentionBackend>(
+    [q, k, v]: [Tensor<B, 4>; 3],
+    mask: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
+) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    match order {
+        Some(order) => dilated_attention_along_order(q, k, v, mask, config, order),
+        None => dilated_attention_with_lse_masked(q, k, v, mask, config),
+    }
+    .expect("valid case")
 }
 
 pub fn check_forward_with<BB: DilatedAttentionBackend>(
     c: &OracleCase,
     implementation: AttentionImplementation,
+    order: Option<&SequenceOrder>,
 ) {
     let device: BB::Device = Default::default();
     let mut config = c.config();
     config.implementation = implementation;
     let [q, k, v] = c.inputs::<Oracle>(&Default::default());
     let mask = c.padding_mask::<Oracle>(&Default::default());
-    let (want_out, want_lse) =
-        oracle_dilated_attention(q.clone(), k.clone(), v.clone(), mask.clone(), &c.config());
-    let (out, lse) = dilated_attention_with_lse_masked(
-        to::<BB, 4>(&q, &device),
-        to::<BB, 4>(&k, &device),
-        to::<BB, 4>(&v, &device),
+    let (want_out, want_lse) = oracle_along(
+        [q.clone(), k.clone(), v.clone()],
+        mask.clone(),
+        &c.config(),
+        order,
+    );
+    let (out, lse) = attend(
+        [&q, &k, &v].map(|t| to::<BB, 4>(t, &device)),
         mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
         &config,
-    )
-    .expect("valid case");
+        order,
+    );
     assert_matches(finite(out.into_data()), want_out.into_data(), 1e-5, 1e-5);
     assert_matches(
         finite(lse.into_data()),
@@ -112,17 +171,18 @@ fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
     w: &Tensor<Oracle, 4>,
     mask: Option<Tensor<Oracle, 2, Bool>>,
     oracle: bool,
+    order: Option<&SequenceOrder>,
 ) -> [TensorData; 3] {
     let device: AB::Device = Default::default();
     let q = to::<AB, 4>(&q, &device).require_grad();
     let k = to::<AB, 4>(&k, &device).require_grad();
     let v = to::<AB, 4>(&v, &device).require_grad();
     let m = mask.as_ref().map(|m| mask_to::<AB>(m, &device));
+    let inputs = [q.clone(), k.clone(), v.clone()];
     let (out, lse) = if oracle {
-        oracle_dilated_attention(q.clone(), k.clone(), v.clone(), m, &c.config())
+        oracle_along(inputs, m, &c.config(), order)
     } else {
-        dilated_attention_with_lse_masked(q.clone(), k.clone(), v.clone(), m, &c.config())
-            .expect("valid")
+        attend(inputs, m, &c.config(), order)
     };
     let lse = lse
         .clone()
@@ -132,7 +192,7 @@ fn grads<AB: DilatedAttentionBackend + burn::tensor::backend::AutodiffBackend>(
     [q, k, v].map(|t| t.grad(&g).expect("gradient").into_data())
 }
 
-pub fn check_gradients<BB: DilatedAttentionBackend>(c: &OracleCase)
+pub fn check_gradients<BB: DilatedAttentionBackend>(c: &OracleCase, order: Option<&SequenceOrder>)
 where
     Autodiff<BB>: DilatedAttentionBackend,
 {
@@ -145,8 +205,9 @@ where
         &w,
         mask.clone(),
         false,
+        order,
     );
-    let want = grads::<Autodiff<Oracle>>(c, [q, k, v], &w, mask, true);
+    let want = grads::<Autodiff<Oracle>>(c, [q, k, v], &w, mask, true, order);
     for (g, w) in got.into_iter().zip(want) {
         assert_matches(finite(g), w, GRAD_TOLERANCE.0, GRAD_TOLERANCE.1);
     }
@@ -170,7 +231,12 @@ pub fn relative_l2(got: TensorData, want: TensorData) -> f64 {
 /// Forward in half precision (`dtype` F16 or BF16) against the f32 oracle on the same rounded
 /// inputs, so the comparison sees the kernel's error, not the inputs' rounding: relative L2 of
 /// the output and of the LSE under `bound`.
-pub fn check_forward_half<BB: DilatedAttentionBackend>(c: &OracleCase, dtype: DType, bound: f64) {
+pub fn check_forward_half<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    dtype: DType,
+    bound: f64,
+    order: Option<&SequenceOrder>,
+) {
     let device: BB::Device = Default::default();
     let [q, k, v] = c.inputs::<Oracle>(&Default::default());
     let half = |t: &Tensor<Oracle, 4>| to::<BB, 4>(t, &device).cast(dtype);
@@ -179,16 +245,18 @@ pub fn check_forward_half<BB: DilatedAttentionBackend>(c: &OracleCase, dtype: DT
         Tensor::from_data(t.clone().cast(DType::F32).into_data(), &Default::default())
     };
     let mask = c.padding_mask::<Oracle>(&Default::default());
-    let (want_out, want_lse) =
-        oracle_dilated_attention(back(&hq), back(&hk), back(&hv), mask.clone(), &c.config());
-    let (out, lse) = dilated_attention_with_lse_masked(
-        hq,
-        hk,
-        hv,
+    let (want_out, want_lse) = oracle_along(
+        [back(&hq), back(&hk), back(&hv)],
+        mask.clone(),
+        &c.config(),
+        order,
+    );
+    let (out, lse) = attend(
+        [hq, hk, hv],
         mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
         &c.config(),
-    )
-    .expect("valid case");
+        order,
+    );
     assert_eq!(out.dtype(), dtype, "output keeps the inputs' dtype");
     let out_err = relative_l2(out.cast(DType::F32).into_data(), want_out.into_data());
     let lse_err = relative_l2(
@@ -214,6 +282,7 @@ pub fn check_gradients_half<BB: DilatedAttentionBackend>(
     c: &OracleCase,
     dtype: DType,
     bound: f64,
+    order: Option<&SequenceOrder>,
 ) -> [f64; 3]
 where
     Autodiff<BB>: DilatedAttentionBackend,
@@ -239,9 +308,7 @@ where
         };
         let [hq, hk, hv] = [leaf(&q), leaf(&k), leaf(&v)];
         let m = mask.as_ref().map(|m| mask_to::<Ad<BB>>(m, &device));
-        let (out, lse) =
-            dilated_attention_with_lse_masked(hq.clone(), hk.clone(), hv.clone(), m, &c.config())
-                .expect("valid case");
+        let (out, lse) = attend([hq.clone(), hk.clone(), hv.clone()], m, &c.config(), order);
         let lse = lse
             .clone()
             .mask_fill(lse.clone().equal_elem(f32::NEG_INFINITY), 0.0);
@@ -254,7 +321,7 @@ where
             grad.cast(DType::F32).into_data()
         })
     };
-    let want = grads::<Ad<Oracle>>(c, [q, k, v], &w, mask, true);
+    let want = grads::<Ad<Oracle>>(c, [q, k, v], &w, mask, true, order);
     let errors = [0, 1, 2].map(|i| relative_l2(finite(got[i].clone()), want[i].clone()));
     println!(
         "{dtype:?} gradients: rel L2 dQ {:.2e}, dK {:.2e}, dV {:.2e}",
