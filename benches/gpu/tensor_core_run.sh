@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert|bench|table|backward|mma|ncu|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -28,11 +28,44 @@ suite)
   ;;
 ordered)
   echo "== along a sequence order: register-resident, cmma and portable kernels"
-  for V in default cmma portable; do
+  for V in ${ORDERED_VARIANTS:-default cmma portable}; do
     (cd crates/dilated-attention-kernels && DILATED_ATTENTION_KERNEL=$V timeout 200 ../../.device-bin/fused_matches_oracle along_an_order --test-threads 2 --nocapture > "$OUT/ordered_$V.log" 2>&1; echo "rc=$?" >> "$OUT/ordered_$V.log")
     echo "-- $V"; grep -E "^test |test result|minimal failing|rc=" "$OUT/ordered_$V.log" | head -8
     grep -E "rel L2" "$OUT/ordered_$V.log" | sort -t' ' -k5 -g | tail -2
   done
+  ;;
+vulkan_diag)
+  echo "== Vulkan: loader, driver files, one small run"
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  ls -la /usr/local/nvidia/share/vulkan/icd.d/ /usr/share/vulkan/icd.d/ /etc/vulkan/icd.d/ 2>&1 | head -20
+  find / -name "*icd*.json" -not -path "/proc/*" 2>/dev/null | head
+  ldconfig -p | grep -i -E "libvulkan|libGLX_nvidia|nvidia-glcore|libEGL_nvidia" | head
+  for V in unset nvidia; do
+    echo "-- VK_DRIVER_FILES=$V"
+    if [ $V = unset ]; then unset VK_DRIVER_FILES; else export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json; fi
+    VK_LOADER_DEBUG=error,warn RUST_BACKTRACE=1 timeout 90 ./.device-bin/fused_bench_vulkan --seqs 8192 --dtypes f32 --modes longnet --passes fwd --repeats 1 --warmup 1 > "$OUT/vulkan_diag_$V.log" 2>&1; echo "rc=$?" >> "$OUT/vulkan_diag_$V.log"
+    tail -25 "$OUT/vulkan_diag_$V.log"
+  done
+  ;;
+ncu_order)
+  echo "== Nsight Compute: the register-resident forward in raster order vs along the Hilbert order (256 x 256 grid, bf16)"
+  NCU=/usr/local/cuda/bin/ncu
+  S="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,lts__t_bytes.sum,l1tex__t_sector_hit_rate.pct"
+  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 2 --launch-count 1 $S ./.device-bin/hilbert_bench 256 > "$OUT/ncu_plain.txt" 2>&1
+  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 11 --launch-count 1 $S ./.device-bin/hilbert_bench 256 > "$OUT/ncu_order.txt" 2>&1
+  for f in "$OUT"/ncu_plain.txt "$OUT"/ncu_order.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|Memory Thr|DRAM Thr|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|lts__t_sector_hit|dram__bytes|lts__t_bytes|l1tex__t_sector_hit|Achieved Occ|Registers Per|Stall|Warp Cycles Per Issued" "$f" | head -30; done
+  ;;
+vulkan)
+  echo "== the same kernels through WGPU: SPIR-V on the NVIDIA Vulkan driver (fused_bench_vulkan), then CUDA"
+  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+  export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+  J="$OUT/vulkan_bench.jsonl"; : > "$J"
+  timeout 150 ./.device-bin/fused_bench_vulkan --seqs 8192,32768,131072 --dtypes f16,f32 --modes head_grouped,longnet --passes fwd --repeats 5 >> "$J" 2>&1
+  timeout 40 ./.device-bin/fused_bench_vulkan --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 3 >> "$J" 2>&1
+  timeout 100 ./.device-bin/fused_bench_vulkan --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$J" 2>&1
+  timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16,f16,f32 --modes head_grouped,longnet --passes fwd --repeats 5 >> "$J" 2>&1
+  timeout 60 $B --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$J" 2>&1
+  grep -v '^{' "$J" | head -20; grep -c '^{' "$J"
   ;;
 hilbert)
   echo "== Hilbert order vs plain vs gathered (bf16, 8x64, LongNet pairs)"

@@ -2,7 +2,7 @@
 //! grid, for example), given to the fused kernels as an index array so that they read and write
 //! every row in place instead of gathering the tensors into that order and back.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crate::{DilatedAttentionError, Result};
 
@@ -59,6 +59,12 @@ impl SequenceOrder {
     /// The token at each position of the order.
     pub fn tokens(&self) -> &[u32] {
         &self.tokens
+    }
+
+    /// A weak reference to the order's shared buffer (clones share it): device-side caches of
+    /// the order (the fused kernels') key on it and drop their copy once the order is gone.
+    pub fn shared_tokens(&self) -> Weak<[u32]> {
+        Arc::downgrade(&self.tokens)
     }
 
     /// The inverse: `positions_of_tokens()[token]` is the token's position along the order.

@@ -9,7 +9,9 @@
 //! cargo build --release -p dilated-attention-kernels --features test-cuda --example fused_bench
 //! fused_bench --seqs 8192,32768 --dtypes bf16,f32 --modes head_grouped,longnet --passes fwd,fwd_bwd
 //! ```
-//! Built with `test-cuda` it runs burn's `Cuda` backend, with `test-wgpu` burn's `Wgpu`.
+//! Built with `test-cuda` it runs burn's `Cuda` backend, with `test-wgpu` burn's `Wgpu` (kernels
+//! compiled to WGSL), with `test-vulkan` burn's `Wgpu` with kernels compiled to SPIR-V; the
+//! `runtime` field of each line says which.
 
 use std::time::Instant;
 
@@ -30,6 +32,15 @@ type BenchRuntime = burn_cubecl::cubecl::cuda::CudaRuntime;
 type Bench = burn::backend::Wgpu;
 #[cfg(all(feature = "test-wgpu", not(feature = "test-cuda")))]
 type BenchRuntime = burn_cubecl::cubecl::wgpu::WgpuRuntime;
+
+/// The runtime and shader compiler the binary was built for.
+const RUNTIME: &str = if cfg!(feature = "test-cuda") {
+    "cuda"
+} else if cfg!(feature = "test-vulkan") {
+    "wgpu_spirv"
+} else {
+    "wgpu_wgsl"
+};
 
 struct Args {
     seqs: Vec<usize>,
@@ -239,7 +250,7 @@ fn main() {
                     let flops = useful_flops(&cfg, args.batch, n, args.heads, args.head_dim)
                         * if backward { 3.5 } else { 1.0 };
                     println!(
-                        "{{\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"held_after_forward_mb\":{:.1},\"output_and_lse_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"repeats\":{}}}",
+                        "{{\"runtime\":\"{RUNTIME}\",\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"held_after_forward_mb\":{:.1},\"output_and_lse_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"repeats\":{}}}",
                         if args.reference {
                             "burn_reference"
                         } else if std::env::var("DILATED_ATTENTION_KERNEL")

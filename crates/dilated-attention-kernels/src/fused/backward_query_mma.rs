@@ -15,8 +15,9 @@ use super::forward_mma::{enter_pair, mma_row};
 use super::forward_tensor_core::{KEY_PAD, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::{
-    Pair, accumulate_weighted_rows, copy_tile_async, mask_scores, stage_cube_rows_mma,
-    store_cube_rows_mma, tile_scores, zero_pairs,
+    Pair, accumulate_weighted_rows, assign_memory_rows, copy_tile_async, mask_scores,
+    memory_row_slots, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows, tile_scores,
+    zero_pairs,
 };
 use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
@@ -147,16 +148,24 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
 
     // The walk, one tile ahead: tile i+1's copies are issued before tile i's products.
     sync_cube();
-    copy_tile_async(
-        key, order, &mut tiles, 0usize, &job, batch, head, unit, key_tile, head_dim, stride,
+    let mut memory_rows = memory_row_slots::<N>(key_tile, head_dim, ordered);
+    tile_memory_rows::<N>(
+        order,
+        &job,
+        &mut memory_rows,
+        unit,
+        key_tile,
+        head_dim,
         ordered,
     );
     copy_tile_async(
+        key,
         value,
-        order,
         &mut tiles,
+        0usize,
         value_offset,
         &job,
+        &memory_rows,
         batch,
         head,
         unit,
@@ -178,32 +187,31 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         );
     }
     barrier_0.commit_copy_async();
+    // Tile i+2's memory rows are read from the order while tile i computes.
+    let mut next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+    let mut next_rows = memory_row_slots::<N>(key_tile, head_dim, ordered);
+    tile_memory_rows::<N>(
+        order,
+        &next,
+        &mut next_rows,
+        unit,
+        key_tile,
+        head_dim,
+        ordered,
+    );
     let mut stage = 0usize;
     while job.valid {
         let key0 = job.tile * key_tile;
-        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
         let other = 1 - stage;
         if next.valid {
             copy_tile_async(
                 key,
-                order,
+                value,
                 &mut tiles,
                 other * stage_size,
+                value_offset,
                 &next,
-                batch,
-                head,
-                unit,
-                key_tile,
-                head_dim,
-                stride,
-                ordered,
-            );
-            copy_tile_async(
-                value,
-                order,
-                &mut tiles,
-                other * stage_size + value_offset,
-                &next,
+                &next_rows,
                 batch,
                 head,
                 unit,
@@ -225,6 +233,16 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 );
             }
         }
+        let after = next_key_tile(table, &rows, seq_len, &next, key_tile, causal, false);
+        tile_memory_rows::<N>(
+            order,
+            &after,
+            &mut memory_rows,
+            unit,
+            key_tile,
+            head_dim,
+            ordered,
+        );
         if stage == 0 {
             barrier_1.commit_copy_async();
             barrier_0.arrive_and_wait();
@@ -341,6 +359,8 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
             enter_pair(&mut state_b, &next_b);
         }
         assign_key_tile(&mut job, &next);
+        assign_key_tile(&mut next, &after);
+        assign_memory_rows::<N>(&mut next_rows, &memory_rows, key_tile, head_dim, ordered);
     }
 
     store_cube_rows_mma(

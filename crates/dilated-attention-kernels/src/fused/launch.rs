@@ -1,6 +1,8 @@
 //! Launching the fused kernels on `CubeTensor`s: shape checks, tile sizes, the launch table,
 //! output allocation.
 
+use std::sync::{Mutex, Weak};
+
 use burn::tensor::{DType, Shape};
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::cubecl::features::{MmaConfig, Plane};
@@ -218,6 +220,45 @@ fn unit_last_stride<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
     }
 }
 
+/// Device copies of the sequence orders calls attend along: a module that attends along the same
+/// order at every call (Hilbert attention's cached orders) uploads it once per device instead of
+/// once per call. An entry holds a weak reference to the order's buffer (which also keeps that
+/// address from being reused while the entry exists) and is dropped once the order is gone.
+struct OrderCacheEntry {
+    tokens: Weak<[u32]>,
+    device: String,
+    handle: Handle,
+}
+
+static ORDER_CACHE: Mutex<Vec<OrderCacheEntry>> = Mutex::new(Vec::new());
+
+/// The device copy of `order` for `client`'s device (`R`, `device`), uploaded on first use.
+fn device_order<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    device: &R::Device,
+    order: &SequenceOrder,
+) -> Handle {
+    let tokens = order.shared_tokens();
+    let device = format!("{}/{device:?}", std::any::type_name::<R>());
+    let mut cache = ORDER_CACHE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    cache.retain(|entry| entry.tokens.strong_count() > 0);
+    if let Some(entry) = cache
+        .iter()
+        .find(|entry| entry.device == device && Weak::ptr_eq(&entry.tokens, &tokens))
+    {
+        return entry.handle.clone();
+    }
+    let handle = client.create_from_slice(u32::as_bytes(order.tokens()));
+    cache.push(OrderCacheEntry {
+        tokens,
+        device,
+        handle: handle.clone(),
+    });
+    handle
+}
+
 /// Whether the fused kernels take this call; otherwise the reference path runs it.
 ///
 /// They take everything except: the reference path forced by the config, dropout while
@@ -243,7 +284,7 @@ struct Call<R: CubeRuntime> {
     plan: LaunchPlan,
     /// The plan's table, uploaded once per call and shared by its launches.
     table: Handle,
-    /// The sequence order the call attends along (`u32` per position), uploaded once per call.
+    /// The sequence order the call attends along (`u32` per position; see [`device_order`]).
     order: Option<(Handle, usize)>,
     scale: f32,
     tile: usize,
@@ -275,12 +316,7 @@ impl<R: CubeRuntime> Call<R> {
             .unwrap_or_else(|| 1.0 / (shape.head_dim as f64).sqrt()) as f32;
         let client = query.client.clone();
         let table = client.create_from_slice(u32::as_bytes(&plan.table));
-        let order = order.map(|order| {
-            (
-                client.create_from_slice(u32::as_bytes(order.tokens())),
-                order.len(),
-            )
-        });
+        let order = order.map(|order| (device_order(&client, &query.device, order), order.len()));
         let tile = key_tile(
             shape.head_dim,
             client.properties().hardware.max_shared_memory_size,

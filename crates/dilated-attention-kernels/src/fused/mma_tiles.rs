@@ -322,17 +322,85 @@ fn write_pair<F: Float>(smem: &mut SharedMemory<F>, at: usize, values: Pair<F>) 
     target[0] = values;
 }
 
-/// Issues the copies of `job`'s rows of `tensor` into `tiles` from element `base` (row stride
-/// `stride`), `N` values per `cp.async`; rows past the tile's list are zeroed by plain stores.
-/// The copies complete on the barrier the caller commits them to.
+/// Slots for [`tile_memory_rows`]: one per copy round of a `tile_rows x head_dim` tile in
+/// `N`-value copies (one unused slot without an order).
+#[cube]
+pub(crate) fn memory_row_slots<N: Size>(
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] ordered: bool,
+) -> Array<u32> {
+    let width = N::value();
+    let rounds = comptime!((tile_rows * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
+    Array::<u32>::new(comptime!(if ordered { rounds } else { 1 }))
+}
+
+/// Reads from the sequence order the memory row of each tile row this unit copies in
+/// [`copy_tile_async`] (one per round) for `job`. Kernels call it a tile ahead of the copies, so
+/// that the order's latency hides behind a tile of products instead of stalling the copies' issue.
+/// Nothing to read without an order (the copies compute their rows).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tile_memory_rows<N: Size>(
+    order: &Array<u32>,
+    job: &KeyTile,
+    memory_rows: &mut Array<u32>,
+    unit: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] ordered: bool,
+) {
+    if ordered {
+        let width = N::value();
+        let per_row = comptime!(head_dim / width);
+        let total = comptime!(tile_rows * per_row);
+        let first = job.tile * tile_rows;
+        #[unroll]
+        for round in 0..comptime!(total.div_ceil(TENSOR_CORE_UNITS)) {
+            let element = unit + round * TENSOR_CORE_UNITS;
+            let t = first + element / per_row;
+            let mut row = 0u32;
+            if job.valid && element < total && t < job.key_count {
+                row = order[job.key_start + t * job.dilation];
+            }
+            memory_rows[round] = row;
+        }
+    }
+}
+
+/// `target = source` for the arrays of [`memory_row_slots`].
+#[cube]
+pub(crate) fn assign_memory_rows<N: Size>(
+    target: &mut Array<u32>,
+    source: &Array<u32>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] ordered: bool,
+) {
+    if ordered {
+        let width = N::value();
+        #[unroll]
+        for round in 0..comptime!((tile_rows * head_dim / width).div_ceil(TENSOR_CORE_UNITS)) {
+            target[round] = source[round];
+        }
+    }
+}
+
+/// Issues the copies of `job`'s rows of `first` into `tiles` from element `base` and of `second`
+/// from `base + second_offset` (row stride `stride`), `N` values per `cp.async`; rows past the
+/// tile's list are zeroed by plain stores. With an order, the rows' memory rows come from
+/// `memory_rows` ([`tile_memory_rows`] for `job`). The copies complete on the barrier the caller
+/// commits them to.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_tile_async<F: Float, N: Size>(
-    tensor: &Tensor<Vector<F, N>>,
-    order: &Array<u32>,
+    first: &Tensor<Vector<F, N>>,
+    second: &Tensor<Vector<F, N>>,
     tiles: &mut SharedMemory<F>,
     base: usize,
+    second_offset: usize,
     job: &KeyTile,
+    memory_rows: &Array<u32>,
     batch: usize,
     head: usize,
     unit: usize,
@@ -345,8 +413,9 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
     let per_row = comptime!(head_dim / width);
     let total = comptime!(tile_rows * per_row);
     let rounds = comptime!(total.div_ceil(TENSOR_CORE_UNITS));
-    let first = job.tile * tile_rows;
-    let row_base = batch * tensor.stride(0) + head * tensor.stride(2);
+    let first_row = job.tile * tile_rows;
+    let first_base = batch * first.stride(0) + head * first.stride(2);
+    let second_base = batch * second.stride(0) + head * second.stride(2);
     #[unroll]
     for round in 0..rounds {
         let element = unit + round * TENSOR_CORE_UNITS;
@@ -354,29 +423,62 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
             let r = element / per_row;
             let c = (element % per_row) * width;
             let at = base + r * stride + c;
-            let t = first + r;
+            let t = first_row + r;
             if job.valid && t < job.key_count {
-                let row = memory_row(order, job.key_start + t * job.dilation, ordered);
-                let from = (row_base + row * tensor.stride(1) + c) / width;
-                let mut destination = unsafe {
-                    tiles
-                        .slice_mut(at, at + width)
-                        .downcast_unchecked::<Vector<F, N>>()
-                };
-                copy_async(
-                    &tensor.slice(from, from + 1),
-                    &mut destination,
-                    comptime!(width as u32),
+                let mut row = job.key_start + t * job.dilation;
+                if ordered {
+                    row = memory_rows[round] as usize;
+                }
+                copy_row_async(
+                    first,
+                    tiles,
+                    at,
+                    (first_base + row * first.stride(1) + c) / width,
+                );
+                copy_row_async(
+                    second,
+                    tiles,
+                    at + second_offset,
+                    (second_base + row * second.stride(1) + c) / width,
                 );
             } else {
-                let mut target = tiles
-                    .slice_mut(at, at + width)
-                    .into_vectorized()
-                    .with_vector_size::<N>();
-                target[0] = Vector::<F, N>::zeroed();
+                zero_vector::<F, N>(tiles, at);
+                zero_vector::<F, N>(tiles, at + second_offset);
             }
         }
     }
+}
+
+/// One `cp.async` of `N` values from vector `from` of `tensor` to `tiles` at element `at`.
+#[cube]
+fn copy_row_async<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    tiles: &mut SharedMemory<F>,
+    at: usize,
+    from: usize,
+) {
+    let width = N::value();
+    let mut destination = unsafe {
+        tiles
+            .slice_mut(at, at + width)
+            .downcast_unchecked::<Vector<F, N>>()
+    };
+    copy_async(
+        &tensor.slice(from, from + 1),
+        &mut destination,
+        comptime!(width as u32),
+    );
+}
+
+/// `N` zeros at element `at` of `tiles`.
+#[cube]
+fn zero_vector<F: Float, N: Size>(tiles: &mut SharedMemory<F>, at: usize) {
+    let width = N::value();
+    let mut target = tiles
+        .slice_mut(at, at + width)
+        .into_vectorized()
+        .with_vector_size::<N>();
+    target[0] = Vector::<F, N>::zeroed();
 }
 
 /// Scales a plane's tile of scores and applies its masks in place: `scale s + bias[col]` where

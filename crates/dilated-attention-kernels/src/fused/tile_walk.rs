@@ -113,7 +113,8 @@ pub(crate) fn seek_key_tile(
     found
 }
 
-/// The tile after `job` in the walk: the same segment's next tile, or a seek.
+/// The tile after `job` in the walk: the same segment's next tile, or a seek (an invalid tile
+/// after an invalid one).
 #[cube]
 pub(crate) fn next_key_tile(
     table: &Array<u32>,
@@ -133,7 +134,7 @@ pub(crate) fn next_key_tile(
         dilation: job.dilation,
         key_count: job.key_count,
     };
-    if job.tile + 1 >= job.key_count.div_ceil(key_tile) {
+    if job.valid && job.tile + 1 >= job.key_count.div_ceil(key_tile) {
         let found = seek_key_tile(
             table,
             rows,
