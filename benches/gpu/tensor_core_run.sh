@@ -56,16 +56,21 @@ ncu_order)
   for f in "$OUT"/ncu_plain.txt "$OUT"/ncu_order.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|Memory Thr|DRAM Thr|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|lts__t_sector_hit|dram__bytes|lts__t_bytes|l1tex__t_sector_hit|Achieved Occ|Registers Per|Stall|Warp Cycles Per Issued" "$f" | head -30; done
   ;;
 vulkan)
-  echo "== the same kernels through WGPU: SPIR-V on the NVIDIA Vulkan driver (fused_bench_vulkan), then CUDA"
+  echo "== the same kernels through WGPU: SPIR-V on the NVIDIA Vulkan driver (fused_bench_vulkan) and CUDA, same shapes"
   for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
-  export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
   J="$OUT/vulkan_bench.jsonl"; : > "$J"
-  timeout 150 ./.device-bin/fused_bench_vulkan --seqs 8192,32768,131072 --dtypes f16,f32 --modes head_grouped,longnet --passes fwd --repeats 5 >> "$J" 2>&1
-  timeout 40 ./.device-bin/fused_bench_vulkan --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 3 >> "$J" 2>&1
-  timeout 100 ./.device-bin/fused_bench_vulkan --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$J" 2>&1
-  timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16,f16,f32 --modes head_grouped,longnet --passes fwd --repeats 5 >> "$J" 2>&1
-  timeout 60 $B --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd_bwd --repeats 5 >> "$J" 2>&1
-  grep -v '^{' "$J" | head -20; grep -c '^{' "$J"
+  timeout 150 ./.device-bin/fused_bench_vulkan --seqs 8192,32768 --dtypes f32 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1; echo "vulkan f32 rc=$?"
+  timeout 60 $B --seqs 8192,32768 --dtypes f32 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  DILATED_ATTENTION_KERNEL=portable timeout 60 $B --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  timeout 60 $B --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  for V in portable default; do
+    DILATED_ATTENTION_KERNEL=$V RUST_BACKTRACE=1 timeout 90 ./.device-bin/fused_bench_vulkan --seqs 8192,32768 --dtypes f16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 > "$OUT/vulkan_f16_$V.log" 2>&1; echo "vulkan f16 $V rc=$?"
+    grep '^{' "$OUT/vulkan_f16_$V.log" >> "$J"; grep -v '^{' "$OUT/vulkan_f16_$V.log" | tail -5
+  done
+  echo "-- the kernels against the oracle on Vulkan (f32 and f16 forward)"
+  (cd crates/dilated-attention-kernels && timeout 150 ../../.device-bin/fused_matches_oracle_vulkan fused_output fused_f16 --test-threads 2 > "$OUT/vulkan_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/vulkan_proptest.log")
+  grep -E "^test |test result|minimal|rc=" "$OUT/vulkan_proptest.log" | head
+  grep -c '^{' "$J"
   ;;
 hilbert)
   echo "== Hilbert order vs plain vs gathered (bf16, 8x64, LongNet pairs)"

@@ -92,6 +92,11 @@ fn tensor_core_shared_bytes(tile: usize, head_dim: usize, row_values: usize) -> 
 /// on Volta and later; not lavapipe), with the largest tile of 64, 32 or 16 rows up to
 /// `largest_tile` whose shared memory (with `row_values` per-row columns) fits; the portable
 /// variant otherwise, or when [`KERNEL_VARIANT_ENV`] is `portable`.
+///
+/// Not on the WGPU runtime: WGSL has no `cmma`, and the `cmma` kernels compiled to SPIR-V
+/// (burn's `vulkan` feature) crashed the process in NVIDIA's Vulkan driver on an H100 (segfault,
+/// driver 580.159.04, f16; the portable kernels pass the oracle suite there), so WGPU runs the
+/// portable kernels until that is resolved.
 pub(crate) fn kernel_variant<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
@@ -105,6 +110,7 @@ pub(crate) fn kernel_variant<R: CubeRuntime>(
         _ => return KernelVariant::Portable,
     };
     if std::env::var(KERNEL_VARIANT_ENV).is_ok_and(|v| v == "portable")
+        || R::name(client).starts_with("wgpu")
         || !head_dim.is_multiple_of(16)
         || head_dim > 128
     {
