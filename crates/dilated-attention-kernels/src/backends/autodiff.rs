@@ -252,6 +252,12 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
     }
 }
 
+/// `Autodiff<B, C>` (the tracked backend of [`tracked_attention`]).
+type Tracked<B, C> = Autodiff<B, C>;
+
+/// The output and log-sum-exp primitives of the tracked backend.
+type TrackedOutputs<B, C> = (FloatTensor<Tracked<B, C>>, FloatTensor<Tracked<B, C>>);
+
 /// The body of `dilated_attention_with_lse` (and `_along_order`) under `Autodiff`: the fused
 /// forward with the fused backward as its backward step where the kernels take the call,
 /// otherwise the reference path on the autodiff backend's ops (which records its own backward).
@@ -262,8 +268,7 @@ fn tracked_attention<B: DilatedAttentionBackend, C: CheckpointStrategy>(
     key_padding_mask: Option<BoolTensor<Autodiff<B, C>>>,
     config: &DilatedAttentionConfig,
     order: Option<&SequenceOrder>,
-) -> Result<(FloatTensor<Autodiff<B, C>>, FloatTensor<Autodiff<B, C>>)> {
-    type Tracked<B, C> = Autodiff<B, C>;
+) -> Result<TrackedOutputs<B, C>> {
     let fused = dims4(&query)
         .is_some_and(|dims| Tracked::<B, C>::fused_dilated_attention_available(dims, config));
     if !fused {

@@ -63,6 +63,8 @@ pub(crate) fn row_block(
 /// sequence order (`ordered`: Hilbert attention), the order's entry `order[position]`, so that
 /// the kernels attend along the order while every tensor stays in its own layout. Positions past
 /// the order (rows past the sequence, which callers guard) map to themselves.
+// The outer `if` is resolved at compile time (`ordered` is comptime): not collapsible.
+#[allow(clippy::collapsible_if)]
 #[cube]
 pub(crate) fn memory_row(order: &Array<u32>, position: usize, #[comptime] ordered: bool) -> usize {
     let mut row = position;
