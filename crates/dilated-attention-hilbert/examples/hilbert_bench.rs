@@ -3,7 +3,10 @@
 //! median milliseconds over repeats, each ending in a device sync. Implementations: `plain`
 //! (raster order), `hilbert` (`HilbertDilatedAttention`: the kernels read the order) and
 //! `gathered` (the straightforward way: `select` along the curve, the plain call, `select`
-//! back; what `HilbertDilatedAttention` did before the kernels read the order).
+//! back; what `HilbertDilatedAttention` did before the kernels read the order), and two controls
+//! through `dilated_attention_along_order`: `identity` (the order `0..n`: the cost of reading
+//! rows through an order, without moving any row) and `reversed` (the order `n-1..0`: every row
+//! moved, yet each tile's rows still contiguous in memory).
 //!
 //! ```text
 //! cargo build --release -p dilated-attention-hilbert --features test-cuda --example hilbert_bench
@@ -16,10 +19,9 @@ use std::time::Instant;
 use burn::backend::{Autodiff, Cuda};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Distribution, Tensor};
-use dilated_attention_core::DilatedAttentionConfig;
-use dilated_attention_core::index_tensor;
+use dilated_attention_core::{DilatedAttentionConfig, SequenceOrder, index_tensor};
 use dilated_attention_hilbert::HilbertDilatedAttentionConfig;
-use dilated_attention_kernels::dilated_attention_with_lse;
+use dilated_attention_kernels::{dilated_attention_along_order, dilated_attention_with_lse};
 
 type Bench = Autodiff<Cuda>;
 
@@ -53,8 +55,10 @@ fn main() {
         let order = hilbert.order(n).expect("grid of n cells");
         let along = index_tensor::<Bench>(order.order().iter().copied(), &device);
         let back = index_tensor::<Bench>(order.inverse().iter().copied(), &device);
+        let identity = SequenceOrder::new((0..n).collect()).expect("a permutation");
+        let reversed = SequenceOrder::new((0..n).rev().collect()).expect("a permutation");
         for backward in [false, true] {
-            for implementation in ["plain", "hilbert", "gathered"] {
+            for implementation in ["plain", "hilbert", "gathered", "identity", "reversed"] {
                 let run = || {
                     let (q, k, v) = if backward {
                         (
@@ -67,6 +71,16 @@ fn main() {
                     };
                     let out = match implementation {
                         "hilbert" => hilbert.forward(q, k, v),
+                        "identity" | "reversed" => {
+                            let control = if implementation == "identity" {
+                                &identity
+                            } else {
+                                &reversed
+                            };
+                            dilated_attention_along_order(q, k, v, None, &cfg, control)
+                                .expect("valid call")
+                                .0
+                        }
                         "gathered" => {
                             let curve = |t: Tensor<Bench, 4>| t.select(1, along.clone());
                             dilated_attention_with_lse(curve(q), curve(k), curve(v), &cfg)
