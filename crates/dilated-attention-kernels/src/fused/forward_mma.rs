@@ -22,9 +22,9 @@ use burn_cubecl::cubecl::prelude::*;
 use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::{
-    Pair, accumulate_weighted_rows, assign_memory_rows, copy_tile_async, mask_scores,
-    memory_row_slots, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows, tile_scores,
-    zero_pairs,
+    Pair, accumulate_weighted_rows, copy_memory_rows_async, copy_tile_async, mask_scores,
+    memory_row_slots, shared_memory_rows, stage_cube_rows_mma, store_cube_rows_mma,
+    tile_memory_rows, tile_scores, zero_pairs,
 };
 use super::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
@@ -92,6 +92,11 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     // computes tile i; each stage's copies complete on its own barrier.
     let mut tiles = SharedMemory::<F>::new_aligned(2 * stage_size, 16usize);
     let mut bias_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
+    // Along an order: the memory rows of the tiles in flight, one slot of `key_tile` per stage.
+    let mut row_smem = SharedMemory::<u32>::new_aligned(
+        comptime!(if ordered { 2 * key_tile } else { 4 }),
+        16usize,
+    );
     let barrier_0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let barrier_1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let width = N::value();
@@ -181,24 +186,36 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             ordered,
         );
     }
-    barrier_0.commit_copy_async();
-    // Tile i+2's memory rows are read from the order while tile i computes.
+    // Along an order, tile i+1's memory rows come from the order by `cp.async` with tile i's
+    // data (no register waits on them, and none is held across a tile's products).
     let mut next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
-    let mut next_rows = memory_row_slots::<N>(key_tile, head_dim, ordered);
-    tile_memory_rows::<N>(
-        order,
-        &next,
-        &mut next_rows,
-        unit,
-        key_tile,
-        head_dim,
-        ordered,
-    );
+    if ordered {
+        copy_memory_rows_async(order, &next, &mut row_smem, key_tile, unit, key_tile);
+    }
+    barrier_0.commit_copy_async();
     let mut stage = 0usize;
     while job.valid {
         let key0 = job.tile * key_tile;
         let other = 1 - stage;
+        if ordered {
+            // This tile's data and the next tile's memory rows.
+            if stage == 0 {
+                barrier_0.arrive_and_wait();
+            } else {
+                barrier_1.arrive_and_wait();
+            }
+        }
         if next.valid {
+            if ordered {
+                shared_memory_rows::<N>(
+                    &row_smem,
+                    other * key_tile,
+                    &mut memory_rows,
+                    unit,
+                    key_tile,
+                    head_dim,
+                );
+            }
             copy_tile_async(
                 key,
                 value,
@@ -206,7 +223,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 other * stage_size,
                 value_offset,
                 &next,
-                &next_rows,
+                &memory_rows,
                 batch,
                 head,
                 unit,
@@ -229,21 +246,27 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             }
         }
         let after = next_key_tile(table, &rows, seq_len, &next, key_tile, causal, false);
-        tile_memory_rows::<N>(
-            order,
-            &after,
-            &mut memory_rows,
-            unit,
-            key_tile,
-            head_dim,
-            ordered,
-        );
+        if ordered {
+            // Into this tile's slot: its rows were read when its copies were issued.
+            copy_memory_rows_async(
+                order,
+                &after,
+                &mut row_smem,
+                stage * key_tile,
+                unit,
+                key_tile,
+            );
+        }
         if stage == 0 {
             barrier_1.commit_copy_async();
-            barrier_0.arrive_and_wait();
+            if !ordered {
+                barrier_0.arrive_and_wait();
+            }
         } else {
             barrier_0.commit_copy_async();
-            barrier_1.arrive_and_wait();
+            if !ordered {
+                barrier_1.arrive_and_wait();
+            }
         }
         let key_base = stage * stage_size;
         let value_base = key_base + value_offset;
@@ -348,7 +371,6 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         }
         assign_key_tile(&mut job, &next);
         assign_key_tile(&mut next, &after);
-        assign_memory_rows::<N>(&mut next_rows, &memory_rows, key_tile, head_dim, ordered);
     }
 
     // Epilogue: the row sums over the row's 4 units, O / l staged in shared memory, 16-byte

@@ -368,6 +368,58 @@ pub(crate) fn tile_memory_rows<N: Size>(
     }
 }
 
+/// Issues one 4-byte `cp.async` per row of `job`'s tile (units `0..tile_rows`): the row's memory
+/// row from the order into `rows[base + unit]` (0 past the tile's list, by a plain store). The
+/// copies complete on the barrier the caller commits them to, so no register waits on the order.
+#[cube]
+pub(crate) fn copy_memory_rows_async(
+    order: &Array<u32>,
+    job: &KeyTile,
+    rows: &mut SharedMemory<u32>,
+    base: usize,
+    unit: usize,
+    #[comptime] tile_rows: usize,
+) {
+    if unit < tile_rows {
+        let t = job.tile * tile_rows + unit;
+        if job.valid && t < job.key_count {
+            let position = job.key_start + t * job.dilation;
+            copy_async(
+                &order.slice(position, position + 1),
+                &mut rows.slice_mut(base + unit, base + unit + 1),
+                1u32,
+            );
+        } else {
+            rows[base + unit] = 0u32;
+        }
+    }
+}
+
+/// Reads into `memory_rows` ([`memory_row_slots`]) the memory rows this unit's copies of a tile
+/// need from `rows[base..]` (one per tile row, from [`copy_memory_rows_async`]).
+#[cube]
+pub(crate) fn shared_memory_rows<N: Size>(
+    rows: &SharedMemory<u32>,
+    base: usize,
+    memory_rows: &mut Array<u32>,
+    unit: usize,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+) {
+    let width = N::value();
+    let per_row = comptime!(head_dim / width);
+    let total = comptime!(tile_rows * per_row);
+    #[unroll]
+    for round in 0..comptime!(total.div_ceil(TENSOR_CORE_UNITS)) {
+        let element = unit + round * TENSOR_CORE_UNITS;
+        let mut row = 0u32;
+        if element < total {
+            row = rows[base + element / per_row];
+        }
+        memory_rows[round] = row;
+    }
+}
+
 /// `target = source` for the arrays of [`memory_row_slots`].
 #[cube]
 pub(crate) fn assign_memory_rows<N: Size>(
