@@ -223,19 +223,7 @@ impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
         key_padding_mask: Option<Tensor<B, 2, Bool>>,
         order: &HilbertOrder,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
-        let shape = AttentionShape::check_inputs(
-            &query.dims(),
-            &key.dims(),
-            &value.dims(),
-            key_padding_mask.as_ref().map(Tensor::dims),
-        )?;
-        if order.len() != shape.seq_len {
-            return Err(DilatedAttentionError::SequenceMismatch {
-                name: "Hilbert order",
-                query: shape.seq_len,
-                actual: order.len(),
-            });
-        }
+        // checks the shapes and the order's length
         dilated_attention_along_order(
             query,
             key,

@@ -150,7 +150,8 @@ pub(crate) fn kernel_variant<R: CubeRuntime>(
 /// run: a
 /// tensor-core call ([`kernel_variant`]) on a device with manual MMA m16n8k16 and `ldmatrix` for
 /// the dtype and `cp.async` (CUDA on Ampere and later), unless [`KERNEL_VARIANT_ENV`] is `cmma`
-/// (the `cmma` forward, for comparisons); 64 keys, or 32 where two stages of 64 do not fit the
+/// (the `cmma` forward, for comparisons); 64 keys, or 32 where two stages of 64 (each: keys and
+/// values, the key bias, and the memory rows a call along an order brings in) do not fit the
 /// shared memory.
 pub(crate) fn mma_forward_tile<R: CubeRuntime>(
     client: &ComputeClient<R>,
@@ -186,7 +187,7 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
     let shared = SHARED_MEMORY_BUDGET.min(client.properties().hardware.max_shared_memory_size);
     [64, 32]
         .into_iter()
-        .find(|&tile| 2 * (2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4) <= shared)
+        .find(|&tile| 2 * (2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4 + tile * 4) <= shared)
 }
 
 /// Values per global load of the tensor-core kernel: the widest of 8, 4, 2 that the device's
