@@ -75,12 +75,20 @@ impl<B: Backend> ShardedAttention<B> {
     }
 
     /// `[batch, seq, heads, ..]` restricted to a group's heads and the given local rows.
+    ///
+    /// Callers never ask for no rows: an op over a zero-size tensor launches a kernel over no
+    /// cubes, which CUDA rejects (`CUDA_ERROR_INVALID_VALUE` through Burn's fusion; seen on
+    /// two H200s with a head-grouped config whose first pair stays inside the shards).
     fn gather<const D: usize>(
         &self,
         t: &Tensor<B, D>,
         heads: &[usize],
         locals: &[usize],
     ) -> Tensor<B, D> {
+        debug_assert!(
+            !locals.is_empty() && !heads.is_empty(),
+            "the sharded path gathers no rows"
+        );
         let t = if heads.len() == self.shape.num_heads {
             t.clone()
         } else {
@@ -402,14 +410,17 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
         }
 
         // shared segments: one step per peer, merged as blocks arrive
-        let shared_q: Vec<Tensor<B, 4>> = groups
+        // (groups with no shared rows, such as a head-grouped pair inside the shards, have none)
+        let shared_q: Vec<Option<Tensor<B, 4>>> = groups
             .iter()
             .map(|g| {
-                self.gather(
-                    &q,
-                    &g.heads,
-                    &g.shared.iter().map(|r| r.local).collect::<Vec<_>>(),
-                )
+                (!g.shared.is_empty()).then(|| {
+                    self.gather(
+                        &q,
+                        &g.heads,
+                        &g.shared.iter().map(|r| r.local).collect::<Vec<_>>(),
+                    )
+                })
             })
             .collect();
         let mut shared: Vec<Option<(Tensor<B, 4>, Tensor<B, 3>)>> = vec![None; groups.len()];
@@ -438,8 +449,11 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
                         .select(1, self.index(rows.iter().map(|r| r.position)))
                 });
                 let visible = self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
+                let query = shared_q[i]
+                    .clone()
+                    .expect("a group with a key block has shared rows");
                 let (o, l) = block_forward(
-                    shared_q[i].clone().unsqueeze_dim(1),
+                    query.unsqueeze_dim(1),
                     kb.unsqueeze_dim(1),
                     vb.unsqueeze_dim(1),
                     &visible,
