@@ -3,7 +3,7 @@
 # 2 GPUs against one GPU on the whole sequence, then scaling (n on one GPU, 2n on two).
 # Expects .device-bin/ring(.gz), built here with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
-# Usage: benches/gpu/ring_run.sh [check|scale|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+# Usage: benches/gpu/ring_run.sh [check|headgrouped|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
 # Each run is bounded by `timeout`; the scale stage can take up to 20 min in all, more than one
 # device call allows: split it (the loop bounds) when the budget is short.
 set -uo pipefail
@@ -12,7 +12,7 @@ STAGE=${1:-all}
 mkdir -p "$OUT"
 for f in .device-bin/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
 chmod +x .device-bin/* 2>/dev/null
-export NCCL_NVLS_ENABLE=0 CUBECL_AUTOTUNE_LEVEL=minimal
+export NCCL_NVLS_ENABLE=0 CUBECL_AUTOTUNE_LEVEL=minimal RUST_LOG=${RUST_LOG:-warn}
 R=./.device-bin/ring
 # `timeout` stops the launcher but not its rank processes: clear them before and after each run,
 # or a stuck run keeps the GPUs' memory and the next runs fail (seen on 2026-11-26).
@@ -31,12 +31,23 @@ if [[ $STAGE == check || $STAGE == all ]]; then
     $R --launch 2 --seq 65536 --segments 2048,4096,seq --rates 1,2,16 --zigzag --causal --check --backward --dtype bf16 --repeats 1 --warmup 0 2>&1 | tee -a "$OUT/check.jsonl"
   fi
 fi
+# each run: bounded, JSON lines kept, the first other lines (the first failure: CubeCL logs a
+# failed device task as a warning) and the most repeated ones (a panicking rank prints thousands)
+run() { timeout "$1" "${@:2}" > "$OUT/last.txt" 2>&1; echo "rc=$?"; clear_ranks
+        grep -E '^\{' "$OUT/last.txt" | tee -a "$OUT/scale.jsonl"
+        grep -vE '^\{' "$OUT/last.txt" | head -12 | cut -c1-400
+        grep -vE '^\{' "$OUT/last.txt" | sort | uniq -c | sort -rn | head -5 | cut -c1-300; }
+if [[ $STAGE == headgrouped ]]; then
+  echo "== check: head-grouped, 32K, a pair over both GPUs, the other inside the shards; f32 and bf16 causal, forward and gradients"
+  run 240 $R --launch 2 --seq 32768 --mode head-grouped --segments 2048,seq --rates 1,16 --check --backward --repeats 1 --warmup 0
+  run 240 $R --launch 2 --seq 32768 --mode head-grouped --segments 2048,seq --rates 1,16 --causal --dtype bf16 --check --backward --repeats 1 --warmup 0
+fi
+if [[ $STAGE == largest ]]; then
+  echo "== the largest forward on two GPUs (8,388,607 tokens each), with CubeCL's warnings"
+  run 150 $R --launch 2 --seq 16777214 --dtype bf16 --repeats 1 --warmup 1
+fi
 if [[ $STAGE == scale || $STAGE == all ]]; then
   echo "== scale: pairs (2048,1),(4096,2),(8192,4), bf16; n on one GPU, 2n on two"
-  # each run: bounded, JSON lines kept, errors counted (a panicking rank can print thousands)
-  run() { timeout "$1" "${@:2}" > "$OUT/last.txt" 2>&1; echo "rc=$?"; clear_ranks
-          grep -E '^\{' "$OUT/last.txt" | tee -a "$OUT/scale.jsonl"
-          grep -vE '^\{' "$OUT/last.txt" | sort | uniq -c | sort -rn | head -5 | cut -c1-300; }
   for n in 1048576 4194304; do
     run 120 $R --single --device cuda --seq $n --dtype bf16 --backward --repeats 2 --warmup 1
     (( GPUS >= 2 )) && run 150 $R --launch 2 --seq $((2 * n)) --dtype bf16 --backward --repeats 2 --warmup 1

@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -71,6 +71,15 @@ vulkan)
   (cd crates/dilated-attention-kernels && timeout 150 ../../.device-bin/fused_matches_oracle_vulkan fused_output fused_f16 --test-threads 2 > "$OUT/vulkan_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/vulkan_proptest.log")
   grep -E "^test |test result|minimal|rc=" "$OUT/vulkan_proptest.log" | head
   grep -c '^{' "$J"
+  ;;
+hilbert_ab)
+  echo "== Hilbert forward: the previous kernels (.device-bin/hilbert_bench_prev) and the new ones, alternating processes"
+  for i in 1 2; do
+    for b in hilbert_bench_prev hilbert_bench; do
+      [ -x ./.device-bin/$b ] || continue
+      HILBERT_BENCH_IMPLS=${HILBERT_BENCH_IMPLS:-plain,hilbert,identity} timeout 150 ./.device-bin/$b ${HILBERT_SIDES:-256 512} 2>&1 | grep '"fwd"' | sed "s/^/$b /" | tee -a "$OUT/hilbert_ab.txt"
+    done
+  done
   ;;
 hilbert)
   echo "== Hilbert order vs plain vs gathered (bf16, 8x64, LongNet pairs)"

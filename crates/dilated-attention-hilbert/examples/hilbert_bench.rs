@@ -8,9 +8,12 @@
 //! rows through an order, without moving any row) and `reversed` (the order `n-1..0`: every row
 //! moved, yet each tile's rows still contiguous in memory).
 //!
+//! Each pass warms every implementation up (two calls), then times them in interleaved rounds.
+//!
 //! ```text
 //! cargo build --release -p dilated-attention-hilbert --features test-cuda --example hilbert_bench
 //! hilbert_bench 256 512
+//! HILBERT_BENCH_IMPLS=plain,hilbert hilbert_bench 256
 //! ```
 //! Arguments: grid sides (square grids); bf16, 8 heads x 64, pairs (2048,1),(4096,2),(8192,4).
 
@@ -30,7 +33,23 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// Timed calls per implementation (after two untimed ones).
+const REPEATS: usize = 9;
+
+/// Every implementation, in the order they run in each round.
+const IMPLEMENTATIONS: [&str; 5] = ["plain", "hilbert", "gathered", "identity", "reversed"];
+
 fn main() {
+    // `HILBERT_BENCH_IMPLS=plain,hilbert` runs a subset.
+    let implementations: Vec<String> = std::env::var("HILBERT_BENCH_IMPLS").map_or_else(
+        |_| IMPLEMENTATIONS.iter().map(|s| s.to_string()).collect(),
+        |list| {
+            list.split(',')
+                .filter(|s| IMPLEMENTATIONS.contains(s))
+                .map(str::to_string)
+                .collect()
+        },
+    );
     let sides: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())
@@ -58,60 +77,65 @@ fn main() {
         let identity = SequenceOrder::new((0..n).collect()).expect("a permutation");
         let reversed = SequenceOrder::new((0..n).rev().collect()).expect("a permutation");
         for backward in [false, true] {
-            for implementation in ["plain", "hilbert", "gathered", "identity", "reversed"] {
-                let run = || {
-                    let (q, k, v) = if backward {
-                        (
-                            q.clone().require_grad(),
-                            k.clone().require_grad(),
-                            v.clone().require_grad(),
-                        )
-                    } else {
-                        (q.clone(), k.clone(), v.clone())
-                    };
-                    let out = match implementation {
-                        "hilbert" => hilbert.forward(q, k, v),
-                        "identity" | "reversed" => {
-                            let control = if implementation == "identity" {
-                                &identity
-                            } else {
-                                &reversed
-                            };
-                            dilated_attention_along_order(q, k, v, None, &cfg, control)
-                                .expect("valid call")
-                                .0
-                        }
-                        "gathered" => {
-                            let curve = |t: Tensor<Bench, 4>| t.select(1, along.clone());
-                            dilated_attention_with_lse(curve(q), curve(k), curve(v), &cfg)
-                                .expect("valid call")
-                                .0
-                                .select(1, back.clone())
-                        }
-                        _ => {
-                            dilated_attention_with_lse(q, k, v, &cfg)
-                                .expect("valid call")
-                                .0
-                        }
-                    };
-                    if backward {
-                        drop(out.cast(DType::F32).sum().backward());
-                    } else {
-                        drop(out);
-                    }
-                    Bench::sync(&device).expect("sync");
+            let run = |implementation: &str| {
+                let (q, k, v) = if backward {
+                    (
+                        q.clone().require_grad(),
+                        k.clone().require_grad(),
+                        v.clone().require_grad(),
+                    )
+                } else {
+                    (q.clone(), k.clone(), v.clone())
                 };
-                run();
-                run();
-                let times: Vec<f64> = (0..7)
-                    .map(|_| {
-                        let t = Instant::now();
-                        run();
-                        t.elapsed().as_secs_f64()
-                    })
-                    .collect();
+                let out = match implementation {
+                    "hilbert" => hilbert.forward(q, k, v),
+                    "identity" | "reversed" => {
+                        let control = if implementation == "identity" {
+                            &identity
+                        } else {
+                            &reversed
+                        };
+                        dilated_attention_along_order(q, k, v, None, &cfg, control)
+                            .expect("valid call")
+                            .0
+                    }
+                    "gathered" => {
+                        let curve = |t: Tensor<Bench, 4>| t.select(1, along.clone());
+                        dilated_attention_with_lse(curve(q), curve(k), curve(v), &cfg)
+                            .expect("valid call")
+                            .0
+                            .select(1, back.clone())
+                    }
+                    _ => {
+                        dilated_attention_with_lse(q, k, v, &cfg)
+                            .expect("valid call")
+                            .0
+                    }
+                };
+                if backward {
+                    drop(out.cast(DType::F32).sum().backward());
+                } else {
+                    drop(out);
+                }
+                Bench::sync(&device).expect("sync");
+            };
+            for implementation in &implementations {
+                run(implementation);
+                run(implementation);
+            }
+            // Rounds interleave the implementations, so that a drift of the GPU's clocks over
+            // the run falls on all of them alike.
+            let mut times = vec![Vec::new(); implementations.len()];
+            for _ in 0..REPEATS {
+                for (implementation, times) in implementations.iter().zip(&mut times) {
+                    let t = Instant::now();
+                    run(implementation);
+                    times.push(t.elapsed().as_secs_f64());
+                }
+            }
+            for (implementation, times) in implementations.iter().zip(times) {
                 println!(
-                    "{{\"grid\":[{side},{side}],\"seq\":{n},\"dtype\":\"bf16\",\"pass\":\"{}\",\"impl\":\"{}\",\"median_ms\":{:.3},\"repeats\":7}}",
+                    "{{\"grid\":[{side},{side}],\"seq\":{n},\"dtype\":\"bf16\",\"pass\":\"{}\",\"impl\":\"{}\",\"median_ms\":{:.3},\"repeats\":{REPEATS}}}",
                     if backward { "fwd_bwd" } else { "fwd" },
                     implementation,
                     median(times) * 1e3

@@ -13,6 +13,7 @@
 mod args;
 mod peak_memory;
 mod run;
+mod stderr_log;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ fn print(result: Result<Vec<String>, dilated_attention::DilatedAttentionError>) 
 }
 
 fn main() -> ExitCode {
+    stderr_log::install();
     let args = Args::parse();
     #[cfg(feature = "cuda")]
     {
