@@ -50,10 +50,13 @@ vulkan_diag)
 ncu_order)
   echo "== Nsight Compute: the register-resident forward in raster order vs along the Hilbert order (256 x 256 grid, bf16)"
   NCU=/usr/local/cuda/bin/ncu
-  S="--section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --metrics lts__t_sector_hit_rate.pct,dram__bytes_read.sum,lts__t_bytes.sum,l1tex__t_sector_hit_rate.pct"
-  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 2 --launch-count 1 $S ./.device-bin/hilbert_bench 256 > "$OUT/ncu_plain.txt" 2>&1
-  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 11 --launch-count 1 $S ./.device-bin/hilbert_bench 256 > "$OUT/ncu_order.txt" 2>&1
-  for f in "$OUT"/ncu_plain.txt "$OUT"/ncu_order.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|Memory Thr|DRAM Thr|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth|lts__t_sector_hit|dram__bytes|lts__t_bytes|l1tex__t_sector_hit|Achieved Occ|Registers Per|Stall|Warp Cycles Per Issued" "$f" | head -30; done
+  S="--section SpeedOfLight --section WarpStateStats --section Occupancy --section LaunchStats --metrics launch__registers_per_thread,smsp__inst_executed.sum,l1tex__t_sectors_pipe_lsu_mem_local_op_ld.sum,l1tex__t_sectors_pipe_lsu_mem_local_op_st.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct"
+  # hilbert_bench's forward launches with these two implementations: plain, plain, hilbert, hilbert (warm-up), then rounds
+  export HILBERT_BENCH_IMPLS=plain,hilbert
+  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 1 --launch-count 1 $S ./.device-bin/hilbert_bench 256 > "$OUT/ncu_plain.txt" 2>&1
+  timeout 150 $NCU --kernel-name regex:"forward" --launch-skip 3 --launch-count 1 $S ./.device-bin/hilbert_bench 256 > "$OUT/ncu_order.txt" 2>&1
+  unset HILBERT_BENCH_IMPLS
+  for f in "$OUT"/ncu_plain.txt "$OUT"/ncu_order.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|DRAM Thr|Compute \(SM\) Thr|Achieved Occ|Theoretical Occ|Registers Per|Block Limit Reg|Block Limit Shared|Warp Cycles Per Issued|launch__registers|smsp__inst_executed.sum|local_op_ld|local_op_st|dram__bytes_read|lts__t_sector_hit" "$f" | head -30; done
   ;;
 vulkan)
   echo "== the same kernels through WGPU: SPIR-V on the NVIDIA Vulkan driver (fused_bench_vulkan) and CUDA, same shapes"
