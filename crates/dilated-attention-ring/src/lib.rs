@@ -13,6 +13,7 @@
 
 mod block;
 mod communicator;
+mod fused_block;
 mod gradient_sync;
 mod in_process;
 mod layout;

@@ -7,7 +7,9 @@
 //! that rank's queries need (only rows of shared segments, and under causal masking only rows
 //! at or before the receiver's last query) and receives from `r - t` the rows it needs, then
 //! merges the block into its running output by log-sum-exp (LongNet sec. 3.1; the ring's merge).
-//! One block is live at a time, so memory per step is constant in the world size.
+//! One block is live at a time, so memory per step is constant in the world size. A shared block
+//! runs on the single-device path in pieces ([`crate::fused_block`]: the fused kernels where the
+//! backend has them); owned segments and the backward's blocks run on Burn ops ([`crate::block`]).
 //!
 //! The backward recomputes the same blocks from the final log-sum-exp (FlashAttention-2): each
 //! step receives the peer's keys again, adds the block's query gradient locally, and sends the
@@ -24,9 +26,10 @@ use dilated_attention_core::{
     AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, index_tensor,
     merge_by_lse,
 };
-use dilated_attention_kernels::CustomAttention;
+use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
 
 use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
+use crate::fused_block::{BlockRows, fused_block_forward};
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
 use crate::{Communicator, Receive, ShardLayout};
 
@@ -366,7 +369,7 @@ fn five<B: Backend>(t: Tensor<B, 4>, segments: usize) -> Tensor<B, 5> {
     t.reshape([b, segments, m / segments, h, d])
 }
 
-impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
+impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
     fn forward(
         &self,
         query: FloatTensor<B>,
@@ -381,6 +384,12 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
         let scale = self.scale();
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
+        let dilations: Vec<usize> = self
+            .plan
+            .pairs
+            .iter()
+            .flat_map(|(pair, groups)| groups.iter().map(|_| pair.dilation))
+            .collect();
 
         // owned segments: local, no communication
         let mut owned: Vec<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> = Vec::with_capacity(groups.len());
@@ -448,18 +457,41 @@ impl<B: Backend> CustomAttention<B> for ShardedAttention<B> {
                         .clone()
                         .select(1, self.index(rows.iter().map(|r| r.position)))
                 });
-                let visible = self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
                 let query = shared_q[i]
-                    .clone()
+                    .as_ref()
                     .expect("a group with a key block has shared rows");
-                let (o, l) = block_forward(
-                    query.unsqueeze_dim(1),
-                    kb.unsqueeze_dim(1),
-                    vb.unsqueeze_dim(1),
-                    &visible,
+                let block_rows = BlockRows {
+                    queries: &g.shared,
+                    keys: &rows,
+                    segment_length: g.segment_length,
+                    dilation: dilations[i],
+                    causal: self.config.causal,
+                };
+                let fused = fused_block_forward(
+                    query,
+                    &kb,
+                    &vb,
+                    key_keep.as_ref(),
+                    &block_rows,
+                    dtype,
                     scale,
-                );
-                let part = (o.squeeze_dim::<4>(1), l.squeeze_dim::<3>(1));
+                    self.config.implementation,
+                )?;
+                let part = match fused {
+                    Some(part) => part,
+                    None => {
+                        let visible =
+                            self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
+                        let (o, l) = block_forward(
+                            query.clone().unsqueeze_dim(1),
+                            kb.unsqueeze_dim(1),
+                            vb.unsqueeze_dim(1),
+                            &visible,
+                            scale,
+                        );
+                        (o.squeeze_dim::<4>(1), l.squeeze_dim::<3>(1))
+                    }
+                };
                 shared[i] = Some(match shared[i].take() {
                     None => part,
                     Some(acc) => merge_by_lse(vec![acc, part]),

@@ -1,0 +1,320 @@
+//! A shared block of the sharded forward (a rank's shared query rows of one (pair, offset group)
+//! against the key rows of one step) on the single-device path: the fused kernels where the
+//! backend has them, instead of scores materialised by Burn ops.
+//!
+//! Inside one segment, a group's selected rows step by the pair's dilation and positions grow
+//! with the row index. The rank's query rows fall into *runs* (consecutive selected rows of one
+//! segment), and against a run every key row of the same segment is either before the run,
+//! inside it, or after it. Keys before are fully visible; keys after are invisible under causal
+//! masking and fully visible otherwise; keys inside are, in the sharded plan, exactly the run's
+//! own rows (the rank's own keys at step 0), causal by row index. So each (run, key set) is one
+//! fused call on compact tensors with a single pair `(L, 1)`: causal on the diagonal, padded to
+//! a common length `L` otherwise (padded keys hidden by the key padding mask, padded query rows
+//! dropped). A run's pieces merge by log-sum-exp. A block whose keys lie inside a run but are
+//! not its rows (no plan makes one) is left to the caller's masked block math.
+
+use core::ops::Range;
+
+use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use dilated_attention_core::{
+    AttentionImplementation, DilatedAttentionConfig, Result, merge_by_lse,
+};
+use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+
+use crate::block::{narrow_to, wide};
+use crate::shard_plan::Row;
+
+/// Which rows a block attends: the rank's shared query rows, the step's key rows, and the pair.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockRows<'a> {
+    pub queries: &'a [Row],
+    pub keys: &'a [Row],
+    pub segment_length: usize,
+    pub dilation: usize,
+    pub causal: bool,
+}
+
+/// The key rows (indices into the block's key list) one query run attends, by kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    /// Every key visible to every query of the run.
+    Full(Vec<usize>),
+    /// The run's own rows, in order: causal by row index.
+    Diagonal(Vec<usize>),
+}
+
+/// Maximal runs `[start, end)` of `rows`: one segment, positions stepping by `dilation`.
+fn runs(rows: &[Row], segment_length: usize, dilation: usize) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let continues = i > 0 && {
+            let previous = rows[i - 1].position;
+            previous / segment_length == row.position / segment_length
+                && previous + dilation == row.position
+        };
+        match out.last_mut() {
+            Some(run) if continues => run.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// The pieces of each query run, or `None` when some key lies inside a run without being one of
+/// its rows (then only a mask describes the block).
+fn plan_pieces(rows: &BlockRows) -> Option<Vec<(Range<usize>, Vec<Piece>)>> {
+    let s = rows.segment_length;
+    runs(rows.queries, s, rows.dilation)
+        .into_iter()
+        .map(|run| {
+            let queries = &rows.queries[run.clone()];
+            let (first, last) = (queries[0].position, queries[queries.len() - 1].position);
+            let segment = first / s;
+            let (mut visible, mut inside) = (Vec::new(), Vec::new());
+            for (j, key) in rows.keys.iter().enumerate() {
+                if key.position / s != segment {
+                    continue;
+                }
+                if key.position < first || (!rows.causal && key.position > last) {
+                    visible.push(j);
+                } else if key.position <= last {
+                    inside.push(j);
+                }
+            }
+            let mut pieces = Vec::new();
+            if !inside.is_empty() {
+                let own = inside.len() == queries.len()
+                    && inside
+                        .iter()
+                        .zip(queries)
+                        .all(|(&j, q)| rows.keys[j].position == q.position);
+                if !own {
+                    return None;
+                }
+                if rows.causal {
+                    pieces.push(Piece::Diagonal(inside));
+                } else {
+                    visible.extend(inside);
+                }
+            }
+            if !visible.is_empty() {
+                pieces.push(Piece::Full(visible));
+            }
+            Some((run, pieces))
+        })
+        .collect()
+}
+
+/// Rows `index` of `t` along dim 1.
+fn rows_of<B: DilatedAttentionBackend, const D: usize>(
+    t: &Tensor<B, D>,
+    index: &[usize],
+) -> Tensor<B, D> {
+    t.clone().select(
+        1,
+        dilated_attention_core::index_tensor(index.iter().copied(), &t.device()),
+    )
+}
+
+/// `t` with zero rows appended along dim 1 up to `len`.
+fn pad_rows<B: Backend>(t: Tensor<B, 4>, len: usize) -> Tensor<B, 4> {
+    let [b, m, h, d] = t.dims();
+    if m == len {
+        return t;
+    }
+    let zeros = Tensor::<B, 4>::zeros([b, len - m, h, d], &t.device()).cast(t.dtype());
+    Tensor::cat(vec![t, zeros], 1)
+}
+
+/// One fused call: `query` `[b, m, h, d]` against `key`/`value` `[b, n, h, d]`, keys with
+/// `keep` `[b, n]` below 0.5 hidden; f32 output `[b, m, h, d]` and LSE `[b, m, h]`.
+fn attend_piece<B: DilatedAttentionBackend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    keep: Option<Tensor<B, 2>>,
+    causal: bool,
+    scale: f64,
+    implementation: AttentionImplementation,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    let [batch, m, _, _] = query.dims();
+    let n = key.dims()[1];
+    let len = m.max(n);
+    let device = query.device();
+    let hidden = (keep.is_some() || n < len).then(|| {
+        let keys = keep.map_or_else(
+            || Tensor::<B, 2>::zeros([batch, n], &device),
+            |k| k.neg().add_scalar(1.0),
+        );
+        let padded = if n < len {
+            Tensor::cat(
+                vec![keys, Tensor::<B, 2>::ones([batch, len - n], &device)],
+                1,
+            )
+        } else {
+            keys
+        };
+        padded.greater_elem(0.5)
+    });
+    let config = DilatedAttentionConfig::new(vec![len], vec![1])
+        .with_causal(causal)
+        .with_scale(Some(scale))
+        .with_implementation(implementation);
+    let (query, key, value) = (
+        pad_rows(query, len),
+        pad_rows(key, len),
+        pad_rows(value, len),
+    );
+    let dims = query.dims();
+    let (out, lse) = if B::fused_dilated_attention_available(dims, &config) {
+        // the kernels' own f32 LSE (the functional API returns it in the inputs' dtype, too
+        // coarse in half precision for the merges that follow)
+        let (out, lse) = B::fused_dilated_attention_forward(
+            query.into_primitive().tensor(),
+            key.into_primitive().tensor(),
+            value.into_primitive().tensor(),
+            hidden.map(Tensor::into_primitive),
+            &config,
+            None,
+        )?;
+        (
+            Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out)),
+            Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse)),
+        )
+    } else {
+        dilated_attention_with_lse_masked(query, key, value, hidden, &config)?
+    };
+    Ok((wide(out.narrow(1, 0, m)), wide(lse.narrow(1, 0, m))))
+}
+
+/// The block's f32 output `[batch, queries, heads, head_dim]` and LSE `[batch, queries, heads]`
+/// (`-inf`, output 0, for a query that sees no key of the block), from `query`
+/// `[batch, queries, heads, head_dim]` and `key`/`value` `[batch, keys, heads, head_dim]` (any
+/// float dtype; the fused calls run in `dtype`), with `key_keep` `[batch, keys]` (1 = not padded).
+/// `None` when the block's keys do not split into pieces (see the module docs).
+///
+/// # Errors
+/// The single-device path's errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_block_forward<B: DilatedAttentionBackend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+    key_keep: Option<&Tensor<B, 2>>,
+    rows: &BlockRows,
+    dtype: DType,
+    scale: f64,
+    implementation: AttentionImplementation,
+) -> Result<Option<(Tensor<B, 4>, Tensor<B, 3>)>> {
+    let Some(plan) = plan_pieces(rows) else {
+        return Ok(None);
+    };
+    let [batch, _, heads, head_dim] = query.dims();
+    let device = query.device();
+    let (key, value) = (
+        narrow_to(key.clone(), dtype),
+        narrow_to(value.clone(), dtype),
+    );
+    let query = narrow_to(query.clone(), dtype);
+    let mut outs = Vec::with_capacity(plan.len());
+    let mut lses = Vec::with_capacity(plan.len());
+    for (run, pieces) in plan {
+        let m = run.len();
+        let run_rows: Vec<usize> = run.collect();
+        let q = rows_of(&query, &run_rows);
+        let mut parts = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let (keys, causal) = match piece {
+                Piece::Full(keys) => (keys, false),
+                Piece::Diagonal(keys) => (keys, true),
+            };
+            let keep = key_keep.map(|k| rows_of(k, &keys));
+            parts.push(attend_piece(
+                q.clone(),
+                rows_of(&key, &keys),
+                rows_of(&value, &keys),
+                keep,
+                causal,
+                scale,
+                implementation,
+            )?);
+        }
+        let (o, l) = if parts.is_empty() {
+            (
+                Tensor::zeros([batch, m, heads, head_dim], &device),
+                Tensor::full([batch, m, heads], f32::NEG_INFINITY, &device),
+            )
+        } else {
+            merge_by_lse(parts)
+        };
+        outs.push(o);
+        lses.push(l);
+    }
+    Ok(Some((Tensor::cat(outs, 1), Tensor::cat(lses, 1))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(positions: &[usize]) -> Vec<Row> {
+        positions
+            .iter()
+            .enumerate()
+            .map(|(local, &position)| Row { position, local })
+            .collect()
+    }
+
+    #[test]
+    fn runs_break_at_segments_and_gaps() {
+        // segment 8, dilation 2: rows 1,3,5,7 | 9,11 | (gap) 15
+        let r = rows(&[1, 3, 5, 7, 9, 11, 15]);
+        assert_eq!(runs(&r, 8, 2), vec![0..4, 4..6, 6..7]);
+    }
+
+    #[test]
+    fn keys_split_into_before_diagonal_and_after() {
+        let queries = rows(&[4, 5, 6]);
+        let keys = rows(&[0, 1, 4, 5, 6, 7, 9]);
+        let block = |causal| BlockRows {
+            queries: &queries,
+            keys: &keys,
+            segment_length: 8,
+            dilation: 1,
+            causal,
+        };
+        // causal: 0, 1 before; 4, 5, 6 the diagonal; 7 after (hidden); 9 another segment
+        assert_eq!(
+            plan_pieces(&block(true)),
+            Some(vec![(
+                0..3,
+                vec![Piece::Diagonal(vec![2, 3, 4]), Piece::Full(vec![0, 1])]
+            )])
+        );
+        // not causal: every key of the segment at once
+        assert_eq!(
+            plan_pieces(&block(false)),
+            Some(vec![(0..3, vec![Piece::Full(vec![0, 1, 5, 2, 3, 4])])])
+        );
+    }
+
+    #[test]
+    fn a_key_inside_a_run_that_is_not_its_row_has_no_pieces() {
+        let queries = rows(&[4, 6]);
+        let keys = rows(&[5]);
+        let block = BlockRows {
+            queries: &queries,
+            keys: &keys,
+            segment_length: 8,
+            dilation: 1,
+            causal: true,
+        };
+        // dilation 1 makes 4 and 6 two runs; 5 lies after the first and before the second
+        assert!(plan_pieces(&block).is_some());
+        let block = BlockRows {
+            dilation: 2,
+            ..block
+        };
+        assert_eq!(plan_pieces(&block), None);
+    }
+}
