@@ -15,7 +15,7 @@
 
 use core::ops::Range;
 
-use burn::tensor::{DType, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{DType, IndexingUpdateOp, Tensor, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
     AttentionImplementation, DilatedAttentionConfig, Result, merge_by_lse,
 };
@@ -251,6 +251,141 @@ pub(crate) fn fused_block_forward<B: DilatedAttentionBackend>(
         lses.push(l);
     }
     Ok(Some((Tensor::cat(outs, 1), Tensor::cat(lses, 1))))
+}
+
+/// What [`fused_block_backward`] needs of a block besides its keys: the shared query rows and,
+/// for them, the final output, its f32 log-sum-exp and the gradients of both (`[batch, queries,
+/// heads, ..]`), and the keys' `key_keep` `[batch, keys]` (1 = not padded).
+pub(crate) struct BlockBackward<'a, B: Backend> {
+    pub query: &'a Tensor<B, 4>,
+    pub key: &'a Tensor<B, 4>,
+    pub value: &'a Tensor<B, 4>,
+    pub output: &'a Tensor<B, 4>,
+    pub lse: &'a Tensor<B, 3>,
+    pub grad_output: &'a Tensor<B, 4>,
+    pub grad_lse: Option<&'a Tensor<B, 3>>,
+    pub key_keep: Option<&'a Tensor<B, 2>>,
+}
+
+/// `t` with rows of `value` appended along dim 1 up to `len`.
+fn pad_stat<B: Backend>(t: Tensor<B, 3>, len: usize, value: f32) -> Tensor<B, 3> {
+    let [b, m, h] = t.dims();
+    if m == len {
+        return t;
+    }
+    let fill = Tensor::<B, 3>::full([b, len - m, h], value, &t.device()).cast(t.dtype());
+    Tensor::cat(vec![t, fill], 1)
+}
+
+/// The block's f32 gradients (query rows `[batch, queries, heads, head_dim]`, key and value rows
+/// `[batch, keys, heads, head_dim]`) on the fused backward kernels, piece by piece as in
+/// [`fused_block_forward`], each recomputing its weights from the final log-sum-exp
+/// (FlashAttention-2: the kernels take the final output and LSE). Zero padding rows of the
+/// queries, the output and its gradient contribute nothing. `None` when the block's keys do not
+/// split into pieces or a piece has no fused backward on this backend (no kernels, or the
+/// reference path forced): the caller's Burn-ops block runs instead.
+///
+/// # Errors
+/// The kernels' errors.
+pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
+    block: &BlockBackward<B>,
+    rows: &BlockRows,
+    dtype: DType,
+    scale: f64,
+    implementation: AttentionImplementation,
+) -> Result<Option<[Tensor<B, 4>; 3]>> {
+    let Some(plan) = plan_pieces(rows) else {
+        return Ok(None);
+    };
+    let [batch, _, heads, head_dim] = block.query.dims();
+    let keys = block.key.dims()[1];
+    let device = block.query.device();
+    let narrow = |t: &Tensor<B, 4>| narrow_to(t.clone(), dtype);
+    let (query, key, value) = (narrow(block.query), narrow(block.key), narrow(block.value));
+    let (output, grad_output) = (narrow(block.output), narrow(block.grad_output));
+    let lse = wide(block.lse.clone());
+    let grad_lse = block.grad_lse.map(|g| wide(g.clone()));
+    let mut grad_key = Tensor::<B, 4>::zeros([batch, keys, heads, head_dim], &device);
+    let mut grad_value = grad_key.clone();
+    let mut grad_query_runs = Vec::with_capacity(plan.len());
+    for (run, pieces) in plan {
+        let m = run.len();
+        let run_rows: Vec<usize> = run.collect();
+        let mut grad_query = Tensor::<B, 4>::zeros([batch, m, heads, head_dim], &device);
+        for piece in pieces {
+            let (key_rows, causal) = match piece {
+                Piece::Full(keys) => (keys, false),
+                Piece::Diagonal(keys) => (keys, true),
+            };
+            let n = key_rows.len();
+            let len = m.max(n);
+            let config = DilatedAttentionConfig::new(vec![len], vec![1])
+                .with_causal(causal)
+                .with_scale(Some(scale))
+                .with_implementation(implementation);
+            let dims = [batch, len, heads, head_dim];
+            if !B::fused_dilated_attention_available(dims, &config) {
+                return Ok(None);
+            }
+            let keep = block.key_keep.map(|k| rows_of(k, &key_rows));
+            let hidden = (keep.is_some() || n < len).then(|| {
+                let hidden = keep.map_or_else(
+                    || Tensor::<B, 2>::zeros([batch, n], &device),
+                    |k| k.neg().add_scalar(1.0),
+                );
+                let hidden = if n < len {
+                    Tensor::cat(
+                        vec![hidden, Tensor::<B, 2>::ones([batch, len - n], &device)],
+                        1,
+                    )
+                } else {
+                    hidden
+                };
+                hidden.greater_elem(0.5)
+            });
+            let run_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &run_rows), len);
+            let keys_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &key_rows), len);
+            let [d_q, d_k, d_v] = B::fused_dilated_attention_backward(
+                run_of(&query).into_primitive().tensor(),
+                keys_of(&key).into_primitive().tensor(),
+                keys_of(&value).into_primitive().tensor(),
+                hidden.map(Tensor::into_primitive),
+                run_of(&output).into_primitive().tensor(),
+                pad_stat(rows_of(&lse, &run_rows), len, 0.0)
+                    .into_primitive()
+                    .tensor(),
+                Some(run_of(&grad_output).into_primitive().tensor()),
+                grad_lse.as_ref().map(|g| {
+                    pad_stat(rows_of(g, &run_rows), len, 0.0)
+                        .into_primitive()
+                        .tensor()
+                }),
+                &config,
+                None,
+            )?;
+            let grad = |t| wide(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)));
+            grad_query = grad_query + grad(d_q).narrow(1, 0, m);
+            let index = dilated_attention_core::index_tensor(key_rows.iter().copied(), &device);
+            grad_key = grad_key.select_assign(
+                1,
+                index.clone(),
+                grad(d_k).narrow(1, 0, n),
+                IndexingUpdateOp::Add,
+            );
+            grad_value = grad_value.select_assign(
+                1,
+                index,
+                grad(d_v).narrow(1, 0, n),
+                IndexingUpdateOp::Add,
+            );
+        }
+        grad_query_runs.push(grad_query);
+    }
+    Ok(Some([
+        Tensor::cat(grad_query_runs, 1),
+        grad_key,
+        grad_value,
+    ]))
 }
 
 #[cfg(test)]

@@ -8,8 +8,9 @@
 //! at or before the receiver's last query) and receives from `r - t` the rows it needs, then
 //! merges the block into its running output by log-sum-exp (LongNet sec. 3.1; the ring's merge).
 //! One block is live at a time, so memory per step is constant in the world size. A shared block
-//! runs on the single-device path in pieces ([`crate::fused_block`]: the fused kernels where the
-//! backend has them); owned segments and the backward's blocks run on Burn ops ([`crate::block`]).
+//! runs in pieces on the fused kernels where the backend has them ([`crate::fused_block`]: the
+//! forward through the single-device path, the backward through the fused backward with the
+//! final LSE); otherwise, and for owned segments, on Burn ops ([`crate::block`]).
 //!
 //! The backward recomputes the same blocks from the final log-sum-exp (FlashAttention-2): each
 //! step receives the peer's keys again, adds the block's query gradient locally, and sends the
@@ -29,7 +30,7 @@ use dilated_attention_core::{
 use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
 
 use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
-use crate::fused_block::{BlockRows, fused_block_forward};
+use crate::fused_block::{BlockBackward, BlockRows, fused_block_backward, fused_block_forward};
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
 use crate::{Communicator, Receive, ShardLayout};
 
@@ -63,6 +64,15 @@ type KeyBlock<B> = (Vec<Row>, Tensor<B, 4>, Tensor<B, 4>);
 impl<B: Backend> ShardedAttention<B> {
     fn groups(&self) -> impl Iterator<Item = &GroupShard> {
         self.plan.pairs.iter().flat_map(|(_, groups)| groups.iter())
+    }
+
+    /// The dilation of each group, in [`Self::groups`] order.
+    fn dilations(&self) -> Vec<usize> {
+        self.plan
+            .pairs
+            .iter()
+            .flat_map(|(pair, groups)| groups.iter().map(|_| pair.dilation))
+            .collect()
     }
 
     fn scale(&self) -> f64 {
@@ -384,12 +394,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let scale = self.scale();
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
-        let dilations: Vec<usize> = self
-            .plan
-            .pairs
-            .iter()
-            .flat_map(|(pair, groups)| groups.iter().map(|_| pair.dilation))
-            .collect();
+        let dilations = self.dilations();
 
         // owned segments: local, no communication
         let mut owned: Vec<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> = Vec::with_capacity(groups.len());
@@ -552,14 +557,16 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let d_out: Tensor<B, 4> = grad_output
             .map(|g| wide(float(g)))
             .unwrap_or_else(|| out.zeros_like());
-        let mut delta: Tensor<B, 3> = (d_out.clone() * out).sum_dim(3).squeeze_dim::<3>(3);
-        if let Some(d_lse) = grad_lse {
-            delta = delta - wide(float::<B, 3>(d_lse));
+        let d_lse: Option<Tensor<B, 3>> = grad_lse.map(|g| wide(float::<B, 3>(g)));
+        let mut delta: Tensor<B, 3> = (d_out.clone() * out.clone()).sum_dim(3).squeeze_dim::<3>(3);
+        if let Some(d_lse) = &d_lse {
+            delta = delta - d_lse.clone();
         }
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
+        let dilations = self.dilations();
         let (me, world) = (self.plan.rank, self.communicator.world_size());
         let causal = self.config.causal;
 
@@ -635,21 +642,54 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         .clone()
                         .select(1, self.index(rows.iter().map(|r| r.position)))
                 });
-                let visible = self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
-                let block = BlockGrads {
-                    grad_output: shared_in(&d_out, i).unsqueeze_dim(1),
-                    lse: shared_stat(&lse, i).unsqueeze_dim(1),
-                    delta: shared_stat(&delta, i).unsqueeze_dim(1),
+                let query = shared_in(&q, i);
+                let grad_output = shared_in(&d_out, i);
+                let row_lse = shared_stat(&lse, i);
+                let block_rows = BlockRows {
+                    queries: &g.shared,
+                    keys: &rows,
+                    segment_length: g.segment_length,
+                    dilation: dilations[i],
+                    causal,
                 };
-                let [dq, dk, dv] = block_backward(
-                    shared_in(&q, i).unsqueeze_dim(1),
-                    kb.unsqueeze_dim(1),
-                    vb.unsqueeze_dim(1),
-                    block,
-                    &visible,
+                let row_grad_lse = d_lse.as_ref().map(|d| shared_stat(d, i));
+                let fused = fused_block_backward(
+                    &BlockBackward {
+                        query: &query,
+                        key: &kb,
+                        value: &vb,
+                        output: &shared_in(&out, i),
+                        lse: &row_lse,
+                        grad_output: &grad_output,
+                        grad_lse: row_grad_lse.as_ref(),
+                        key_keep: key_keep.as_ref(),
+                    },
+                    &block_rows,
+                    dtype,
                     scale,
-                )
-                .map(|x| x.squeeze_dim::<4>(1));
+                    self.config.implementation,
+                )?;
+                let [dq, dk, dv] = match fused {
+                    Some(grads) => grads,
+                    None => {
+                        let visible =
+                            self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
+                        let block = BlockGrads {
+                            grad_output: grad_output.unsqueeze_dim(1),
+                            lse: row_lse.unsqueeze_dim(1),
+                            delta: shared_stat(&delta, i).unsqueeze_dim(1),
+                        };
+                        block_backward(
+                            query.unsqueeze_dim(1),
+                            kb.unsqueeze_dim(1),
+                            vb.unsqueeze_dim(1),
+                            block,
+                            &visible,
+                            scale,
+                        )
+                        .map(|x| x.squeeze_dim::<4>(1))
+                    }
+                };
                 let acc = d_shared[i]
                     .as_mut()
                     .expect("a group with a block has shared rows");
