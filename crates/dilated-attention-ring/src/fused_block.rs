@@ -15,14 +15,14 @@
 
 use core::ops::Range;
 
-use burn::tensor::{DType, IndexingUpdateOp, Tensor, TensorPrimitive, backend::Backend};
+use burn::tensor::{Bool, DType, IndexingUpdateOp, Tensor, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
     AttentionImplementation, DilatedAttentionConfig, Result, merge_by_lse,
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
 use crate::block::{narrow_to, wide};
-use crate::shard_plan::Row;
+use crate::shard_plan::{GroupShard, Row};
 
 /// Which rows a block attends: the rank's shared query rows, the step's key rows, and the pair.
 #[derive(Debug, Clone, Copy)]
@@ -34,6 +34,19 @@ pub(crate) struct BlockRows<'a> {
     pub causal: bool,
 }
 
+impl<'a> BlockRows<'a> {
+    /// `group`'s shared rows against `keys`.
+    pub fn of(group: &'a GroupShard, keys: &'a [Row], causal: bool) -> Self {
+        Self {
+            queries: &group.shared,
+            keys,
+            segment_length: group.segment_length,
+            dilation: group.dilation,
+            causal,
+        }
+    }
+}
+
 /// The key rows (indices into the block's key list) one query run attends, by kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Piece {
@@ -41,6 +54,16 @@ enum Piece {
     Full(Vec<usize>),
     /// The run's own rows, in order: causal by row index.
     Diagonal(Vec<usize>),
+}
+
+impl Piece {
+    /// The key rows and whether the piece's call is causal.
+    fn into_keys(self) -> (Vec<usize>, bool) {
+        match self {
+            Piece::Full(keys) => (keys, false),
+            Piece::Diagonal(keys) => (keys, true),
+        }
+    }
 }
 
 /// Maximal runs `[start, end)` of `rows`: one segment, positions stepping by `dilation`.
@@ -126,6 +149,45 @@ fn pad_rows<B: Backend>(t: Tensor<B, 4>, len: usize) -> Tensor<B, 4> {
     Tensor::cat(vec![t, zeros], 1)
 }
 
+/// The key padding mask `[b, len]` of a piece's call (true = hidden): keys with `keep` below 0.5
+/// and the padding rows past the piece's `n` keys; `None` when no key is hidden.
+fn hidden_keys<B: Backend>(
+    keep: Option<Tensor<B, 2>>,
+    batch: usize,
+    n: usize,
+    len: usize,
+    device: &B::Device,
+) -> Option<Tensor<B, 2, Bool>> {
+    (keep.is_some() || n < len).then(|| {
+        let keys = keep.map_or_else(
+            || Tensor::<B, 2>::zeros([batch, n], device),
+            |k| k.neg().add_scalar(1.0),
+        );
+        let padded = if n < len {
+            Tensor::cat(
+                vec![keys, Tensor::<B, 2>::ones([batch, len - n], device)],
+                1,
+            )
+        } else {
+            keys
+        };
+        padded.greater_elem(0.5)
+    })
+}
+
+/// The config of a piece's call: one pair `(len, 1)`, causal on the diagonal, the block's scale.
+fn piece_config(
+    len: usize,
+    causal: bool,
+    scale: f64,
+    implementation: AttentionImplementation,
+) -> DilatedAttentionConfig {
+    DilatedAttentionConfig::new(vec![len], vec![1])
+        .with_causal(causal)
+        .with_scale(Some(scale))
+        .with_implementation(implementation)
+}
+
 /// One fused call: `query` `[b, m, h, d]` against `key`/`value` `[b, n, h, d]`, keys with
 /// `keep` `[b, n]` below 0.5 hidden; f32 output `[b, m, h, d]` and LSE `[b, m, h]`.
 fn attend_piece<B: DilatedAttentionBackend>(
@@ -141,25 +203,8 @@ fn attend_piece<B: DilatedAttentionBackend>(
     let n = key.dims()[1];
     let len = m.max(n);
     let device = query.device();
-    let hidden = (keep.is_some() || n < len).then(|| {
-        let keys = keep.map_or_else(
-            || Tensor::<B, 2>::zeros([batch, n], &device),
-            |k| k.neg().add_scalar(1.0),
-        );
-        let padded = if n < len {
-            Tensor::cat(
-                vec![keys, Tensor::<B, 2>::ones([batch, len - n], &device)],
-                1,
-            )
-        } else {
-            keys
-        };
-        padded.greater_elem(0.5)
-    });
-    let config = DilatedAttentionConfig::new(vec![len], vec![1])
-        .with_causal(causal)
-        .with_scale(Some(scale))
-        .with_implementation(implementation);
+    let hidden = hidden_keys(keep, batch, n, len, &device);
+    let config = piece_config(len, causal, scale, implementation);
     let (query, key, value) = (
         pad_rows(query, len),
         pad_rows(key, len),
@@ -224,10 +269,7 @@ pub(crate) fn fused_block_forward<B: DilatedAttentionBackend>(
         let q = rows_of(&query, &run_rows);
         let mut parts = Vec::with_capacity(pieces.len());
         for piece in pieces {
-            let (keys, causal) = match piece {
-                Piece::Full(keys) => (keys, false),
-                Piece::Diagonal(keys) => (keys, true),
-            };
+            let (keys, causal) = piece.into_keys();
             let keep = key_keep.map(|k| rows_of(k, &keys));
             parts.push(attend_piece(
                 q.clone(),
@@ -313,36 +355,16 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
         let run_rows: Vec<usize> = run.collect();
         let mut grad_query = Tensor::<B, 4>::zeros([batch, m, heads, head_dim], &device);
         for piece in pieces {
-            let (key_rows, causal) = match piece {
-                Piece::Full(keys) => (keys, false),
-                Piece::Diagonal(keys) => (keys, true),
-            };
+            let (key_rows, causal) = piece.into_keys();
             let n = key_rows.len();
             let len = m.max(n);
-            let config = DilatedAttentionConfig::new(vec![len], vec![1])
-                .with_causal(causal)
-                .with_scale(Some(scale))
-                .with_implementation(implementation);
+            let config = piece_config(len, causal, scale, implementation);
             let dims = [batch, len, heads, head_dim];
             if !B::fused_dilated_attention_available(dims, &config) {
                 return Ok(None);
             }
             let keep = block.key_keep.map(|k| rows_of(k, &key_rows));
-            let hidden = (keep.is_some() || n < len).then(|| {
-                let hidden = keep.map_or_else(
-                    || Tensor::<B, 2>::zeros([batch, n], &device),
-                    |k| k.neg().add_scalar(1.0),
-                );
-                let hidden = if n < len {
-                    Tensor::cat(
-                        vec![hidden, Tensor::<B, 2>::ones([batch, len - n], &device)],
-                        1,
-                    )
-                } else {
-                    hidden
-                };
-                hidden.greater_elem(0.5)
-            });
+            let hidden = hidden_keys(keep, batch, n, len, &device);
             let run_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &run_rows), len);
             let keys_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &key_rows), len);
             let [d_q, d_k, d_v] = B::fused_dilated_attention_backward(

@@ -35,6 +35,8 @@ pub(crate) struct GroupShard {
     pub heads: Vec<usize>,
     /// Segment length (clamped to the sequence).
     pub segment_length: usize,
+    /// Dilation rate: selected rows of a segment are this many positions apart.
+    pub dilation: usize,
     /// Whole segments this rank owns: full-length ones, then the shorter tail segment.
     pub owned: Vec<SegmentBatch>,
     /// This rank's rows in segments other ranks also hold, by increasing local index.
@@ -223,6 +225,7 @@ fn group_shard(
     GroupShard {
         heads: group.heads.clone(),
         segment_length: s,
+        dilation: rows.dilation,
         owned,
         shared: shared_by_rank[rank].clone(),
         shared_by_rank,

@@ -58,21 +58,13 @@ enum Phase {
     Receive,
 }
 
-/// Keys one group received in one step: their rows and `[batch, rows, heads, head_dim]` blocks.
+/// Keys one group received in one step: their rows and `[batch, rows, heads, head_dim]` blocks, in
+/// the inputs' dtype (the Burn-ops blocks widen them to f32; the fused pieces take them as they are).
 type KeyBlock<B> = (Vec<Row>, Tensor<B, 4>, Tensor<B, 4>);
 
 impl<B: Backend> ShardedAttention<B> {
     fn groups(&self) -> impl Iterator<Item = &GroupShard> {
         self.plan.pairs.iter().flat_map(|(_, groups)| groups.iter())
-    }
-
-    /// The dilation of each group, in [`Self::groups`] order.
-    fn dilations(&self) -> Vec<usize> {
-        self.plan
-            .pairs
-            .iter()
-            .flat_map(|(pair, groups)| groups.iter().map(|_| pair.dilation))
-            .collect()
     }
 
     fn scale(&self) -> f64 {
@@ -288,7 +280,7 @@ impl<B: Backend> ShardedAttention<B> {
                         let locals: Vec<usize> = rows.iter().map(|r| r.local).collect();
                         let k = self.gather(key, &g.heads, &locals);
                         let v = self.gather(value, &g.heads, &locals);
-                        (rows, wide(k), wide(v))
+                        (rows, k, v)
                     })
                 })
                 .collect());
@@ -334,7 +326,7 @@ impl<B: Backend> ShardedAttention<B> {
             .zip(parts.iter_mut())
             .map(|((g, rows), part)| {
                 let (k, v) = part.take()?;
-                (!g.shared.is_empty()).then(|| (rows, wide(k), wide(v)))
+                (!g.shared.is_empty()).then_some((rows, k, v))
             })
             .collect())
     }
@@ -386,15 +378,14 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         key: FloatTensor<B>,
         value: FloatTensor<B>,
     ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
-        let (q, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+        let (q_in, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
             (float(query), float(key), float(value));
-        let dtype = q.dtype();
-        let (q, k, v) = (wide(q), wide(k_in.clone()), wide(v_in.clone()));
+        let dtype = q_in.dtype();
+        let (q, k, v) = (wide(q_in.clone()), wide(k_in.clone()), wide(v_in.clone()));
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
-        let dilations = self.dilations();
 
         // owned segments: local, no communication
         let mut owned: Vec<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> = Vec::with_capacity(groups.len());
@@ -424,13 +415,14 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         }
 
         // shared segments: one step per peer, merged as blocks arrive
-        // (groups with no shared rows, such as a head-grouped pair inside the shards, have none)
+        // in the inputs' dtype (groups with no shared rows, such as a head-grouped pair inside the
+        // shards, have none)
         let shared_q: Vec<Option<Tensor<B, 4>>> = groups
             .iter()
             .map(|g| {
                 (!g.shared.is_empty()).then(|| {
                     self.gather(
-                        &q,
+                        &q_in,
                         &g.heads,
                         &g.shared.iter().map(|r| r.local).collect::<Vec<_>>(),
                     )
@@ -465,13 +457,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                 let query = shared_q[i]
                     .as_ref()
                     .expect("a group with a key block has shared rows");
-                let block_rows = BlockRows {
-                    queries: &g.shared,
-                    keys: &rows,
-                    segment_length: g.segment_length,
-                    dilation: dilations[i],
-                    causal: self.config.causal,
-                };
+                let block_rows = BlockRows::of(g, &rows, self.config.causal);
                 let fused = fused_block_forward(
                     query,
                     &kb,
@@ -488,9 +474,9 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         let visible =
                             self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
                         let (o, l) = block_forward(
-                            query.clone().unsqueeze_dim(1),
-                            kb.unsqueeze_dim(1),
-                            vb.unsqueeze_dim(1),
+                            wide(query.clone()).unsqueeze_dim(1),
+                            wide(kb).unsqueeze_dim(1),
+                            wide(vb).unsqueeze_dim(1),
                             &visible,
                             scale,
                         );
@@ -548,15 +534,16 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         grad_output: Option<FloatTensor<B>>,
         grad_lse: Option<FloatTensor<B>>,
     ) -> Result<[FloatTensor<B>; 3]> {
-        let (q, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
+        let (q_in, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
             (float(query), float(key), float(value));
-        let dtype = q.dtype();
-        let (q, k, v) = (wide(q), wide(k_in.clone()), wide(v_in.clone()));
-        let out: Tensor<B, 4> = wide(float(output));
+        let dtype = q_in.dtype();
+        let (q, k, v) = (wide(q_in.clone()), wide(k_in.clone()), wide(v_in.clone()));
+        let out_in: Tensor<B, 4> = float(output);
+        let d_out_in: Tensor<B, 4> = grad_output
+            .map(float)
+            .unwrap_or_else(|| out_in.zeros_like());
+        let (out, d_out) = (wide(out_in.clone()), wide(d_out_in.clone()));
         let lse: Tensor<B, 3> = wide(float(lse));
-        let d_out: Tensor<B, 4> = grad_output
-            .map(|g| wide(float(g)))
-            .unwrap_or_else(|| out.zeros_like());
         let d_lse: Option<Tensor<B, 3>> = grad_lse.map(|g| wide(float::<B, 3>(g)));
         let mut delta: Tensor<B, 3> = (d_out.clone() * out.clone()).sum_dim(3).squeeze_dim::<3>(3);
         if let Some(d_lse) = &d_lse {
@@ -566,7 +553,6 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let scale = self.scale();
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
-        let dilations = self.dilations();
         let (me, world) = (self.plan.rank, self.communicator.world_size());
         let causal = self.config.causal;
 
@@ -642,23 +628,18 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         .clone()
                         .select(1, self.index(rows.iter().map(|r| r.position)))
                 });
-                let query = shared_in(&q, i);
-                let grad_output = shared_in(&d_out, i);
+                // in the inputs' dtype, as the fused pieces take them
+                let query = shared_in(&q_in, i);
+                let grad_output = shared_in(&d_out_in, i);
                 let row_lse = shared_stat(&lse, i);
-                let block_rows = BlockRows {
-                    queries: &g.shared,
-                    keys: &rows,
-                    segment_length: g.segment_length,
-                    dilation: dilations[i],
-                    causal,
-                };
+                let block_rows = BlockRows::of(g, &rows, causal);
                 let row_grad_lse = d_lse.as_ref().map(|d| shared_stat(d, i));
                 let fused = fused_block_backward(
                     &BlockBackward {
                         query: &query,
                         key: &kb,
                         value: &vb,
-                        output: &shared_in(&out, i),
+                        output: &shared_in(&out_in, i),
                         lse: &row_lse,
                         grad_output: &grad_output,
                         grad_lse: row_grad_lse.as_ref(),
@@ -675,14 +656,14 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         let visible =
                             self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
                         let block = BlockGrads {
-                            grad_output: grad_output.unsqueeze_dim(1),
+                            grad_output: wide(grad_output).unsqueeze_dim(1),
                             lse: row_lse.unsqueeze_dim(1),
                             delta: shared_stat(&delta, i).unsqueeze_dim(1),
                         };
                         block_backward(
-                            query.unsqueeze_dim(1),
-                            kb.unsqueeze_dim(1),
-                            vb.unsqueeze_dim(1),
+                            wide(query).unsqueeze_dim(1),
+                            wide(kb).unsqueeze_dim(1),
+                            wide(vb).unsqueeze_dim(1),
                             block,
                             &visible,
                             scale,

@@ -2,12 +2,13 @@
 //! in-process ranks against the reference path on the whole sequence, for random shapes and
 //! configs (both modes, causal, padding, uneven and zigzag shards), f32 to 1e-5.
 
-use std::sync::Arc;
-use std::thread;
-use std::time::Duration;
+mod common;
 
-use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{Bool, Tensor, backend::Backend};
+use std::sync::Arc;
+
+use burn::backend::NdArray;
+use burn::tensor::Tensor;
+use common::{max_abs_diff, reference_gradients, ring_gradients};
 use dilated_attention_core::oracle::{OracleCase, arbitrary_case, seeded_normal};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, reference_dilated_attention,
@@ -18,7 +19,6 @@ use dilated_attention_ring::{
 use proptest::prelude::*;
 
 type B = NdArray;
-type A = Autodiff<NdArray>;
 
 /// How a case cuts its sequence.
 #[derive(Debug, Clone, Copy)]
@@ -46,121 +46,15 @@ fn layout(seq: usize, world: usize, cut: Cut) -> Option<ShardLayout> {
     }
 }
 
-/// Runs `f(rank communicator)` on `world` threads and returns the results in rank order.
+/// [`common::on_ranks`] on NdArray ranks.
 fn on_ranks<T: Send>(world: usize, f: impl Fn(InProcessCommunicator<B>) -> T + Sync) -> Vec<T> {
-    let ranks = InProcessCommunicator::<B>::group_with_timeout(
-        vec![Default::default(); world],
-        Duration::from_secs(60),
-    );
-    thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = ranks.into_iter().map(|c| s.spawn(move || f(c))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("rank thread"))
-            .collect()
-    })
+    common::on_ranks(world, f)
 }
 
-fn max_abs_diff<const D: usize, BB: Backend>(a: Tensor<BB, D>, b: Tensor<BB, D>) -> f32 {
-    let a: Vec<f32> = a.into_data().convert::<f32>().to_vec().unwrap();
-    let b: Vec<f32> = b.into_data().convert::<f32>().to_vec().unwrap();
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| {
-            if x == y {
-                0.0 // equal infinities
-            } else {
-                (x - y).abs() / (1.0 + y.abs())
-            }
-        })
-        .fold(0.0, f32::max)
-}
-
-fn finite_lse<BB: Backend>(lse: Tensor<BB, 3>) -> Tensor<BB, 3> {
-    lse.clone()
-        .mask_fill(lse.equal_elem(f32::NEG_INFINITY), 0.0)
-}
-
+/// The ring with its fault checks on, unsharded.
 fn ring_forward(case: &OracleCase, layout: &ShardLayout) -> (Tensor<B, 4>, Tensor<B, 3>) {
-    let device = Default::default();
-    let [q, k, v] = case.inputs::<B>(&device);
-    let mask = case.padding_mask::<B>(&device);
     let cfg = RingDilatedAttentionConfig::new(case.config()).with_fault_checks(true);
-    let results = on_ranks(layout.world_size(), |comm| {
-        let rank = comm.rank();
-        let ring = cfg
-            .init::<B>(Arc::new(comm))
-            .with_layout(layout.clone())
-            .unwrap();
-        let shard = |t: &Tensor<B, 4>| layout.shard(t.clone(), rank);
-        let mask = mask.clone().map(|m| layout.shard(m, rank));
-        ring.try_forward_with_lse(shard(&q), shard(&k), shard(&v), mask)
-            .unwrap()
-    });
-    let (outs, lses): (Vec<_>, Vec<_>) = results.into_iter().unzip();
-    (layout.unshard(outs), layout.unshard(lses))
-}
-
-/// Gradients of `sum(out * w) + sum(lse * u)` (lse with -inf read as 0) of q, k and v.
-fn ring_gradients(case: &OracleCase, layout: &ShardLayout) -> [Tensor<B, 4>; 3] {
-    let device = Default::default();
-    let inputs = case.inputs::<B>(&device);
-    let mask = case.padding_mask::<B>(&device);
-    let w = seeded_normal::<B, 4>(case.seed ^ 11, case.shape, &device);
-    let u = seeded_normal::<B, 3>(
-        case.seed ^ 13,
-        [case.shape[0], case.shape[1], case.shape[2]],
-        &device,
-    );
-    let cfg = RingDilatedAttentionConfig::new(case.config());
-    let results = on_ranks(layout.world_size(), |comm| {
-        let rank = comm.rank();
-        let ring = cfg
-            .init::<A>(Arc::new(comm))
-            .with_layout(layout.clone())
-            .unwrap();
-        let [q, k, v] = inputs
-            .clone()
-            .map(|t| Tensor::<A, 4>::from_inner(layout.shard(t, rank)).require_grad());
-        let mask: Option<Tensor<A, 2, Bool>> = mask
-            .clone()
-            .map(|m| Tensor::from_primitive(layout.shard(m, rank).into_primitive()));
-        let (out, lse) = ring
-            .try_forward_with_lse(q.clone(), k.clone(), v.clone(), mask)
-            .unwrap();
-        let loss = (out * Tensor::from_inner(layout.shard(w.clone(), rank))).sum()
-            + (finite_lse(lse) * Tensor::from_inner(layout.shard(u.clone(), rank))).sum();
-        let grads = loss.backward();
-        [q, k, v].map(|t| t.grad(&grads).unwrap())
-    });
-    let mut per_input: [Vec<Tensor<B, 4>>; 3] = Default::default();
-    for grads in results {
-        for (acc, g) in per_input.iter_mut().zip(grads) {
-            acc.push(g);
-        }
-    }
-    per_input.map(|shards| layout.unshard(shards))
-}
-
-fn reference_gradients(case: &OracleCase) -> [Tensor<B, 4>; 3] {
-    let device = Default::default();
-    let [q, k, v] = case
-        .inputs::<B>(&device)
-        .map(|t| Tensor::<A, 4>::from_inner(t).require_grad());
-    let mask = case.padding_mask::<B>(&device).map(Tensor::from_inner);
-    let w = seeded_normal::<B, 4>(case.seed ^ 11, case.shape, &device);
-    let u = seeded_normal::<B, 3>(
-        case.seed ^ 13,
-        [case.shape[0], case.shape[1], case.shape[2]],
-        &device,
-    );
-    let (out, lse) =
-        reference_dilated_attention(q.clone(), k.clone(), v.clone(), mask, &case.config()).unwrap();
-    let loss =
-        (out * Tensor::from_inner(w)).sum() + (finite_lse(lse) * Tensor::from_inner(u)).sum();
-    let grads = loss.backward();
-    [q, k, v].map(|t| t.grad(&grads).unwrap())
+    common::ring_forward::<B>(case, layout, &cfg)
 }
 
 fn small_case() -> impl Strategy<Value = (OracleCase, usize, Cut)> {
@@ -206,8 +100,8 @@ proptest! {
     #[test]
     fn ring_gradients_equal_one_device((case, world, cut) in small_case()) {
         let layout = layout(case.shape[1], world, cut).unwrap();
-        let got = ring_gradients(&case, &layout);
-        let want = reference_gradients(&case);
+        let got = ring_gradients::<B>(&case, &layout);
+        let want = reference_gradients::<B>(&case);
         for (name, (g, w)) in ["dq", "dk", "dv"].iter().zip(got.into_iter().zip(want)) {
             let err = max_abs_diff(g, w);
             prop_assert!(err < 1e-5, "{case:?} {cut:?} world {world}: {name} error {err}");
@@ -237,9 +131,9 @@ fn one_segment_over_four_ranks_matches_forward_and_gradients() {
         let (out, lse) = ring_forward(&case, &layout);
         assert!(max_abs_diff(out, want) < 1e-5, "{cut:?}");
         assert!(max_abs_diff(lse, want_lse) < 1e-5, "{cut:?}");
-        for (g, w) in ring_gradients(&case, &layout)
+        for (g, w) in ring_gradients::<B>(&case, &layout)
             .into_iter()
-            .zip(reference_gradients(&case))
+            .zip(reference_gradients::<B>(&case))
         {
             assert!(max_abs_diff(g, w) < 1e-5, "{cut:?}");
         }

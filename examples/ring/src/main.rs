@@ -13,7 +13,6 @@
 mod args;
 mod peak_memory;
 mod run;
-mod stderr_log;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -50,7 +49,10 @@ fn print(result: Result<Vec<String>, dilated_attention::DilatedAttentionError>) 
 }
 
 fn main() -> ExitCode {
-    stderr_log::install();
+    // Burn's and CubeCL's `log` records on stderr (`RUST_LOG`, default `warn`): CubeCL's device
+    // thread catches a failed task's panic and only logs it, so without a logger the first
+    // failure of a long run is lost and only its knock-on panics show.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let args = Args::parse();
     #[cfg(feature = "cuda")]
     {
