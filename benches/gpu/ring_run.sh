@@ -3,7 +3,7 @@
 # 2 GPUs against one GPU on the whole sequence, then scaling (n on one GPU, 2n on two).
 # Expects .device-bin/ring(.gz), built here with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
-# Usage: benches/gpu/ring_run.sh [check|headgrouped|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+# Usage: benches/gpu/ring_run.sh [check|headgrouped|fusedbwd|aligned|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
 # Each run is bounded by `timeout`; the scale stage can take up to 20 min in all, more than one
 # device call allows: split it (the loop bounds) when the budget is short.
 set -uo pipefail
@@ -41,6 +41,18 @@ if [[ $STAGE == headgrouped ]]; then
   echo "== check: head-grouped, 32K, a pair over both GPUs, the other inside the shards; f32 and bf16 causal, forward and gradients"
   run 240 $R --launch 2 --seq 32768 --mode head-grouped --segments 2048,seq --rates 1,16 --check --backward --repeats 1 --warmup 0
   run 240 $R --launch 2 --seq 32768 --mode head-grouped --segments 2048,seq --rates 1,16 --causal --dtype bf16 --check --backward --repeats 1 --warmup 0
+fi
+if [[ $STAGE == fusedbwd ]]; then
+  echo "== the sharded path's fused pieces, forward and backward, against one GPU: 32K, a pair over both GPUs"
+  run 240 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 --dtype bf16 --causal --check --backward --warmup 1 --repeats 3
+  run 240 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 --check --backward --warmup 1 --repeats 3
+  run 240 $R --launch 2 --seq 32768 --mode head-grouped --segments 2048,seq --rates 1,16 --causal --dtype bf16 --check --backward --warmup 1 --repeats 3
+  run 240 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 --zigzag --causal --dtype bf16 --check --backward --warmup 1 --repeats 3
+fi
+if [[ $STAGE == aligned ]]; then
+  echo "== the largest sequences with shard-aligned segments (every shard a multiple of 8192 rows: no sharded path)"
+  run 150 $R --single --device cuda --seq 8380416 --dtype bf16 --backward --repeats 1 --warmup 1
+  run 200 $R --launch 2 --seq 16760832 --dtype bf16 --backward --repeats 1 --warmup 1
 fi
 if [[ $STAGE == largest ]]; then
   echo "== the largest forward on two GPUs (8,388,607 tokens each), with CubeCL's warnings"
