@@ -43,11 +43,24 @@ pub trait Communicator<B: Backend>: Send + Sync + Debug {
         recv: Option<Receive>,
     ) -> Result<Option<Tensor<B, 1>>>;
 
-    /// True when a send returns before the peer receives (the transfer is buffered), so that a
-    /// rank may post the next step's send before computing the current one. Default: false
-    /// (sends and receives must be paired in one [`Self::exchange`]).
-    fn buffered_sends(&self) -> bool {
-        false
+    /// Starts [`Self::exchange`] and returns before the transfer completes where the
+    /// communicator can, so that the caller queues compute while it runs; the returned
+    /// [`PendingExchange::finish`] waits for it and gives what it received. NCCL runs the
+    /// transfer on its own stream; the in-process communicator sends now (its sends are buffered)
+    /// and receives in `finish`. Default: the whole exchange, before returning.
+    ///
+    /// At most one exchange may be pending on a communicator, and it must be finished before
+    /// any other call on it (every rank starts and finishes it at the same point of its
+    /// schedule, as with `exchange`).
+    ///
+    /// # Errors
+    /// As [`Self::exchange`], here or from `finish`.
+    fn start_exchange<'a>(
+        &'a self,
+        send: Option<(usize, Tensor<B, 1>)>,
+        recv: Option<Receive>,
+    ) -> Result<Box<dyn PendingExchange<B> + 'a>> {
+        Ok(Box::new(CompletedExchange(self.exchange(send, recv)?)))
     }
 
     /// Every rank's `tensor`, in rank order (lengths may differ between ranks).
@@ -73,4 +86,23 @@ pub struct Receive {
     pub len: usize,
     /// Element type.
     pub dtype: DType,
+}
+
+/// An exchange begun by [`Communicator::start_exchange`] and not yet waited for.
+pub trait PendingExchange<B: Backend> {
+    /// Waits for the transfer; what it received (`None` when it received nothing).
+    ///
+    /// # Errors
+    /// A failed or timed-out transfer, or a received length or dtype other than announced.
+    fn finish(self: Box<Self>) -> Result<Option<Tensor<B, 1>>>;
+}
+
+/// An exchange that completed as it started (the default [`Communicator::start_exchange`]).
+#[derive(Debug)]
+pub struct CompletedExchange<B: Backend>(pub Option<Tensor<B, 1>>);
+
+impl<B: Backend> PendingExchange<B> for CompletedExchange<B> {
+    fn finish(self: Box<Self>) -> Result<Option<Tensor<B, 1>>> {
+        Ok(self.0)
+    }
 }

@@ -188,6 +188,33 @@ fn piece_config(
         .with_implementation(implementation)
 }
 
+/// The fused forward kernels on `config`, with their f32 LSE (the functional API returns it in
+/// the inputs' dtype, too coarse in half precision for the merges that follow); `None` where
+/// the backend has no kernels for the call.
+fn fused_forward<B: DilatedAttentionBackend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+    hidden: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+) -> Result<Option<(Tensor<B, 4>, Tensor<B, 3>)>> {
+    if !B::fused_dilated_attention_available(query.dims(), config) {
+        return Ok(None);
+    }
+    let (out, lse) = B::fused_dilated_attention_forward(
+        query.clone().into_primitive().tensor(),
+        key.clone().into_primitive().tensor(),
+        value.clone().into_primitive().tensor(),
+        hidden.map(Tensor::into_primitive),
+        config,
+        None,
+    )?;
+    Ok(Some((
+        Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out)),
+        Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse)),
+    )))
+}
+
 /// One fused call: `query` `[b, m, h, d]` against `key`/`value` `[b, n, h, d]`, keys with
 /// `keep` `[b, n]` below 0.5 hidden; f32 output `[b, m, h, d]` and LSE `[b, m, h]`.
 fn attend_piece<B: DilatedAttentionBackend>(
@@ -210,24 +237,9 @@ fn attend_piece<B: DilatedAttentionBackend>(
         pad_rows(key, len),
         pad_rows(value, len),
     );
-    let dims = query.dims();
-    let (out, lse) = if B::fused_dilated_attention_available(dims, &config) {
-        // the kernels' own f32 LSE (the functional API returns it in the inputs' dtype, too
-        // coarse in half precision for the merges that follow)
-        let (out, lse) = B::fused_dilated_attention_forward(
-            query.into_primitive().tensor(),
-            key.into_primitive().tensor(),
-            value.into_primitive().tensor(),
-            hidden.map(Tensor::into_primitive),
-            &config,
-            None,
-        )?;
-        (
-            Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(out)),
-            Tensor::<B, 3>::from_primitive(TensorPrimitive::Float(lse)),
-        )
-    } else {
-        dilated_attention_with_lse_masked(query, key, value, hidden, &config)?
+    let (out, lse) = match fused_forward(&query, &key, &value, hidden.clone(), &config)? {
+        Some(result) => result,
+        None => dilated_attention_with_lse_masked(query, key, value, hidden, &config)?,
     };
     Ok((wide(out.narrow(1, 0, m)), wide(lse.narrow(1, 0, m))))
 }
@@ -319,6 +331,41 @@ fn pad_stat<B: Backend>(t: Tensor<B, 3>, len: usize, value: f32) -> Tensor<B, 3>
     Tensor::cat(vec![t, fill], 1)
 }
 
+/// The fused backward kernels on `config` from the final output and its f32 log-sum-exp
+/// (FlashAttention-2's recomputation): f32 gradients of the query, key and value rows; `None`
+/// where the backend has no kernels for the call.
+#[allow(clippy::too_many_arguments)]
+fn fused_backward<B: DilatedAttentionBackend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+    hidden: Option<Tensor<B, 2, Bool>>,
+    output: &Tensor<B, 4>,
+    lse: Tensor<B, 3>,
+    grad_output: &Tensor<B, 4>,
+    grad_lse: Option<Tensor<B, 3>>,
+    config: &DilatedAttentionConfig,
+) -> Result<Option<[Tensor<B, 4>; 3]>> {
+    if !B::fused_dilated_attention_available(query.dims(), config) {
+        return Ok(None);
+    }
+    let grads = B::fused_dilated_attention_backward(
+        query.clone().into_primitive().tensor(),
+        key.clone().into_primitive().tensor(),
+        value.clone().into_primitive().tensor(),
+        hidden.map(Tensor::into_primitive),
+        output.clone().into_primitive().tensor(),
+        lse.into_primitive().tensor(),
+        Some(grad_output.clone().into_primitive().tensor()),
+        grad_lse.map(|g| g.into_primitive().tensor()),
+        config,
+        None,
+    )?;
+    Ok(Some(grads.map(|t| {
+        wide(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)))
+    })))
+}
+
 /// The block's f32 gradients (query rows `[batch, queries, heads, head_dim]`, key and value rows
 /// `[batch, keys, heads, head_dim]`) on the fused backward kernels, piece by piece as in
 /// [`fused_block_forward`], each recomputing its weights from the final log-sum-exp
@@ -359,47 +406,36 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
             let n = key_rows.len();
             let len = m.max(n);
             let config = piece_config(len, causal, scale, implementation);
-            let dims = [batch, len, heads, head_dim];
-            if !B::fused_dilated_attention_available(dims, &config) {
-                return Ok(None);
-            }
             let keep = block.key_keep.map(|k| rows_of(k, &key_rows));
             let hidden = hidden_keys(keep, batch, n, len, &device);
             let run_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &run_rows), len);
             let keys_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &key_rows), len);
-            let [d_q, d_k, d_v] = B::fused_dilated_attention_backward(
-                run_of(&query).into_primitive().tensor(),
-                keys_of(&key).into_primitive().tensor(),
-                keys_of(&value).into_primitive().tensor(),
-                hidden.map(Tensor::into_primitive),
-                run_of(&output).into_primitive().tensor(),
-                pad_stat(rows_of(&lse, &run_rows), len, 0.0)
-                    .into_primitive()
-                    .tensor(),
-                Some(run_of(&grad_output).into_primitive().tensor()),
-                grad_lse.as_ref().map(|g| {
-                    pad_stat(rows_of(g, &run_rows), len, 0.0)
-                        .into_primitive()
-                        .tensor()
-                }),
+            let Some([d_q, d_k, d_v]) = fused_backward(
+                &run_of(&query),
+                &keys_of(&key),
+                &keys_of(&value),
+                hidden,
+                &run_of(&output),
+                pad_stat(rows_of(&lse, &run_rows), len, 0.0),
+                &run_of(&grad_output),
+                grad_lse
+                    .as_ref()
+                    .map(|g| pad_stat(rows_of(g, &run_rows), len, 0.0)),
                 &config,
-                None,
-            )?;
-            let grad = |t| wide(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)));
-            grad_query = grad_query + grad(d_q).narrow(1, 0, m);
+            )?
+            else {
+                return Ok(None);
+            };
+            grad_query = grad_query + d_q.narrow(1, 0, m);
             let index = dilated_attention_core::index_tensor(key_rows.iter().copied(), &device);
             grad_key = grad_key.select_assign(
                 1,
                 index.clone(),
-                grad(d_k).narrow(1, 0, n),
+                d_k.narrow(1, 0, n),
                 IndexingUpdateOp::Add,
             );
-            grad_value = grad_value.select_assign(
-                1,
-                index,
-                grad(d_v).narrow(1, 0, n),
-                IndexingUpdateOp::Add,
-            );
+            grad_value =
+                grad_value.select_assign(1, index, d_v.narrow(1, 0, n), IndexingUpdateOp::Add);
         }
         grad_query_runs.push(grad_query);
     }
@@ -408,6 +444,71 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
         grad_key,
         grad_value,
     ]))
+}
+
+/// A group's owned segments on the fused forward kernels: `query`, `key` and `value`
+/// `[batch, segments * rows, heads, head_dim]` hold whole segments of `rows` selected rows each,
+/// back to back (gathered, so the dilation is gone: one pair `(rows, 1)`), with `key_keep`
+/// `[batch, segments * rows]` (1 = not padded). f32 output and LSE; `None` where the backend has
+/// no kernels for the call (the caller's Burn-ops block runs instead).
+///
+/// # Errors
+/// The kernels' errors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fused_segments_forward<B: DilatedAttentionBackend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+    key_keep: Option<&Tensor<B, 2>>,
+    rows: usize,
+    causal: bool,
+    dtype: DType,
+    scale: f64,
+    implementation: AttentionImplementation,
+) -> Result<Option<(Tensor<B, 4>, Tensor<B, 3>)>> {
+    let [batch, n, _, _] = query.dims();
+    let config = piece_config(rows, causal, scale, implementation);
+    let hidden = hidden_keys(key_keep.cloned(), batch, n, n, &query.device());
+    let narrow = |t: &Tensor<B, 4>| narrow_to(t.clone(), dtype);
+    Ok(fused_forward(
+        &narrow(query),
+        &narrow(key),
+        &narrow(value),
+        hidden,
+        &config,
+    )?
+    .map(|(out, lse)| (wide(out), wide(lse))))
+}
+
+/// The gradients of [`fused_segments_forward`]'s rows on the fused backward kernels, from the
+/// final output and f32 LSE of those rows (`block`, laid out as there); `None` where the backend
+/// has no kernels for the call.
+///
+/// # Errors
+/// The kernels' errors.
+pub(crate) fn fused_segments_backward<B: DilatedAttentionBackend>(
+    block: &BlockBackward<B>,
+    rows: usize,
+    causal: bool,
+    dtype: DType,
+    scale: f64,
+    implementation: AttentionImplementation,
+) -> Result<Option<[Tensor<B, 4>; 3]>> {
+    let [batch, n, _, _] = block.query.dims();
+    let config = piece_config(rows, causal, scale, implementation);
+    let hidden = hidden_keys(block.key_keep.cloned(), batch, n, n, &block.query.device());
+    let narrow = |t: &Tensor<B, 4>| narrow_to(t.clone(), dtype);
+    fused_backward(
+        &narrow(block.query),
+        &narrow(block.key),
+        &narrow(block.value),
+        hidden,
+        &narrow(block.output),
+        wide(block.lse.clone()),
+        &narrow(block.grad_output),
+        block.grad_lse.map(|g| wide(g.clone())),
+        &config,
+    )
 }
 
 #[cfg(test)]

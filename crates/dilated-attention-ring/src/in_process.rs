@@ -38,7 +38,7 @@ use std::time::Duration;
 use burn::tensor::{Device, Tensor, TensorData, backend::Backend};
 use dilated_attention_core::{DilatedAttentionError, Result};
 
-use crate::{Communicator, Receive};
+use crate::{Communicator, PendingExchange, Receive};
 
 /// How long a receive waits by default before it reports a timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -200,8 +200,19 @@ impl<B: Backend> Communicator<B> for InProcessCommunicator<B> {
         &self.device
     }
 
-    fn buffered_sends(&self) -> bool {
-        true
+    /// Sends now (the channel buffers it) and receives in `finish`.
+    fn start_exchange<'a>(
+        &'a self,
+        send: Option<(usize, Tensor<B, 1>)>,
+        recv: Option<Receive>,
+    ) -> Result<Box<dyn PendingExchange<B> + 'a>> {
+        if let Some((to, tensor)) = send {
+            self.send(to, "exchange", tensor)?;
+        }
+        Ok(Box::new(BufferedExchange {
+            communicator: self,
+            recv,
+        }))
     }
 
     fn exchange(
@@ -267,6 +278,18 @@ impl<B: Backend> Communicator<B> for InProcessCommunicator<B> {
             });
         }
         Ok(sum.expect("a group has at least this rank"))
+    }
+}
+
+/// An in-process exchange whose send went out: `finish` receives.
+struct BufferedExchange<'a, B: Backend> {
+    communicator: &'a InProcessCommunicator<B>,
+    recv: Option<Receive>,
+}
+
+impl<B: Backend> PendingExchange<B> for BufferedExchange<'_, B> {
+    fn finish(self: Box<Self>) -> Result<Option<Tensor<B, 1>>> {
+        self.communicator.exchange(None, self.recv)
     }
 }
 

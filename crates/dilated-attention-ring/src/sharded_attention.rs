@@ -30,9 +30,12 @@ use dilated_attention_core::{
 use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
 
 use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
-use crate::fused_block::{BlockBackward, BlockRows, fused_block_backward, fused_block_forward};
+use crate::fused_block::{
+    BlockBackward, BlockRows, fused_block_backward, fused_block_forward, fused_segments_backward,
+    fused_segments_forward,
+};
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
-use crate::{Communicator, Receive, ShardLayout};
+use crate::{Communicator, PendingExchange, Receive, ShardLayout};
 
 /// One rank's sharded attention; see the [module docs](self).
 #[derive(Debug)]
@@ -47,15 +50,12 @@ pub(crate) struct ShardedAttention<B: Backend> {
     pub key_padding_mask: Option<Tensor<B, 2, Bool>>,
 }
 
-/// Which half of a step's transfer [`ShardedAttention::keys_for_step`] makes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Send this step's keys and receive the peer's (one paired exchange).
-    Both,
-    /// Only post this step's send (communicators whose sends are buffered).
-    Send,
-    /// Only receive (the send was posted earlier).
-    Receive,
+/// Step `t`'s key/value rows, as [`ShardedAttention::start_keys`] leaves them.
+enum StepKeys<'a, B: Backend> {
+    /// Step 0: this rank's own shared rows.
+    Own(Vec<Option<KeyBlock<B>>>),
+    /// A transfer from rank `r - t` in flight, and the rows it brings for each group.
+    Incoming(Box<dyn PendingExchange<B> + 'a>, Vec<Vec<Row>>),
 }
 
 /// Keys one group received in one step: their rows and `[batch, rows, heads, head_dim]` blocks, in
@@ -266,28 +266,40 @@ impl<B: Backend> ShardedAttention<B> {
         t: usize,
         key: &Tensor<B, 4>,
         value: &Tensor<B, 4>,
-        phase: Phase,
     ) -> Result<Vec<Option<KeyBlock<B>>>> {
+        let step = self.start_keys(t, key, value)?;
+        self.finish_keys(step)
+    }
+
+    /// Starts step `t`'s transfer of key/value rows ([`Communicator::start_exchange`]): what
+    /// rank `r + t` needs goes out, rank `r - t`'s rows come in while the caller computes.
+    fn start_keys(
+        &self,
+        t: usize,
+        key: &Tensor<B, 4>,
+        value: &Tensor<B, 4>,
+    ) -> Result<StepKeys<'_, B>> {
         let (me, world) = (self.plan.rank, self.communicator.world_size());
         let causal = self.config.causal;
         let [batch, _, _, head_dim] = self.shape.dims();
         if t == 0 {
-            return Ok(self
-                .groups()
-                .map(|g| {
-                    let rows = g.keys_sent(me, me, causal);
-                    (!rows.is_empty() && !g.shared.is_empty()).then(|| {
-                        let locals: Vec<usize> = rows.iter().map(|r| r.local).collect();
-                        let k = self.gather(key, &g.heads, &locals);
-                        let v = self.gather(value, &g.heads, &locals);
-                        (rows, k, v)
+            return Ok(StepKeys::Own(
+                self.groups()
+                    .map(|g| {
+                        let rows = g.keys_sent(me, me, causal);
+                        (!rows.is_empty() && !g.shared.is_empty()).then(|| {
+                            let locals: Vec<usize> = rows.iter().map(|r| r.local).collect();
+                            let k = self.gather(key, &g.heads, &locals);
+                            let v = self.gather(value, &g.heads, &locals);
+                            (rows, k, v)
+                        })
                     })
-                })
-                .collect());
+                    .collect(),
+            ));
         }
         let (dst, src) = ((me + t) % world, (me + world - t) % world);
         let mut payload = Vec::new();
-        for g in self.groups().filter(|_| phase != Phase::Receive) {
+        for g in self.groups() {
             let rows = g.keys_sent(me, dst, causal);
             if rows.is_empty() {
                 continue;
@@ -310,15 +322,24 @@ impl<B: Backend> ShardedAttention<B> {
             .collect();
         let total: usize = sizes.iter().sum::<usize>() * 2;
         let send = (!payload.is_empty()).then(|| (dst, Tensor::cat(payload, 0)));
-        let receive = (total > 0 && phase != Phase::Send).then_some(Receive {
+        let receive = (total > 0).then_some(Receive {
             from: src,
             len: total,
             dtype: key.dtype(),
         });
-        let received = self.communicator.exchange(send, receive)?;
-        if phase == Phase::Send {
-            return Ok(Vec::new());
-        }
+        let pending = self.communicator.start_exchange(send, receive)?;
+        Ok(StepKeys::Incoming(pending, incoming))
+    }
+
+    /// Waits for a step's transfer: each group's received rows and blocks (`None` for a group
+    /// with none, or with no shared query rows to use them).
+    fn finish_keys(&self, step: StepKeys<'_, B>) -> Result<Vec<Option<KeyBlock<B>>>> {
+        let (pending, incoming) = match step {
+            StepKeys::Own(blocks) => return Ok(blocks),
+            StepKeys::Incoming(pending, incoming) => (pending, incoming),
+        };
+        let received = pending.finish()?;
+        let [batch, _, _, head_dim] = self.shape.dims();
         let mut parts = self.unpack(received.as_ref(), &incoming, batch, head_dim);
         Ok(self
             .groups()
@@ -381,35 +402,50 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let (q_in, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
             (float(query), float(key), float(value));
         let dtype = q_in.dtype();
-        let (q, k, v) = (wide(q_in.clone()), wide(k_in.clone()), wide(v_in.clone()));
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
 
-        // owned segments: local, no communication
+        // owned segments: local, no communication; gathered whole segments on the fused kernels,
+        // or the masked Burn-ops block in f32
         let mut owned: Vec<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> = Vec::with_capacity(groups.len());
         for g in &groups {
             let mut parts = Vec::new();
             for batch_rows in &g.owned {
-                let pick = |t: &Tensor<B, 4>| {
-                    five(
-                        self.gather(t, &g.heads, &batch_rows.locals),
-                        batch_rows.segments,
-                    )
-                };
+                let pick = |t: &Tensor<B, 4>| self.gather(t, &g.heads, &batch_rows.locals);
                 let key_keep = keep.as_ref().map(|(_, local)| {
                     local
                         .clone()
                         .select(1, self.index(batch_rows.locals.iter().copied()))
                 });
-                let visible = self.owned_visibility(batch_rows.segments, batch_rows.rows, key_keep);
-                let (o, l) = block_forward(pick(&q), pick(&k), pick(&v), &visible, scale);
+                let (q, k, v) = (pick(&q_in), pick(&k_in), pick(&v_in));
+                let fused = fused_segments_forward(
+                    &q,
+                    &k,
+                    &v,
+                    key_keep.as_ref(),
+                    batch_rows.rows,
+                    self.config.causal,
+                    dtype,
+                    scale,
+                    self.config.implementation,
+                )?;
                 let rows = batch_rows.locals.len();
-                parts.push((
-                    o.reshape([batch, rows, g.heads.len(), head_dim]),
-                    l.reshape([batch, rows, g.heads.len()]),
-                ));
+                parts.push(match fused {
+                    Some(part) => part,
+                    None => {
+                        let visible =
+                            self.owned_visibility(batch_rows.segments, batch_rows.rows, key_keep);
+                        let segments = |t: Tensor<B, 4>| five(wide(t), batch_rows.segments);
+                        let (o, l) =
+                            block_forward(segments(q), segments(k), segments(v), &visible, scale);
+                        (
+                            o.reshape([batch, rows, g.heads.len(), head_dim]),
+                            l.reshape([batch, rows, g.heads.len()]),
+                        )
+                    }
+                });
             }
             owned.push(parts);
         }
@@ -430,19 +466,15 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             })
             .collect();
         let mut shared: Vec<Option<(Tensor<B, 4>, Tensor<B, 3>)>> = vec![None; groups.len()];
-        // With buffered sends, step t + 1's keys go out before step t's block is computed, so the
-        // transfer overlaps the compute (forward only: the backward's gradients share channels).
+        // step t + 1's transfer starts before step t's blocks are queued, so that it overlaps
+        // their compute where the communicator allows (NCCL's own stream; in-process buffered
+        // sends). Forward only: the backward's key and gradient transfers share the channels.
         let world = self.communicator.world_size();
-        let prefetch = self.communicator.buffered_sends() && world > 1;
+        let mut next = Some(self.start_keys(0, &k_in, &v_in)?);
         for t in 0..world {
-            let phase = if prefetch && t > 0 {
-                Phase::Receive
-            } else {
-                Phase::Both
-            };
-            let blocks = self.keys_for_step(t, &k_in, &v_in, phase)?;
-            if prefetch && t + 1 < world {
-                self.keys_for_step(t + 1, &k_in, &v_in, Phase::Send)?;
+            let blocks = self.finish_keys(next.take().expect("the step's transfer was started"))?;
+            if t + 1 < world {
+                next = Some(self.start_keys(t + 1, &k_in, &v_in)?);
             }
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {
@@ -537,15 +569,16 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let (q_in, k_in, v_in): (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) =
             (float(query), float(key), float(value));
         let dtype = q_in.dtype();
-        let (q, k, v) = (wide(q_in.clone()), wide(k_in.clone()), wide(v_in.clone()));
         let out_in: Tensor<B, 4> = float(output);
         let d_out_in: Tensor<B, 4> = grad_output
             .map(float)
             .unwrap_or_else(|| out_in.zeros_like());
-        let (out, d_out) = (wide(out_in.clone()), wide(d_out_in.clone()));
         let lse: Tensor<B, 3> = wide(float(lse));
         let d_lse: Option<Tensor<B, 3>> = grad_lse.map(|g| wide(float::<B, 3>(g)));
-        let mut delta: Tensor<B, 3> = (d_out.clone() * out.clone()).sum_dim(3).squeeze_dim::<3>(3);
+        // the Burn-ops blocks' delta = rowsum(dO * O) - dLSE (the fused kernels make their own)
+        let mut delta: Tensor<B, 3> = (wide(d_out_in.clone()) * wide(out_in.clone()))
+            .sum_dim(3)
+            .squeeze_dim::<3>(3);
         if let Some(d_lse) = &d_lse {
             delta = delta - d_lse.clone();
         }
@@ -561,28 +594,62 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         for g in &groups {
             let mut parts: [Vec<Tensor<B, 4>>; 3] = Default::default();
             for rows in &g.owned {
-                let pick =
-                    |t: &Tensor<B, 4>| five(self.gather(t, &g.heads, &rows.locals), rows.segments);
-                let pick3 = |t: &Tensor<B, 3>| {
-                    let t = self.gather(t, &g.heads, &rows.locals);
-                    let [b, m, h] = t.dims();
-                    t.reshape([b, rows.segments, m / rows.segments, h])
-                };
+                let pick = |t: &Tensor<B, 4>| self.gather(t, &g.heads, &rows.locals);
+                let pick3 = |t: &Tensor<B, 3>| self.gather(t, &g.heads, &rows.locals);
                 let key_keep = keep.as_ref().map(|(_, local)| {
                     local
                         .clone()
                         .select(1, self.index(rows.locals.iter().copied()))
                 });
-                let visible = self.owned_visibility(rows.segments, rows.rows, key_keep);
-                let block = BlockGrads {
-                    grad_output: pick(&d_out),
-                    lse: pick3(&lse),
-                    delta: pick3(&delta),
+                let (q, k, v) = (pick(&q_in), pick(&k_in), pick(&v_in));
+                let (row_out, row_grad_out, row_lse) =
+                    (pick(&out_in), pick(&d_out_in), pick3(&lse));
+                let row_grad_lse = d_lse.as_ref().map(&pick3);
+                let fused = fused_segments_backward(
+                    &BlockBackward {
+                        query: &q,
+                        key: &k,
+                        value: &v,
+                        output: &row_out,
+                        lse: &row_lse,
+                        grad_output: &row_grad_out,
+                        grad_lse: row_grad_lse.as_ref(),
+                        key_keep: key_keep.as_ref(),
+                    },
+                    rows.rows,
+                    causal,
+                    dtype,
+                    scale,
+                    self.config.implementation,
+                )?;
+                let got = match fused {
+                    Some(got) => got,
+                    None => {
+                        let segments = |t: Tensor<B, 4>| five(wide(t), rows.segments);
+                        let segments3 = |t: Tensor<B, 3>| {
+                            let [b, m, h] = t.dims();
+                            t.reshape([b, rows.segments, m / rows.segments, h])
+                        };
+                        let visible = self.owned_visibility(rows.segments, rows.rows, key_keep);
+                        let block = BlockGrads {
+                            grad_output: segments(row_grad_out),
+                            lse: segments3(row_lse),
+                            delta: segments3(pick3(&delta)),
+                        };
+                        let dims = [batch, rows.locals.len(), g.heads.len(), head_dim];
+                        block_backward(
+                            segments(q),
+                            segments(k),
+                            segments(v),
+                            block,
+                            &visible,
+                            scale,
+                        )
+                        .map(|grad| grad.reshape(dims))
+                    }
                 };
-                let dims = [batch, rows.locals.len(), g.heads.len(), head_dim];
-                let got = block_backward(pick(&q), pick(&k), pick(&v), block, &visible, scale);
                 for (acc, grad) in parts.iter_mut().zip(got) {
-                    acc.push(grad.reshape(dims));
+                    acc.push(grad);
                 }
             }
             grads.push(parts);
@@ -598,10 +665,10 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             |t: &Tensor<B, 3>, i: usize| self.gather(t, &groups[i].heads, &shared_locals[i]);
         let mut d_shared: Vec<Option<[Tensor<B, 4>; 3]>> = groups
             .iter()
-            .enumerate()
-            .map(|(i, g)| {
+            .map(|g| {
                 (!g.shared.is_empty()).then(|| {
-                    let zeros = shared_in(&q, i).zeros_like();
+                    let dims = [batch, g.shared.len(), g.heads.len(), head_dim];
+                    let zeros = Tensor::<B, 4>::zeros(dims, (&self.device(), DType::F32));
                     [zeros.clone(), zeros.clone(), zeros]
                 })
             })
@@ -616,7 +683,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             }))
         };
         for t in 0..world {
-            let blocks = self.keys_for_step(t, &k_in, &v_in, Phase::Both)?;
+            let blocks = self.keys_for_step(t, &k_in, &v_in)?;
             let mut returned = Vec::new();
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, Tensor, backend::Backend};
 use dilated_attention_core::Result;
 
-use crate::{Communicator, Receive};
+use crate::{Communicator, PendingExchange, Receive};
 
 /// Totals of one rank since the counter was made (or last reset).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,10 +59,14 @@ impl<B: Backend> TrafficCounter<B> {
     }
 
     fn count(&self, sent: u64, received: u64, since: Instant) {
+        self.add(sent, received, 1, since);
+    }
+
+    fn add(&self, sent: u64, received: u64, calls: u64, since: Instant) {
         let mut totals = self.totals.lock().expect("traffic totals");
         totals.bytes_sent += sent;
         totals.bytes_received += received;
-        totals.calls += 1;
+        totals.calls += calls;
         totals.time += since.elapsed();
     }
 }
@@ -96,6 +100,23 @@ impl<B: Backend> Communicator<B> for TrafficCounter<B> {
         Ok(received)
     }
 
+    /// Counts the time spent starting the exchange and waiting in `finish`: with a transfer
+    /// that overlaps compute, only the part the rank waits for.
+    fn start_exchange<'a>(
+        &'a self,
+        send: Option<(usize, Tensor<B, 1>)>,
+        recv: Option<Receive>,
+    ) -> Result<Box<dyn PendingExchange<B> + 'a>> {
+        let start = Instant::now();
+        let sent = send.as_ref().map_or(0, |(_, t)| bytes(t));
+        let pending = self.inner.start_exchange(send, recv)?;
+        self.add(sent, 0, 1, start);
+        Ok(Box::new(CountedExchange {
+            counter: self,
+            pending,
+        }))
+    }
+
     fn all_gather(&self, tensor: Tensor<B, 1>) -> Result<Vec<Tensor<B, 1>>> {
         let start = Instant::now();
         let mine = bytes(&tensor);
@@ -114,5 +135,21 @@ impl<B: Backend> Communicator<B> for TrafficCounter<B> {
         let moved = 2 * n * (world - 1) / world.max(1);
         self.count(moved, moved, start);
         Ok(out)
+    }
+}
+
+/// A counted exchange in flight: `finish` adds the received bytes and the wait.
+struct CountedExchange<'a, B: Backend> {
+    counter: &'a TrafficCounter<B>,
+    pending: Box<dyn PendingExchange<B> + 'a>,
+}
+
+impl<B: Backend> PendingExchange<B> for CountedExchange<'_, B> {
+    fn finish(self: Box<Self>) -> Result<Option<Tensor<B, 1>>> {
+        let start = Instant::now();
+        let received = self.pending.finish()?;
+        self.counter
+            .add(0, received.as_ref().map_or(0, bytes), 0, start);
+        Ok(received)
     }
 }

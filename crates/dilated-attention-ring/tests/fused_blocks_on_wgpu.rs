@@ -3,7 +3,8 @@
 //! WGPU device give one device's reference output and log-sum-exp (NdArray, whole sequence) for
 //! segments that cross the shards, causal or not, with padding, contiguous and zigzag shards;
 //! and, with the backward's shared blocks on the fused backward kernels, the gradients of q, k
-//! and v. Run with `--features test-wgpu`.
+//! and v. Segments a rank owns whole (uneven shards) run on the fused kernels too. Run with
+//! `--features test-wgpu`.
 #![cfg(feature = "test-wgpu")]
 
 mod common;
@@ -59,6 +60,39 @@ fn case(mode: DilationMode, causal: bool, padding: Option<f64>, seed: u64) -> Or
         padding,
         seed,
     }
+}
+
+/// 100 tokens on shards of 37, 40 and 23: the first pair's segments (16, rate 1; a partial last
+/// one) do not line up with the shards, so each rank runs the segments it owns whole on the
+/// fused kernels and shares the ones that cross.
+fn uneven(mode: DilationMode, causal: bool, padding: Option<f64>, seed: u64) -> OracleCase {
+    OracleCase {
+        shape: [2, 100, 4, 32],
+        segments: vec![16, 100],
+        rates: vec![1, 3],
+        mode,
+        causal,
+        padding,
+        seed,
+    }
+}
+
+#[test]
+fn owned_and_shared_segments_on_uneven_shards_match_one_device() {
+    let layout = ShardLayout::from_lengths(&[37, 40, 23]).unwrap();
+    check(
+        uneven(DilationMode::LongNet, true, Some(0.2), 15),
+        layout.clone(),
+    );
+    check(
+        uneven(DilationMode::LongNet, false, None, 16),
+        layout.clone(),
+    );
+    check_gradients(
+        uneven(DilationMode::LongNet, true, Some(0.2), 17),
+        layout.clone(),
+    );
+    check_gradients(uneven(DilationMode::HeadGrouped, false, None, 18), layout);
 }
 
 #[test]

@@ -28,7 +28,7 @@ use cudarc::nccl::sys as nccl_sys;
 use dilated_attention_core::{DilatedAttentionError, Result};
 
 use super::cuda_buffer::{CudaBuffer, NcclBackend};
-use crate::{Communicator, Receive};
+use crate::{Communicator, PendingExchange, Receive};
 
 /// NCCL's unique id of a communicator: rank 0 makes it, every rank needs it.
 #[derive(Clone, Copy)]
@@ -207,7 +207,35 @@ impl<B: NcclBackend> NcclCommunicator<B> {
             nccl_sys::cudaStream_t,
         ) -> core::result::Result<(), String>,
     ) -> Result<()> {
-        let mut handles = self
+        self.enqueue(peer, operation, enqueue)?;
+        self.wait(peer, operation)
+    }
+
+    /// Queues `enqueue` (NCCL calls on the communicator's stream) after Burn's queued work
+    /// (`B::sync`), without waiting for it.
+    fn enqueue(
+        &self,
+        peer: usize,
+        operation: &'static str,
+        enqueue: impl FnOnce(
+            nccl_sys::ncclComm_t,
+            nccl_sys::cudaStream_t,
+        ) -> core::result::Result<(), String>,
+    ) -> Result<()> {
+        let handles = self.handles(peer, operation)?;
+        B::sync(&self.device)
+            .map_err(|e| self.error(peer, operation, format!("Burn sync: {e:?}")))?;
+        enqueue(handles.comm, handles.stream as nccl_sys::cudaStream_t)
+            .map_err(|e| self.error(peer, operation, e))
+    }
+
+    /// The handles, locked, with the context bound to this thread; an error once aborted.
+    fn handles(
+        &self,
+        peer: usize,
+        operation: &'static str,
+    ) -> Result<std::sync::MutexGuard<'_, Handles>> {
+        let handles = self
             .handles
             .lock()
             .map_err(|_| self.error(peer, operation, "a previous transfer panicked".into()))?;
@@ -221,10 +249,13 @@ impl<B: NcclBackend> NcclCommunicator<B> {
         self.context
             .bind_to_thread()
             .map_err(|e| self.error(peer, operation, format!("CUDA context: {e:?}")))?;
-        B::sync(&self.device)
-            .map_err(|e| self.error(peer, operation, format!("Burn sync: {e:?}")))?;
-        enqueue(handles.comm, handles.stream as nccl_sys::cudaStream_t)
-            .map_err(|e| self.error(peer, operation, e))?;
+        Ok(handles)
+    }
+
+    /// Waits for everything queued on the communicator's stream, polling so that a timeout
+    /// aborts the communicator (`ncclCommAbort`) and returns an error instead of hanging.
+    fn wait(&self, peer: usize, operation: &'static str) -> Result<()> {
+        let mut handles = self.handles(peer, operation)?;
         let start = Instant::now();
         loop {
             // SAFETY: the stream is live while the communicator is.
@@ -316,6 +347,17 @@ impl<B: NcclBackend> Communicator<B> for NcclCommunicator<B> {
         send: Option<(usize, Tensor<B, 1>)>,
         recv: Option<Receive>,
     ) -> Result<Option<Tensor<B, 1>>> {
+        self.start_exchange(send, recv)?.finish()
+    }
+
+    /// Queues the paired send and receive on the communicator's stream after Burn's queued work
+    /// and returns: the transfer runs while the caller queues compute on Burn's stream, and
+    /// `finish` waits for it (within the timeout).
+    fn start_exchange<'a>(
+        &'a self,
+        send: Option<(usize, Tensor<B, 1>)>,
+        recv: Option<Receive>,
+    ) -> Result<Box<dyn PendingExchange<B> + 'a>> {
         const OPERATION: &str = "exchange";
         let peer = send
             .as_ref()
@@ -327,7 +369,7 @@ impl<B: NcclBackend> Communicator<B> for NcclCommunicator<B> {
             .as_ref()
             .map(|(to, t)| (*to, t.dtype(), t.dims()[0], buffer(t)));
         let recv_buffer = received.as_ref().map(buffer);
-        self.run(peer, OPERATION, |comm, stream| {
+        self.enqueue(peer, OPERATION, |comm, stream| {
             ok(nccl::group_start(), "ncclGroupStart")?;
             if let Some((to, dtype, len, buf)) = &send_buffer {
                 // SAFETY: a live device buffer of `len` elements of `dtype`.
@@ -363,8 +405,12 @@ impl<B: NcclBackend> Communicator<B> for NcclCommunicator<B> {
             }
             ok(nccl::group_end(), "ncclGroupEnd")
         })?;
-        drop((send_buffer, recv_buffer));
-        Ok(received)
+        Ok(Box::new(NcclExchange {
+            communicator: self,
+            peer,
+            received,
+            _buffers: (send_buffer.map(|s| s.3), recv_buffer),
+        }))
     }
 
     fn all_gather(&self, tensor: Tensor<B, 1>) -> Result<Vec<Tensor<B, 1>>> {
@@ -568,5 +614,23 @@ fn id_through_file(path: &Path, rank: usize, timeout: Duration) -> Result<NcclId
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A queued NCCL exchange: its buffers stay alive (and out of Burn's pool) until `finish` has
+/// waited for the stream.
+struct NcclExchange<'a, B: NcclBackend> {
+    communicator: &'a NcclCommunicator<B>,
+    peer: usize,
+    received: Option<Tensor<B, 1>>,
+    _buffers: (Option<CudaBuffer>, Option<CudaBuffer>),
+}
+
+impl<B: NcclBackend> PendingExchange<B> for NcclExchange<'_, B> {
+    fn finish(self: Box<Self>) -> Result<Option<Tensor<B, 1>>> {
+        // the compute queued since the start runs while the transfer does
+        B::submit(&self.communicator.device);
+        self.communicator.wait(self.peer, "exchange")?;
+        Ok(self.received)
     }
 }

@@ -9,6 +9,7 @@ use core::any::Any;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensor;
+use burn_cubecl::cubecl::Runtime;
 use burn_cubecl::cubecl::cuda::{CudaDevice, CudaRuntime};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
@@ -32,6 +33,10 @@ pub trait NcclBackend: Backend {
     /// The contiguous buffer of `tensor` (a copy only when the tensor is not contiguous). Call
     /// `Self::sync` first when NCCL must see every queued write to it.
     fn cuda_buffer(tensor: FloatTensor<Self>) -> CudaBuffer;
+
+    /// Sends the work queued for `device` to the GPU without waiting for it, so that it runs
+    /// while the host waits for a transfer on another stream.
+    fn submit(device: &Self::Device);
 }
 
 fn cube_buffer(tensor: CubeTensor<CudaRuntime>, keep: Box<dyn Any>) -> CudaBuffer {
@@ -58,6 +63,11 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> NcclBackend
     fn cuda_buffer(tensor: FloatTensor<Self>) -> CudaBuffer {
         cube_buffer(tensor, Box::new(()))
     }
+
+    fn submit(device: &CudaDevice) {
+        // a failed flush surfaces at the next sync or read
+        let _ = CudaRuntime::client(device).flush();
+    }
 }
 
 impl<F: FloatElement, I: IntElement, BT: BoolElement> NcclBackend
@@ -74,5 +84,11 @@ impl<F: FloatElement, I: IntElement, BT: BoolElement> NcclBackend
             .clone()
             .resolve_tensor_float::<CubeBackend<CudaRuntime, F, I, BT>>(tensor.clone());
         cube_buffer(cube, Box::new(tensor))
+    }
+
+    fn submit(device: &CudaDevice) {
+        // run the fusion stream's queued operations (their kernels are launched, not awaited)
+        burn_fusion::get_client::<CubeBackend<CudaRuntime, F, I, BT>>(device).sync(|| ());
+        <CubeBackend<CudaRuntime, F, I, BT> as NcclBackend>::submit(device);
     }
 }
