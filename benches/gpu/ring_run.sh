@@ -3,7 +3,7 @@
 # 2 GPUs against one GPU on the whole sequence, then scaling (n on one GPU, 2n on two).
 # Expects .device-bin/ring(.gz), built here with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
-# Usage: benches/gpu/ring_run.sh [check|headgrouped|fusedbwd|aligned|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+# Usage: benches/gpu/ring_run.sh [check|headgrouped|fusedbwd|uneven|uneven_large|aligned|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
 # Each run is bounded by `timeout`; the scale stage can take up to 20 min in all, more than one
 # device call allows: split it (the loop bounds) when the budget is short.
 set -uo pipefail
@@ -48,6 +48,16 @@ if [[ $STAGE == fusedbwd ]]; then
   run 240 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 --check --backward --warmup 1 --repeats 3
   run 240 $R --launch 2 --seq 32768 --mode head-grouped --segments 2048,seq --rates 1,16 --causal --dtype bf16 --check --backward --warmup 1 --repeats 3
   run 240 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 --zigzag --causal --dtype bf16 --check --backward --warmup 1 --repeats 3
+fi
+if [[ $STAGE == uneven ]]; then
+  echo "== owned segments on the fused kernels: shards that do not line up with the segments (every pair sharded)"
+  run 240 $R --launch 2 --seq 65534 --dtype bf16 --causal --check --backward --warmup 1 --repeats 3
+  run 240 $R --launch 2 --seq 65534 --mode head-grouped --check --backward --warmup 1 --repeats 3
+fi
+if [[ $STAGE == uneven_large ]]; then
+  echo "== uneven shards at scale: 4,194,303 rows per GPU (every pair sharded), then 6M"
+  run 280 $R --launch 2 --seq 8388606 --dtype bf16 --backward --warmup 1 --repeats 2
+  run 200 $R --launch 2 --seq 12000000 --dtype bf16 --warmup 1 --repeats 2
 fi
 if [[ $STAGE == aligned ]]; then
   echo "== the largest sequences with shard-aligned segments (every shard a multiple of 8192 rows: no sharded path)"
