@@ -58,6 +58,16 @@ enum StepKeys<'a, B: Backend> {
     Incoming(Box<dyn PendingExchange<B> + 'a>, Vec<Vec<Row>>),
 }
 
+/// A group's shared query rows in the backward, with their final output, f32 LSE and gradients
+/// `[batch, shared rows, group heads, ..]`.
+struct SharedRows<B: Backend> {
+    query: Tensor<B, 4>,
+    output: Tensor<B, 4>,
+    grad_output: Tensor<B, 4>,
+    lse: Tensor<B, 3>,
+    grad_lse: Option<Tensor<B, 3>>,
+}
+
 /// Keys one group received in one step: their rows and `[batch, rows, heads, head_dim]` blocks, in
 /// the inputs' dtype (the Burn-ops blocks widen them to f32; the fused pieces take them as they are).
 type KeyBlock<B> = (Vec<Row>, Tensor<B, 4>, Tensor<B, 4>);
@@ -663,6 +673,21 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             |t: &Tensor<B, 4>, i: usize| self.gather(t, &groups[i].heads, &shared_locals[i]);
         let shared_stat =
             |t: &Tensor<B, 3>, i: usize| self.gather(t, &groups[i].heads, &shared_locals[i]);
+        // each group's shared query rows, their final output, LSE and gradients: gathered once
+        // for every step (in the inputs' dtype, as the fused pieces take them; LSEs in f32)
+        let shared_rows: Vec<Option<SharedRows<B>>> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                (!g.shared.is_empty()).then(|| SharedRows {
+                    query: shared_in(&q_in, i),
+                    output: shared_in(&out_in, i),
+                    grad_output: shared_in(&d_out_in, i),
+                    lse: shared_stat(&lse, i),
+                    grad_lse: d_lse.as_ref().map(|d| shared_stat(d, i)),
+                })
+            })
+            .collect();
         let mut d_shared: Vec<Option<[Tensor<B, 4>; 3]>> = groups
             .iter()
             .map(|g| {
@@ -695,21 +720,19 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         .clone()
                         .select(1, self.index(rows.iter().map(|r| r.position)))
                 });
-                // in the inputs' dtype, as the fused pieces take them
-                let query = shared_in(&q_in, i);
-                let grad_output = shared_in(&d_out_in, i);
-                let row_lse = shared_stat(&lse, i);
+                let shared = shared_rows[i]
+                    .as_ref()
+                    .expect("a group with a block has shared rows");
                 let block_rows = BlockRows::of(g, &rows, causal);
-                let row_grad_lse = d_lse.as_ref().map(|d| shared_stat(d, i));
                 let fused = fused_block_backward(
                     &BlockBackward {
-                        query: &query,
+                        query: &shared.query,
                         key: &kb,
                         value: &vb,
-                        output: &shared_in(&out_in, i),
-                        lse: &row_lse,
-                        grad_output: &grad_output,
-                        grad_lse: row_grad_lse.as_ref(),
+                        output: &shared.output,
+                        lse: &shared.lse,
+                        grad_output: &shared.grad_output,
+                        grad_lse: shared.grad_lse.as_ref(),
                         key_keep: key_keep.as_ref(),
                     },
                     &block_rows,
@@ -723,12 +746,12 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         let visible =
                             self.shared_visibility(g.segment_length, &g.shared, &rows, key_keep);
                         let block = BlockGrads {
-                            grad_output: wide(grad_output).unsqueeze_dim(1),
-                            lse: row_lse.unsqueeze_dim(1),
+                            grad_output: wide(shared.grad_output.clone()).unsqueeze_dim(1),
+                            lse: shared.lse.clone().unsqueeze_dim(1),
                             delta: shared_stat(&delta, i).unsqueeze_dim(1),
                         };
                         block_backward(
-                            wide(query).unsqueeze_dim(1),
+                            wide(shared.query.clone()).unsqueeze_dim(1),
                             wide(kb).unsqueeze_dim(1),
                             wide(vb).unsqueeze_dim(1),
                             block,

@@ -93,6 +93,24 @@ fn owned_and_shared_segments_on_uneven_shards_match_one_device() {
         layout.clone(),
     );
     check_gradients(uneven(DilationMode::HeadGrouped, false, None, 18), layout);
+    // a segment split 1 | 15 (one-row query runs and key sets), a partial segment at the end
+    let layout = ShardLayout::from_lengths(&[33, 31, 36]).unwrap();
+    check(
+        uneven(DilationMode::LongNet, true, None, 19),
+        layout.clone(),
+    );
+    check(
+        uneven(DilationMode::HeadGrouped, false, None, 20),
+        layout.clone(),
+    );
+    check_gradients(
+        uneven(DilationMode::LongNet, true, None, 21),
+        layout.clone(),
+    );
+    check_gradients(
+        uneven(DilationMode::HeadGrouped, false, Some(0.2), 22),
+        layout,
+    );
 }
 
 #[test]
