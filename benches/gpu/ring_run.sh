@@ -3,7 +3,7 @@
 # 2 GPUs against one GPU on the whole sequence, then scaling (n on one GPU, 2n on two).
 # Expects .device-bin/ring(.gz), built here with
 #   CUDARC_CUDA_VERSION=13000 cargo build --release -p ring_launcher --features cuda
-# Usage: benches/gpu/ring_run.sh [check|headgrouped|fusedbwd|uneven|uneven_large|aligned|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
+# Usage: benches/gpu/ring_run.sh [check|headgrouped|fusedbwd|uneven|uneven_large|overlap_ab|aligned|scale|largest|diag|all]   (NCCL_NVLS_ENABLE=0 as the device notes ask)
 # Each run is bounded by `timeout`; the scale stage can take up to 20 min in all, more than one
 # device call allows: split it (the loop bounds) when the budget is short.
 set -uo pipefail
@@ -52,12 +52,25 @@ fi
 if [[ $STAGE == uneven ]]; then
   echo "== owned segments on the fused kernels: shards that do not line up with the segments (every pair sharded)"
   run 240 $R --launch 2 --seq 65534 --dtype bf16 --causal --check --backward --warmup 1 --repeats 3
+  if ! grep -q forward_backward "$OUT/last.txt"; then
+    echo "-- failed: again with CUDA_LAUNCH_BLOCKING=1, forward only, the first errors"
+    CUDA_LAUNCH_BLOCKING=1 timeout 200 $R --launch 2 --seq 65534 --dtype bf16 --causal --check --repeats 1 --warmup 0 > "$OUT/blocking.txt" 2>&1
+    grep -vE '^\{' "$OUT/blocking.txt" | grep -iE "error|panic|kernel|launch" | head -n 12 | cut -c1-400; grep -E '^\{' "$OUT/blocking.txt" | cut -c1-300; clear_ranks
+  fi
   run 240 $R --launch 2 --seq 65534 --mode head-grouped --check --backward --warmup 1 --repeats 3
 fi
 if [[ $STAGE == uneven_large ]]; then
   echo "== uneven shards at scale: 4,194,303 rows per GPU (every pair sharded), then 6M"
   run 280 $R --launch 2 --seq 8388606 --dtype bf16 --backward --warmup 1 --repeats 2
   run 200 $R --launch 2 --seq 12000000 --dtype bf16 --warmup 1 --repeats 2
+fi
+if [[ $STAGE == overlap_ab ]]; then
+  echo "== the forward's transfer/compute overlap, on and off, same machine: 32K, a pair over both GPUs"
+  for v in "--dtype bf16 --causal" "--dtype f32"; do
+    for o in "" "--no-overlap"; do
+      run 150 $R --launch 2 --seq 32768 --segments 2048,seq --rates 1,16 $v $o --warmup 2 --repeats 7
+    done
+  done
 fi
 if [[ $STAGE == aligned ]]; then
   echo "== the largest sequences with shard-aligned segments (every shard a multiple of 8192 rows: no sharded path)"

@@ -106,6 +106,12 @@ pub struct RingDilatedAttentionConfig {
     /// [`MemoryLimit`](DilatedAttentionError::MemoryLimit) error instead of an out-of-memory
     /// crash. Default: none.
     pub memory_limit_bytes: Option<u64>,
+    /// Start each step's key/value transfer before the previous step's blocks are queued, so
+    /// that transfers overlap compute where the communicator allows
+    /// ([`Communicator::start_exchange`]). `false` runs transfer and compute in turn (to measure
+    /// what the overlap buys). Default: true.
+    #[config(default = true)]
+    pub overlap: bool,
 }
 
 /// Sequence-parallel dilated attention; see the [module docs](self).
@@ -470,6 +476,7 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             layout: layout.clone(),
             plan: ShardPlan::new(&index, layout, rank)?,
             config: config.clone(),
+            overlap: self.config.overlap,
             shape,
             key_padding_mask: key_padding_mask
                 .map(|m| Tensor::from_primitive(B::inner_bool(m.into_primitive()))),

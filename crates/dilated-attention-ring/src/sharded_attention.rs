@@ -44,6 +44,8 @@ pub(crate) struct ShardedAttention<B: Backend> {
     pub layout: ShardLayout,
     pub plan: ShardPlan,
     pub config: DilatedAttentionConfig,
+    /// Start step `t + 1`'s transfer before step `t`'s compute (forward).
+    pub overlap: bool,
     /// Local shape: `seq` is this rank's length.
     pub shape: AttentionShape,
     /// Local key padding mask `[batch, local seq]`, true = padded.
@@ -482,8 +484,12 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let world = self.communicator.world_size();
         let mut next = Some(self.start_keys(0, &k_in, &v_in)?);
         for t in 0..world {
-            let blocks = self.finish_keys(next.take().expect("the step's transfer was started"))?;
-            if t + 1 < world {
+            let step = match next.take() {
+                Some(step) => step,
+                None => self.start_keys(t, &k_in, &v_in)?,
+            };
+            let blocks = self.finish_keys(step)?;
+            if self.overlap && t + 1 < world {
                 next = Some(self.start_keys(t + 1, &k_in, &v_in)?);
             }
             for (i, block) in blocks.into_iter().enumerate() {

@@ -39,6 +39,10 @@ pub struct Args {
     /// Zigzag shards (balanced causal work) instead of contiguous ones.
     #[arg(long)]
     pub zigzag: bool,
+    /// Transfer and compute in turn (no overlap of a step's transfer with the previous step's
+    /// blocks), to measure what the overlap buys.
+    #[arg(long)]
+    pub no_overlap: bool,
     /// Input dtype.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub dtype: Precision,

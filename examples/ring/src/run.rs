@@ -136,10 +136,12 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
     };
     let counter = Arc::new(TrafficCounter::new(communicator));
     let ring: RingDilatedAttention<I> = RingDilatedAttentionConfig::new(cfg.clone())
+        .with_overlap(!args.no_overlap)
         .try_init(counter.clone())?
         .with_layout(layout.clone())?;
     let ring_train: RingDilatedAttention<Autodiff<I>> =
         RingDilatedAttentionConfig::new(cfg.clone())
+            .with_overlap(!args.no_overlap)
             .try_init(counter.clone())?
             .with_layout(layout.clone())?;
     let ([q, k, v], full) = inputs::<I>(args, &layout, rank, &device);
@@ -154,8 +156,8 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
         let t = median(times);
         let c = median(comm);
         lines.push(format!(
-            "{{\"impl\":\"ring\",\"backend\":\"{backend}\",\"rank\":{rank},\"world\":{world},\"seq\":{},\"local\":{},\"batch\":{},\"heads\":{},\"head_dim\":{},\"segments\":{:?},\"rates\":{:?},\"mode\":\"{:?}\",\"causal\":{},\"zigzag\":{},\"dtype\":\"{:?}\",\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"comm_ms\":{:.3},\"comm_share\":{:.3},\"bytes_sent\":{},\"bytes_received\":{},\"peak_mb\":{:.1},\"max_err\":{}}}",
-            args.seq, layout.local_len(rank), args.batch, args.heads, args.head_dim, cfg.segment_lengths, cfg.dilation_rates, cfg.mode, cfg.causal, args.zigzag, args.dtype,
+            "{{\"impl\":\"ring\",\"backend\":\"{backend}\",\"rank\":{rank},\"world\":{world},\"seq\":{},\"local\":{},\"batch\":{},\"heads\":{},\"head_dim\":{},\"segments\":{:?},\"rates\":{:?},\"mode\":\"{:?}\",\"causal\":{},\"zigzag\":{},\"overlap\":{},\"dtype\":\"{:?}\",\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"comm_ms\":{:.3},\"comm_share\":{:.3},\"bytes_sent\":{},\"bytes_received\":{},\"peak_mb\":{:.1},\"max_err\":{}}}",
+            args.seq, layout.local_len(rank), args.batch, args.heads, args.head_dim, cfg.segment_lengths, cfg.dilation_rates, cfg.mode, cfg.causal, args.zigzag, !args.no_overlap, args.dtype,
             t * 1e3, (args.seq * args.batch) as f64 / t, c * 1e3, if t > 0.0 { c / t } else { 0.0 }, traffic.0, traffic.1, peak as f64 / 1e6,
             error.map_or("null".to_string(), |e| format!("{e:.3e}")),
         ));
