@@ -16,6 +16,7 @@ mod run;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 
 use burn::backend::NdArray;
@@ -33,7 +34,19 @@ const CPU_MEMORY: MemoryProbe<'static> = MemoryProbe {
     reset: &peak_memory::reset_peak,
 };
 
+/// Set by the panic hook: some thread panicked. CubeCL's device thread catches a failed task's
+/// panic (an allocation that did not fit, a faulting kernel) and goes on, so a run can finish
+/// and print times over results that are wrong; such a run reports an error instead.
+static A_THREAD_PANICKED: AtomicBool = AtomicBool::new(false);
+
 fn print(result: Result<Vec<String>, dilated_attention::DilatedAttentionError>) -> bool {
+    if A_THREAD_PANICKED.load(Ordering::SeqCst) {
+        eprintln!(
+            "error: a thread panicked during the run (CubeCL's device thread logs it above as a \
+             failed task); its numbers are not reported"
+        );
+        return false;
+    }
     match result {
         Ok(lines) => {
             for line in lines {
@@ -53,6 +66,11 @@ fn main() -> ExitCode {
     // thread catches a failed task's panic and only logs it, so without a logger the first
     // failure of a long run is lost and only its knock-on panics show.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        A_THREAD_PANICKED.store(true, Ordering::SeqCst);
+        default_hook(info);
+    }));
     let args = Args::parse();
     #[cfg(feature = "cuda")]
     {
