@@ -11,7 +11,9 @@
 //! fused call on compact tensors with a single pair `(L, 1)`: causal on the diagonal, padded to
 //! a common length `L` otherwise (padded keys hidden by the key padding mask, padded query rows
 //! dropped). A run's pieces merge by log-sum-exp. A block whose keys lie inside a run but are
-//! not its rows (no plan makes one) is left to the caller's masked block math.
+//! not its rows (no plan makes one) is left to the caller's masked block math. A group's owned
+//! segments (whole segments inside the rank's shard) are one fused call each way:
+//! [`fused_segments_forward`] and [`fused_segments_backward`].
 
 use core::ops::Range;
 

@@ -10,7 +10,8 @@
 //! One block is live at a time, so memory per step is constant in the world size. A shared block
 //! runs in pieces on the fused kernels where the backend has them ([`crate::fused_block`]: the
 //! forward through the single-device path, the backward through the fused backward with the
-//! final LSE); otherwise, and for owned segments, on Burn ops ([`crate::block`]).
+//! final LSE), and so do owned segments (gathered whole, one fused call per batch of segments);
+//! backends without kernels run both on Burn ops ([`crate::block`]).
 //!
 //! The backward recomputes the same blocks from the final log-sum-exp (FlashAttention-2): each
 //! step receives the peer's keys again, adds the block's query gradient locally, and sends the

@@ -5,17 +5,22 @@
 //! and, with the backward's shared blocks on the fused backward kernels, the gradients of q, k
 //! and v. Segments a rank owns whole (uneven shards) run on the fused kernels too. Run with
 //! `--features test-wgpu`.
-#![cfg(feature = "test-wgpu")]
+//! With `--features test-cuda` the same tests run on burn's `Cuda` backend (in-process ranks on
+//! one GPU), plus a larger uneven case.
+#![cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
 
 mod common;
 
-use burn::backend::{NdArray, Wgpu};
+use burn::backend::NdArray;
 use common::{max_abs_diff, reference_gradients, ring_forward, ring_gradients};
 use dilated_attention_core::oracle::OracleCase;
 use dilated_attention_core::{DilationMode, reference_dilated_attention};
 use dilated_attention_ring::{RingDilatedAttentionConfig, ShardLayout};
 
-type W = Wgpu;
+#[cfg(feature = "test-cuda")]
+type W = burn::backend::Cuda;
+#[cfg(not(feature = "test-cuda"))]
+type W = burn::backend::Wgpu;
 type N = NdArray;
 
 fn check(case: OracleCase, layout: ShardLayout) {
@@ -147,4 +152,29 @@ fn gradients_with_crossing_segments_match_one_device() {
     check_gradients(case(DilationMode::HeadGrouped, false, None, 13), layout);
     let zigzag = ShardLayout::zigzag(96, 3).unwrap();
     check_gradients(case(DilationMode::LongNet, true, None, 14), zigzag);
+}
+
+/// The shape of the two-GPU run that faulted on CUDA, scaled down: 2 x 2047 rows, LongNet pairs
+/// (512,1),(1024,2),(2048,4), so every pair is sharded with owned segments, a partial last
+/// segment and segments split 511 | 1 rows.
+#[cfg(feature = "test-cuda")]
+#[test]
+fn uneven_shards_at_scale_match_one_device() {
+    let layout = ShardLayout::contiguous(4094, 2).unwrap();
+    for (mode, causal, seed) in [
+        (DilationMode::LongNet, true, 30),
+        (DilationMode::HeadGrouped, false, 31),
+    ] {
+        let case = OracleCase {
+            shape: [1, 4094, 8, 64],
+            segments: vec![512, 1024, 2048],
+            rates: vec![1, 2, 4],
+            mode,
+            causal,
+            padding: None,
+            seed,
+        };
+        check(case.clone(), layout.clone());
+        check_gradients(case, layout.clone());
+    }
 }
