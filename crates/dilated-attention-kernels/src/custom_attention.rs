@@ -63,7 +63,9 @@ use dilated_attention_core::Result;
 /// `[batch, seq, heads, head_dim]` in and `([batch, seq, heads, head_dim], [batch, seq, heads])`
 /// out.
 pub trait CustomAttention<B: Backend>: Send + Sync + Debug + 'static {
-    /// The output and the per-query log-sum-exp.
+    /// The output and the per-query log-sum-exp. The LSE may be f32 while the output is in half
+    /// precision: `Autodiff` keeps it as returned for [`Self::backward`] and hands the caller a
+    /// copy in the output's dtype; other backends return it as it is.
     ///
     /// # Errors
     /// Whatever the function reports (bad shapes, a failed peer, ...).

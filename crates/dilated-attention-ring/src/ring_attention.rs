@@ -487,10 +487,13 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             key.into_primitive().tensor(),
             value.into_primitive().tensor(),
         )?;
-        Ok((
-            Tensor::from_primitive(TensorPrimitive::Float(out)),
+        let out: Tensor<B, 4> = Tensor::from_primitive(TensorPrimitive::Float(out));
+        // the sharded op's LSE is f32 (kept so for its backward); callers get the output's dtype
+        let lse = narrow_to(
             Tensor::from_primitive(TensorPrimitive::Float(lse)),
-        ))
+            out.dtype(),
+        );
+        Ok((out, lse))
     }
 
     fn check_finite<const D: usize>(&self, name: &'static str, t: Tensor<B, D>) -> Result<()> {

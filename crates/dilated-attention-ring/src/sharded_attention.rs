@@ -571,7 +571,10 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             results.push((self.pair_heads(pair, outs), self.pair_heads(pair, lses)));
         }
         let (out, lse) = self.combine_outputs(results);
-        let (out, lse) = (narrow_to(out, dtype), narrow_to(lse, dtype));
+        // the LSE stays f32: Autodiff keeps it for the backward (whose recomputation needs it
+        // exact; in half precision a rounded LSE scales every weight by up to 2^-8) and gives the
+        // caller a copy in the output's dtype; `RingDilatedAttention` casts it for the others
+        let out = narrow_to(out, dtype);
         Ok((out.into_primitive().tensor(), lse.into_primitive().tensor()))
     }
 
