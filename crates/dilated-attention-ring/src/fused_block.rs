@@ -177,17 +177,28 @@ fn hidden_keys<B: Backend>(
     })
 }
 
-/// The config of a piece's call: one pair `(len, 1)`, causal on the diagonal, the block's scale.
-fn piece_config(
-    len: usize,
-    causal: bool,
-    scale: f64,
-    implementation: AttentionImplementation,
-) -> DilatedAttentionConfig {
-    DilatedAttentionConfig::new(vec![len], vec![1])
-        .with_causal(causal)
-        .with_scale(Some(scale))
-        .with_implementation(implementation)
+/// What every fused call of a block shares: the dtype the kernels run in, the softmax scale and
+/// the implementation switch (a forced reference path has no fused calls).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedCall {
+    pub dtype: DType,
+    pub scale: f64,
+    pub implementation: AttentionImplementation,
+}
+
+impl FusedCall {
+    /// The config of one call: one pair `(len, 1)`, causal or not, the block's scale.
+    fn config(&self, len: usize, causal: bool) -> DilatedAttentionConfig {
+        DilatedAttentionConfig::new(vec![len], vec![1])
+            .with_causal(causal)
+            .with_scale(Some(self.scale))
+            .with_implementation(self.implementation)
+    }
+
+    /// `t` in the kernels' dtype.
+    fn narrow<B: Backend>(&self, t: &Tensor<B, 4>) -> Tensor<B, 4> {
+        narrow_to(t.clone(), self.dtype)
+    }
 }
 
 /// The fused forward kernels on `config`, with their f32 LSE (the functional API returns it in
@@ -225,15 +236,14 @@ fn attend_piece<B: DilatedAttentionBackend>(
     value: Tensor<B, 4>,
     keep: Option<Tensor<B, 2>>,
     causal: bool,
-    scale: f64,
-    implementation: AttentionImplementation,
+    call: &FusedCall,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     let [batch, m, _, _] = query.dims();
     let n = key.dims()[1];
     let len = m.max(n);
     let device = query.device();
     let hidden = hidden_keys(keep, batch, n, len, &device);
-    let config = piece_config(len, causal, scale, implementation);
+    let config = call.config(len, causal);
     let (query, key, value) = (
         pad_rows(query, len),
         pad_rows(key, len),
@@ -249,32 +259,25 @@ fn attend_piece<B: DilatedAttentionBackend>(
 /// The block's f32 output `[batch, queries, heads, head_dim]` and LSE `[batch, queries, heads]`
 /// (`-inf`, output 0, for a query that sees no key of the block), from `query`
 /// `[batch, queries, heads, head_dim]` and `key`/`value` `[batch, keys, heads, head_dim]` (any
-/// float dtype; the fused calls run in `dtype`), with `key_keep` `[batch, keys]` (1 = not padded).
+/// float dtype; the fused calls run in `call.dtype`), with `key_keep` `[batch, keys]` (1 = not padded).
 /// `None` when the block's keys do not split into pieces (see the module docs).
 ///
 /// # Errors
 /// The single-device path's errors.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_block_forward<B: DilatedAttentionBackend>(
     query: &Tensor<B, 4>,
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
     key_keep: Option<&Tensor<B, 2>>,
     rows: &BlockRows,
-    dtype: DType,
-    scale: f64,
-    implementation: AttentionImplementation,
+    call: &FusedCall,
 ) -> Result<Option<(Tensor<B, 4>, Tensor<B, 3>)>> {
     let Some(plan) = plan_pieces(rows) else {
         return Ok(None);
     };
     let [batch, _, heads, head_dim] = query.dims();
     let device = query.device();
-    let (key, value) = (
-        narrow_to(key.clone(), dtype),
-        narrow_to(value.clone(), dtype),
-    );
-    let query = narrow_to(query.clone(), dtype);
+    let (query, key, value) = (call.narrow(query), call.narrow(key), call.narrow(value));
     let mut outs = Vec::with_capacity(plan.len());
     let mut lses = Vec::with_capacity(plan.len());
     for (run, pieces) in plan {
@@ -291,8 +294,7 @@ pub(crate) fn fused_block_forward<B: DilatedAttentionBackend>(
                 rows_of(&value, &keys),
                 keep,
                 causal,
-                scale,
-                implementation,
+                call,
             )?);
         }
         let (o, l) = if parts.is_empty() {
@@ -381,9 +383,7 @@ fn fused_backward<B: DilatedAttentionBackend>(
 pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
     block: &BlockBackward<B>,
     rows: &BlockRows,
-    dtype: DType,
-    scale: f64,
-    implementation: AttentionImplementation,
+    call: &FusedCall,
 ) -> Result<Option<[Tensor<B, 4>; 3]>> {
     let Some(plan) = plan_pieces(rows) else {
         return Ok(None);
@@ -391,7 +391,7 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
     let [batch, _, heads, head_dim] = block.query.dims();
     let keys = block.key.dims()[1];
     let device = block.query.device();
-    let narrow = |t: &Tensor<B, 4>| narrow_to(t.clone(), dtype);
+    let narrow = |t: &Tensor<B, 4>| call.narrow(t);
     let (query, key, value) = (narrow(block.query), narrow(block.key), narrow(block.value));
     let (output, grad_output) = (narrow(block.output), narrow(block.grad_output));
     let lse = wide(block.lse.clone());
@@ -407,7 +407,7 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
             let (key_rows, causal) = piece.into_keys();
             let n = key_rows.len();
             let len = m.max(n);
-            let config = piece_config(len, causal, scale, implementation);
+            let config = call.config(len, causal);
             let keep = block.key_keep.map(|k| rows_of(k, &key_rows));
             let hidden = hidden_keys(keep, batch, n, len, &device);
             let run_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &run_rows), len);
@@ -456,7 +456,6 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
 ///
 /// # Errors
 /// The kernels' errors.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn fused_segments_forward<B: DilatedAttentionBackend>(
     query: &Tensor<B, 4>,
     key: &Tensor<B, 4>,
@@ -464,22 +463,14 @@ pub(crate) fn fused_segments_forward<B: DilatedAttentionBackend>(
     key_keep: Option<&Tensor<B, 2>>,
     rows: usize,
     causal: bool,
-    dtype: DType,
-    scale: f64,
-    implementation: AttentionImplementation,
+    call: &FusedCall,
 ) -> Result<Option<(Tensor<B, 4>, Tensor<B, 3>)>> {
     let [batch, n, _, _] = query.dims();
-    let config = piece_config(rows, causal, scale, implementation);
+    let config = call.config(rows, causal);
     let hidden = hidden_keys(key_keep.cloned(), batch, n, n, &query.device());
-    let narrow = |t: &Tensor<B, 4>| narrow_to(t.clone(), dtype);
-    Ok(fused_forward(
-        &narrow(query),
-        &narrow(key),
-        &narrow(value),
-        hidden,
-        &config,
-    )?
-    .map(|(out, lse)| (wide(out), wide(lse))))
+    let (query, key, value) = (call.narrow(query), call.narrow(key), call.narrow(value));
+    Ok(fused_forward(&query, &key, &value, hidden, &config)?
+        .map(|(out, lse)| (wide(out), wide(lse))))
 }
 
 /// The gradients of [`fused_segments_forward`]'s rows on the fused backward kernels, from the
@@ -492,22 +483,19 @@ pub(crate) fn fused_segments_backward<B: DilatedAttentionBackend>(
     block: &BlockBackward<B>,
     rows: usize,
     causal: bool,
-    dtype: DType,
-    scale: f64,
-    implementation: AttentionImplementation,
+    call: &FusedCall,
 ) -> Result<Option<[Tensor<B, 4>; 3]>> {
     let [batch, n, _, _] = block.query.dims();
-    let config = piece_config(rows, causal, scale, implementation);
+    let config = call.config(rows, causal);
     let hidden = hidden_keys(block.key_keep.cloned(), batch, n, n, &block.query.device());
-    let narrow = |t: &Tensor<B, 4>| narrow_to(t.clone(), dtype);
     fused_backward(
-        &narrow(block.query),
-        &narrow(block.key),
-        &narrow(block.value),
+        &call.narrow(block.query),
+        &call.narrow(block.key),
+        &call.narrow(block.value),
         hidden,
-        &narrow(block.output),
+        &call.narrow(block.output),
         wide(block.lse.clone()),
-        &narrow(block.grad_output),
+        &call.narrow(block.grad_output),
         block.grad_lse.map(|g| wide(g.clone())),
         &config,
     )

@@ -18,6 +18,7 @@
 //! key/value gradients of the received rows back to their owner, which adds them to its own.
 //! The traffic of the backward is twice the forward's.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
@@ -32,8 +33,8 @@ use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
 
 use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
 use crate::fused_block::{
-    BlockBackward, BlockRows, fused_block_backward, fused_block_forward, fused_segments_backward,
-    fused_segments_forward,
+    BlockBackward, BlockRows, FusedCall, fused_block_backward, fused_block_forward,
+    fused_segments_backward, fused_segments_forward,
 };
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
 use crate::{Communicator, PendingExchange, Receive, ShardLayout};
@@ -82,6 +83,15 @@ impl<B: Backend> ShardedAttention<B> {
 
     fn scale(&self) -> f64 {
         self.config.scale_for(self.shape.head_dim)
+    }
+
+    /// The settings of this op's fused calls, run in `dtype`.
+    fn fused_call(&self, dtype: DType) -> FusedCall {
+        FusedCall {
+            dtype,
+            scale: self.scale(),
+            implementation: self.config.implementation,
+        }
     }
 
     fn device(&self) -> burn::tensor::Device<B> {
@@ -417,6 +427,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let dtype = q_in.dtype();
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
+        let call = self.fused_call(dtype);
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
 
@@ -440,9 +451,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                     key_keep.as_ref(),
                     batch_rows.rows,
                     self.config.causal,
-                    dtype,
-                    scale,
-                    self.config.implementation,
+                    &call,
                 )?;
                 let rows = batch_rows.locals.len();
                 parts.push(match fused {
@@ -507,16 +516,8 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                     .as_ref()
                     .expect("a group with a key block has shared rows");
                 let block_rows = BlockRows::of(g, &rows, self.config.causal);
-                let fused = fused_block_forward(
-                    query,
-                    &kb,
-                    &vb,
-                    key_keep.as_ref(),
-                    &block_rows,
-                    dtype,
-                    scale,
-                    self.config.implementation,
-                )?;
+                let fused =
+                    fused_block_forward(query, &kb, &vb, key_keep.as_ref(), &block_rows, &call)?;
                 let part = match fused {
                     Some(part) => part,
                     None => {
@@ -595,15 +596,23 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             .unwrap_or_else(|| out_in.zeros_like());
         let lse: Tensor<B, 3> = wide(float(lse));
         let d_lse: Option<Tensor<B, 3>> = grad_lse.map(|g| wide(float::<B, 3>(g)));
-        // the Burn-ops blocks' delta = rowsum(dO * O) - dLSE (the fused kernels make their own)
-        let mut delta: Tensor<B, 3> = (wide(d_out_in.clone()) * wide(out_in.clone()))
-            .sum_dim(3)
-            .squeeze_dim::<3>(3);
-        if let Some(d_lse) = &d_lse {
-            delta = delta - d_lse.clone();
-        }
+        // the Burn-ops blocks' delta = rowsum(dO * O) - dLSE, made on first use (the fused kernels
+        // make their own, so with kernels it is never built)
+        let delta_cell: OnceCell<Tensor<B, 3>> = OnceCell::new();
+        let delta = || {
+            delta_cell.get_or_init(|| {
+                let delta = (wide(d_out_in.clone()) * wide(out_in.clone()))
+                    .sum_dim(3)
+                    .squeeze_dim::<3>(3);
+                match &d_lse {
+                    Some(d_lse) => delta - d_lse.clone(),
+                    None => delta,
+                }
+            })
+        };
         let [batch, seq, _, head_dim] = self.shape.dims();
         let scale = self.scale();
+        let call = self.fused_call(dtype);
         let keep = self.keep_masks()?;
         let groups: Vec<&GroupShard> = self.groups().collect();
         let (me, world) = (self.plan.rank, self.communicator.world_size());
@@ -638,9 +647,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                     },
                     rows.rows,
                     causal,
-                    dtype,
-                    scale,
-                    self.config.implementation,
+                    &call,
                 )?;
                 let got = match fused {
                     Some(got) => got,
@@ -654,7 +661,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         let block = BlockGrads {
                             grad_output: segments(row_grad_out),
                             lse: segments3(row_lse),
-                            delta: segments3(pick3(&delta)),
+                            delta: segments3(pick3(delta())),
                         };
                         let dims = [batch, rows.locals.len(), g.heads.len(), head_dim];
                         block_backward(
@@ -746,9 +753,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         key_keep: key_keep.as_ref(),
                     },
                     &block_rows,
-                    dtype,
-                    scale,
-                    self.config.implementation,
+                    &call,
                 )?;
                 let [dq, dk, dv] = match fused {
                     Some(grads) => grads,
@@ -758,7 +763,7 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                         let block = BlockGrads {
                             grad_output: wide(shared.grad_output.clone()).unsqueeze_dim(1),
                             lse: shared.lse.clone().unsqueeze_dim(1),
-                            delta: shared_stat(&delta, i).unsqueeze_dim(1),
+                            delta: shared_stat(delta(), i).unsqueeze_dim(1),
                         };
                         block_backward(
                             wide(shared.query.clone()).unsqueeze_dim(1),

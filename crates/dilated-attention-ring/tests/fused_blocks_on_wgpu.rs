@@ -54,68 +54,57 @@ fn check_gradients(case: OracleCase, layout: ShardLayout) {
     }
 }
 
+/// `seq` tokens in two pairs: segments of 16 (rate 1) and one segment over the whole sequence
+/// (rate 3), which crosses every shard.
+fn crossing(
+    seq: usize,
+    mode: DilationMode,
+    causal: bool,
+    padding: Option<f64>,
+    seed: u64,
+) -> OracleCase {
+    OracleCase {
+        shape: [2, seq, 4, 32],
+        segments: vec![16, seq],
+        rates: vec![1, 3],
+        mode,
+        causal,
+        padding,
+        seed,
+    }
+}
+
+/// 96 tokens: on 2 contiguous or 3 zigzag shards the first pair's segments stay inside them.
 fn case(mode: DilationMode, causal: bool, padding: Option<f64>, seed: u64) -> OracleCase {
-    OracleCase {
-        // 96 tokens, the second pair's segment (96, rate 3) crosses every shard
-        shape: [2, 96, 4, 32],
-        segments: vec![16, 96],
-        rates: vec![1, 3],
-        mode,
-        causal,
-        padding,
-        seed,
-    }
+    crossing(96, mode, causal, padding, seed)
 }
 
-/// 100 tokens on shards of 37, 40 and 23: the first pair's segments (16, rate 1; a partial last
-/// one) do not line up with the shards, so each rank runs the segments it owns whole on the
-/// fused kernels and shares the ones that cross.
-fn uneven(mode: DilationMode, causal: bool, padding: Option<f64>, seed: u64) -> OracleCase {
-    OracleCase {
-        shape: [2, 100, 4, 32],
-        segments: vec![16, 100],
-        rates: vec![1, 3],
-        mode,
-        causal,
-        padding,
-        seed,
-    }
-}
-
+/// 100 tokens on uneven shards: the first pair's segments (a partial last one) do not line up
+/// with them, so each rank runs the segments it owns whole on the fused kernels and shares the
+/// ones that cross. Shards 37/40/23, then 33/31/36 (a segment split 1 | 15: one-row query runs
+/// and key sets); per case whether it checks gradients (else outputs and LSE).
 #[test]
 fn owned_and_shared_segments_on_uneven_shards_match_one_device() {
-    let layout = ShardLayout::from_lengths(&[37, 40, 23]).unwrap();
-    check(
-        uneven(DilationMode::LongNet, true, Some(0.2), 15),
-        layout.clone(),
-    );
-    check(
-        uneven(DilationMode::LongNet, false, None, 16),
-        layout.clone(),
-    );
-    check_gradients(
-        uneven(DilationMode::LongNet, true, Some(0.2), 17),
-        layout.clone(),
-    );
-    check_gradients(uneven(DilationMode::HeadGrouped, false, None, 18), layout);
-    // a segment split 1 | 15 (one-row query runs and key sets), a partial segment at the end
-    let layout = ShardLayout::from_lengths(&[33, 31, 36]).unwrap();
-    check(
-        uneven(DilationMode::LongNet, true, None, 19),
-        layout.clone(),
-    );
-    check(
-        uneven(DilationMode::HeadGrouped, false, None, 20),
-        layout.clone(),
-    );
-    check_gradients(
-        uneven(DilationMode::LongNet, true, None, 21),
-        layout.clone(),
-    );
-    check_gradients(
-        uneven(DilationMode::HeadGrouped, false, Some(0.2), 22),
-        layout,
-    );
+    use DilationMode::{HeadGrouped, LongNet};
+    let cases = [
+        (&[37, 40, 23], LongNet, true, Some(0.2), 15, false),
+        (&[37, 40, 23], LongNet, false, None, 16, false),
+        (&[37, 40, 23], LongNet, true, Some(0.2), 17, true),
+        (&[37, 40, 23], HeadGrouped, false, None, 18, true),
+        (&[33, 31, 36], LongNet, true, None, 19, false),
+        (&[33, 31, 36], HeadGrouped, false, None, 20, false),
+        (&[33, 31, 36], LongNet, true, None, 21, true),
+        (&[33, 31, 36], HeadGrouped, false, Some(0.2), 22, true),
+    ];
+    for (lengths, mode, causal, padding, seed, gradients) in cases {
+        let layout = ShardLayout::from_lengths(lengths).unwrap();
+        let case = crossing(100, mode, causal, padding, seed);
+        if gradients {
+            check_gradients(case, layout);
+        } else {
+            check(case, layout);
+        }
+    }
 }
 
 #[test]

@@ -88,6 +88,17 @@ impl<B: NcclBackend> core::fmt::Debug for NcclCommunicator<B> {
 /// How long a transfer (and the bootstrap) may take by default.
 pub const NCCL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// NCCL calls to queue on the communicator's stream, given its handle and the stream.
+trait NcclCalls:
+    FnOnce(nccl_sys::ncclComm_t, nccl_sys::cudaStream_t) -> core::result::Result<(), String>
+{
+}
+
+impl<F> NcclCalls for F where
+    F: FnOnce(nccl_sys::ncclComm_t, nccl_sys::cudaStream_t) -> core::result::Result<(), String>
+{
+}
+
 impl<B: NcclBackend> NcclCommunicator<B> {
     /// Joins the group of `world_size` ranks identified by `id` as `rank`, on `device`.
     ///
@@ -198,30 +209,14 @@ impl<B: NcclBackend> NcclCommunicator<B> {
 
     /// Runs `enqueue` (NCCL calls on the communicator's stream) after Burn's queued work, and
     /// waits for the stream within the timeout.
-    fn run(
-        &self,
-        peer: usize,
-        operation: &'static str,
-        enqueue: impl FnOnce(
-            nccl_sys::ncclComm_t,
-            nccl_sys::cudaStream_t,
-        ) -> core::result::Result<(), String>,
-    ) -> Result<()> {
+    fn run(&self, peer: usize, operation: &'static str, enqueue: impl NcclCalls) -> Result<()> {
         self.enqueue(peer, operation, enqueue)?;
         self.wait(peer, operation)
     }
 
     /// Queues `enqueue` (NCCL calls on the communicator's stream) after Burn's queued work
     /// (`B::sync`), without waiting for it.
-    fn enqueue(
-        &self,
-        peer: usize,
-        operation: &'static str,
-        enqueue: impl FnOnce(
-            nccl_sys::ncclComm_t,
-            nccl_sys::cudaStream_t,
-        ) -> core::result::Result<(), String>,
-    ) -> Result<()> {
+    fn enqueue(&self, peer: usize, operation: &'static str, enqueue: impl NcclCalls) -> Result<()> {
         let handles = self.handles(peer, operation)?;
         B::sync(&self.device)
             .map_err(|e| self.error(peer, operation, format!("Burn sync: {e:?}")))?;
