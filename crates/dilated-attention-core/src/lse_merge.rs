@@ -36,8 +36,11 @@ pub fn merge_by_lse<B: Backend>(
     }
     let (outs, lses): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
     let lse: Tensor<B, 4> = Tensor::stack(lses, 0); // [parts, b, n, h]
-    // The shift is detached: the merge does not depend on it.
-    let max = lse.clone().max_dim(0).detach();
+    // The shift is detached: the merge does not depend on it. Detached before the max, so that
+    // Autodiff does not track it: a tracked `max_dim` is argmax + gather, and on burn 0.21's
+    // CubeCL backends argmax gives index u32::MAX for a row that is all -inf (a query that sees
+    // no key), which the gather then reads out of bounds (an illegal address on CUDA).
+    let max = lse.clone().detach().max_dim(0);
     let max = max
         .clone()
         .mask_fill(max.equal_elem(f32::NEG_INFINITY), 0.0);

@@ -140,8 +140,10 @@ fn attend_chunk<B: Backend>(
     }
 
     // Safe softmax (FlashAttention-2, alg. 1): shift by the row max, which is detached; a row
-    // with no visible key has max -inf, replaced by 0 so that exp gives exact zeros.
-    let row_max = scores.clone().max_dim(4).detach();
+    // with no visible key has max -inf, replaced by 0 so that exp gives exact zeros. Detached
+    // before the max: a tracked `max_dim` is argmax + gather, and CubeCL's argmax gives an
+    // out-of-range index for a row that is all -inf (see `merge_by_lse`).
+    let row_max = scores.clone().detach().max_dim(4);
     let row_max = row_max
         .clone()
         .mask_fill(row_max.equal_elem(f32::NEG_INFINITY), 0.0);

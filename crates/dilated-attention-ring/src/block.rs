@@ -84,7 +84,8 @@ pub(crate) fn block_forward<B: Backend>(
             if let Some(hidden) = hidden {
                 s = s.mask_fill(hidden, f32::NEG_INFINITY);
             }
-            let max = s.clone().max_dim(4);
+            // detached before the max: no tracked argmax (see `merge_by_lse`)
+            let max = s.clone().detach().max_dim(4);
             let max = max
                 .clone()
                 .mask_fill(max.equal_elem(f32::NEG_INFINITY), 0.0);

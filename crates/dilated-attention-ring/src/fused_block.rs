@@ -130,15 +130,33 @@ fn plan_pieces(rows: &BlockRows) -> Option<Vec<(Range<usize>, Vec<Piece>)>> {
         .collect()
 }
 
-/// Rows `index` of `t` along dim 1.
-fn rows_of<B: DilatedAttentionBackend, const D: usize>(
-    t: &Tensor<B, D>,
-    index: &[usize],
-) -> Tensor<B, D> {
-    t.clone().select(
-        1,
-        dilated_attention_core::index_tensor(index.iter().copied(), &t.device()),
-    )
+/// Maximal ranges of consecutive values in `index`, in order.
+fn consecutive_ranges(index: &[usize]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for &i in index {
+        match out.last_mut() {
+            Some(range) if range.end == i => range.end = i + 1,
+            _ => out.push(i..i + 1),
+        }
+    }
+    out
+}
+
+/// Rows `index` of `t` along dim 1, as slices of its consecutive ranges (a run's rows are one
+/// range, a piece's keys one to three). Not `select`: burn-fusion 0.21 fuses a `select` with
+/// the padding `full` that follows it and the fused kernel read its indices out of bounds on
+/// CUDA (an illegal address in `elemwise_fuse`, seen with uneven shards; lavapipe clamps the
+/// read and gave wrong rows instead).
+fn rows_of<B: Backend, const D: usize>(t: &Tensor<B, D>, index: &[usize]) -> Tensor<B, D> {
+    let mut slices: Vec<Tensor<B, D>> = consecutive_ranges(index)
+        .into_iter()
+        .map(|range| t.clone().narrow(1, range.start, range.len()))
+        .collect();
+    if slices.len() == 1 {
+        slices.pop().expect("one slice")
+    } else {
+        Tensor::cat(slices, 1)
+    }
 }
 
 /// `t` with zero rows appended along dim 1 up to `len`.
@@ -511,6 +529,27 @@ mod tests {
             .enumerate()
             .map(|(local, &position)| Row { position, local })
             .collect()
+    }
+
+    #[test]
+    fn consecutive_ranges_split_at_gaps_and_reversals() {
+        assert_eq!(
+            consecutive_ranges(&[0, 1, 5, 2, 3, 4, 9]),
+            vec![0..2, 5..6, 2..5, 9..10]
+        );
+        assert_eq!(consecutive_ranges(&[7]), vec![7..8]);
+    }
+
+    #[test]
+    fn rows_of_keeps_the_order_of_its_index() {
+        type B = burn::backend::NdArray;
+        let device = Default::default();
+        let t = Tensor::<B, 1, burn::tensor::Int>::arange(0..10, &device)
+            .float()
+            .reshape([1, 10]);
+        let index = [0, 1, 5, 2, 3, 4, 9];
+        let got: Vec<f32> = rows_of(&t, &index).into_data().to_vec().unwrap();
+        assert_eq!(got, index.map(|i| i as f32).to_vec());
     }
 
     #[test]

@@ -23,6 +23,13 @@ type W = burn::backend::Cuda;
 type W = burn::backend::Wgpu;
 type N = NdArray;
 
+/// Largest error allowed against the f32 reference. On CUDA, burn 0.21's f32 matmul runs on
+/// TF32 (relative error about 5e-4), and the ring's Burn-ops blocks and merges use it.
+#[cfg(feature = "test-cuda")]
+const TOLERANCE: f32 = 1e-3;
+#[cfg(not(feature = "test-cuda"))]
+const TOLERANCE: f32 = 1e-4;
+
 fn check(case: OracleCase, layout: ShardLayout) {
     let device = Default::default();
     let [q, k, v] = case.inputs::<N>(&device);
@@ -33,7 +40,7 @@ fn check(case: OracleCase, layout: ShardLayout) {
     let (out, lse) = ring_forward::<W>(&case, &layout, &cfg);
     let (e_out, e_lse) = (max_abs_diff(out, want_out), max_abs_diff(lse, want_lse));
     assert!(
-        e_out < 1e-4 && e_lse < 1e-4,
+        e_out < TOLERANCE && e_lse < TOLERANCE,
         "{case:?} on {} ranks: out {e_out}, lse {e_lse}",
         layout.world_size()
     );
@@ -47,7 +54,7 @@ fn check_gradients(case: OracleCase, layout: ShardLayout) {
     for (name, (got, want)) in ["q", "k", "v"].into_iter().zip(got.into_iter().zip(want)) {
         let e = max_abs_diff(got, want);
         assert!(
-            e < 1e-4,
+            e < TOLERANCE,
             "{case:?} on {} ranks: d{name} {e}",
             layout.world_size()
         );
