@@ -172,21 +172,6 @@ impl<B: Backend> ShardedAttention<B> {
         joined.select(2, self.index(inverse.into_iter()))
     }
 
-    /// The pairs' results combined: merged by log-sum-exp (LongNet) or side by side
-    /// (HeadGrouped).
-    fn combine_outputs(
-        &self,
-        parts: Vec<(Tensor<B, 4>, Tensor<B, 3>)>,
-    ) -> (Tensor<B, 4>, Tensor<B, 3>) {
-        match self.config.mode {
-            DilationMode::LongNet => merge_by_lse(parts),
-            DilationMode::HeadGrouped => {
-                let (outs, lses): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
-                (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
-            }
-        }
-    }
-
     /// `1 - padding` of the whole sequence `[batch, seq]` (every rank's mask, all-gathered),
     /// and of this rank's tokens `[batch, local seq]`; `None` without a mask.
     fn keep_masks(&self) -> Result<Option<(Tensor<B, 2>, Tensor<B, 2>)>> {
@@ -432,9 +417,9 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let groups: Vec<&GroupShard> = self.groups().collect();
 
         // owned segments: local, no communication; gathered whole segments on the fused kernels,
-        // or the masked Burn-ops block in f32
-        let mut owned: Vec<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> = Vec::with_capacity(groups.len());
-        for g in &groups {
+        // or the masked Burn-ops block in f32. Run pair by pair after the steps (below), so that
+        // only one pair's owned rows are held at a time.
+        let owned_forward = |g: &GroupShard| -> Result<Vec<(Tensor<B, 4>, Tensor<B, 3>)>> {
             let mut parts = Vec::new();
             for batch_rows in &g.owned {
                 let pick = |t: &Tensor<B, 4>| self.gather(t, &g.heads, &batch_rows.locals);
@@ -469,8 +454,8 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                     }
                 });
             }
-            owned.push(parts);
-        }
+            Ok(parts)
+        };
 
         // shared segments: one step per peer, merged as blocks arrive
         // in the inputs' dtype (groups with no shared rows, such as a head-grouped pair inside the
@@ -540,14 +525,16 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             }
         }
 
-        // rows back in place, groups into pairs, pairs combined
-        let mut results = Vec::new();
+        // rows back in place, groups into pairs, pairs combined as they finish: LongNet merges
+        // each pair into a running result, so one pair's rows are live at a time besides it
+        let mut merged: Option<(Tensor<B, 4>, Tensor<B, 3>)> = None;
+        let mut side_by_side = Vec::new();
         let mut i = 0;
         for (pair, pair_groups) in &self.plan.pairs {
             let mut outs = Vec::new();
             let mut lses = Vec::new();
             for g in pair_groups {
-                let mut parts = std::mem::take(&mut owned[i]);
+                let mut parts = owned_forward(g)?;
                 if let Some(s) = shared[i].take() {
                     parts.push(s);
                 }
@@ -569,9 +556,24 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                 ));
                 i += 1;
             }
-            results.push((self.pair_heads(pair, outs), self.pair_heads(pair, lses)));
+            let result = (self.pair_heads(pair, outs), self.pair_heads(pair, lses));
+            match self.config.mode {
+                DilationMode::LongNet => {
+                    merged = Some(match merged.take() {
+                        None => result,
+                        Some(acc) => merge_by_lse(vec![acc, result]),
+                    });
+                }
+                DilationMode::HeadGrouped => side_by_side.push(result),
+            }
         }
-        let (out, lse) = self.combine_outputs(results);
+        let (out, lse) = match merged {
+            Some(result) => result,
+            None => {
+                let (outs, lses): (Vec<_>, Vec<_>) = side_by_side.into_iter().unzip();
+                (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+            }
+        };
         // the LSE stays f32: Autodiff keeps it for the backward (whose recomputation needs it
         // exact; in half precision a rounded LSE scales every weight by up to 2^-8) and gives the
         // caller a copy in the output's dtype; `RingDilatedAttention` casts it for the others
@@ -618,9 +620,9 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         let (me, world) = (self.plan.rank, self.communicator.world_size());
         let causal = self.config.causal;
 
-        // per group: gradients of its rows, owned batches first, then shared rows
-        let mut grads: Vec<[Vec<Tensor<B, 4>>; 3]> = Vec::with_capacity(groups.len());
-        for g in &groups {
+        // per group: gradients of its owned batches' rows; run pair by pair after the steps
+        // (below), so that only one pair's owned gradients are held at a time
+        let owned_backward = |g: &GroupShard| -> Result<[Vec<Tensor<B, 4>>; 3]> {
             let mut parts: [Vec<Tensor<B, 4>>; 3] = Default::default();
             for rows in &g.owned {
                 let pick = |t: &Tensor<B, 4>| self.gather(t, &g.heads, &rows.locals);
@@ -679,8 +681,8 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                     acc.push(grad);
                 }
             }
-            grads.push(parts);
-        }
+            Ok(parts)
+        };
 
         let shared_locals: Vec<Vec<usize>> = groups
             .iter()
@@ -834,13 +836,15 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             }
         }
 
-        // rows back in place, groups into pairs, pairs summed (LongNet) or side by side
-        let mut per_pair: Vec<[Tensor<B, 4>; 3]> = Vec::new();
+        // rows back in place, groups into pairs, pairs summed (LongNet: into a running sum, so
+        // one pair's gradients are live at a time besides it) or side by side (HeadGrouped)
+        let mut summed: Option<[Tensor<B, 4>; 3]> = None;
+        let mut side_by_side: [Vec<Tensor<B, 4>>; 3] = Default::default();
         let mut i = 0;
         for (pair, pair_groups) in &self.plan.pairs {
             let mut full: [Vec<Tensor<B, 4>>; 3] = Default::default();
             for g in pair_groups {
-                let mut parts = std::mem::take(&mut grads[i]);
+                let mut parts = owned_backward(g)?;
                 if let Some(shared) = d_shared[i].take() {
                     for (acc, grad) in parts.iter_mut().zip(shared) {
                         acc.push(grad);
@@ -854,20 +858,28 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                 }
                 i += 1;
             }
-            per_pair.push(full.map(|groups| self.pair_heads(pair, groups)));
-        }
-        let combined: Vec<Tensor<B, 4>> = (0..3)
-            .map(|which| {
-                let parts = per_pair.iter().map(|p| p[which].clone());
-                match self.config.mode {
-                    DilationMode::LongNet => {
-                        parts.reduce(|a, b| a + b).expect("a config has a pair")
-                    }
-                    DilationMode::HeadGrouped => Tensor::cat(parts.collect(), 2),
+            let pair_grads = full.map(|groups| self.pair_heads(pair, groups));
+            match self.config.mode {
+                DilationMode::LongNet => {
+                    summed = Some(match summed.take() {
+                        None => pair_grads,
+                        Some([q, k, v]) => {
+                            let [dq, dk, dv] = pair_grads;
+                            [q + dq, k + dk, v + dv]
+                        }
+                    });
                 }
-            })
-            .collect();
-        let [dq, dk, dv]: [Tensor<B, 4>; 3] = combined.try_into().expect("three gradients");
+                DilationMode::HeadGrouped => {
+                    for (acc, grad) in side_by_side.iter_mut().zip(pair_grads) {
+                        acc.push(grad);
+                    }
+                }
+            }
+        }
+        let [dq, dk, dv] = match summed {
+            Some(grads) => grads,
+            None => side_by_side.map(|parts| Tensor::cat(parts, 2)),
+        };
         Ok([dq, dk, dv].map(|t| narrow_to(t, dtype).into_primitive().tensor()))
     }
 }
