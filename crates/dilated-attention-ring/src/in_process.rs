@@ -1,34 +1,4 @@
-//! [`InProcessCommunicator`]: ranks that are Burn devices of one process, driven from threads.
-//!
-//! Each ordered pair of ranks has its own channel; a transfer moves the tensor's data through
-//! host memory (`into_data` on the sender, `from_data` on the receiver's device), so any Burn
-//! backend works, including several "devices" of the CPU backend (how CI tests the algorithms
-//! with 2, 3 and 4 ranks). Sends never block; receives wait at most the timeout.
-//!
-//! ```
-//! use std::thread;
-//! use burn::backend::NdArray;
-//! use burn::tensor::{Tensor, TensorData};
-//! use dilated_attention_ring::{Communicator, InProcessCommunicator};
-//!
-//! let ranks = InProcessCommunicator::<NdArray>::group(vec![Default::default(); 3]);
-//! let sums: Vec<Vec<f32>> = thread::scope(|s| {
-//!     let handles: Vec<_> = ranks
-//!         .iter()
-//!         .map(|comm| {
-//!             s.spawn(move || {
-//!                 let mine = Tensor::<NdArray, 1>::from_data(
-//!                     TensorData::from([comm.rank() as f32, 1.0]),
-//!                     comm.device(),
-//!                 );
-//!                 comm.all_reduce_sum(mine).unwrap().into_data().to_vec().unwrap()
-//!             })
-//!         })
-//!         .collect();
-//!     handles.into_iter().map(|h| h.join().unwrap()).collect()
-//! });
-//! assert!(sums.iter().all(|s| s == &vec![3.0, 3.0]));
-//! ```
+//! [`InProcessCommunicator`]: one rank of a group of in-process ranks.
 
 use core::fmt;
 use std::sync::Mutex;
@@ -49,7 +19,37 @@ struct Message {
     data: TensorData,
 }
 
-/// One rank of a group of in-process ranks; see the [module docs](self).
+/// One rank of a group of in-process ranks: Burn devices of one process, driven from threads.
+///
+/// Each ordered pair of ranks has its own channel; a transfer moves the tensor's data through
+/// host memory (`into_data` on the sender, `from_data` on the receiver's device), so any Burn
+/// backend works, including several "devices" of the CPU backend (how CI tests the algorithms
+/// with 2, 3 and 4 ranks). Sends never block; receives wait at most the timeout.
+///
+/// ```
+/// use std::thread;
+/// use burn::backend::NdArray;
+/// use burn::tensor::{Tensor, TensorData};
+/// use dilated_attention_ring::{Communicator, InProcessCommunicator};
+///
+/// let ranks = InProcessCommunicator::<NdArray>::group(vec![Default::default(); 3]);
+/// let sums: Vec<Vec<f32>> = thread::scope(|s| {
+///     let handles: Vec<_> = ranks
+///         .iter()
+///         .map(|comm| {
+///             s.spawn(move || {
+///                 let mine = Tensor::<NdArray, 1>::from_data(
+///                     TensorData::from([comm.rank() as f32, 1.0]),
+///                     comm.device(),
+///                 );
+///                 comm.all_reduce_sum(mine).unwrap().into_data().to_vec().unwrap()
+///             })
+///         })
+///         .collect();
+///     handles.into_iter().map(|h| h.join().unwrap()).collect()
+/// });
+/// assert!(sums.iter().all(|s| s == &vec![3.0, 3.0]));
+/// ```
 pub struct InProcessCommunicator<B: Backend> {
     rank: usize,
     device: Device<B>,

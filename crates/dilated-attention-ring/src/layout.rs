@@ -1,28 +1,28 @@
-//! [`ShardLayout`]: which global sequence positions each rank holds.
-//!
-//! A rank holds one or more ranges of positions; its local tensor is those ranges in order,
-//! along the sequence dimension (dim 1 of `[batch, seq, ...]`). Contiguous shards (any lengths,
-//! so a sequence that does not divide by the world size is handled) and zigzag shards (rank `i`
-//! holds chunks `i` and `2w - 1 - i` of `2w`, which balances causal work) are built in.
-//!
-//! ```
-//! use dilated_attention_ring::ShardLayout;
-//!
-//! let even = ShardLayout::contiguous(10, 3)?;           // 4 + 3 + 3 tokens
-//! assert_eq!(even.ranges(0), &[0..4]);
-//! assert_eq!(even.ranges(2), &[7..10]);
-//! let zigzag = ShardLayout::zigzag(16, 2)?;             // chunks of 4: rank 0 holds 0 and 3
-//! assert_eq!(zigzag.ranges(0), &[0..4, 12..16]);
-//! assert_eq!(zigzag.local_index(0, 13), Some(5));
-//! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
-//! ```
+//! [`ShardLayout`]: which global positions each rank holds.
 
 use core::ops::Range;
 
 use burn::tensor::{BasicOps, Tensor, TensorKind, backend::Backend};
 use dilated_attention_core::{DilatedAttentionError, Result};
 
-/// Which global positions each rank holds; see the [module docs](self).
+/// Which global sequence positions each rank holds.
+///
+/// A rank holds one or more ranges of positions; its local tensor is those ranges in order,
+/// along the sequence dimension (dim 1 of `[batch, seq, ...]`). Contiguous shards (any lengths,
+/// so a sequence that does not divide by the world size is handled) and zigzag shards (rank `i`
+/// holds chunks `i` and `2w - 1 - i` of `2w`, which balances causal work) are built in.
+///
+/// ```
+/// use dilated_attention_ring::ShardLayout;
+///
+/// let even = ShardLayout::contiguous(10, 3)?;           // 4 + 3 + 3 tokens
+/// assert_eq!(even.ranges(0), &[0..4]);
+/// assert_eq!(even.ranges(2), &[7..10]);
+/// let zigzag = ShardLayout::zigzag(16, 2)?;             // chunks of 4: rank 0 holds 0 and 3
+/// assert_eq!(zigzag.ranges(0), &[0..4, 12..16]);
+/// assert_eq!(zigzag.local_index(0, 13), Some(5));
+/// # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShardLayout {
     seq_len: usize,

@@ -1,60 +1,4 @@
-//! [`RingDilatedAttention`]: dilated attention over a sequence sharded across ranks, with the
-//! same outputs and gradients as one device.
-//!
-//! Each rank calls the module with its shard `[batch, local seq, heads, head_dim]` (from
-//! [`ShardLayout::shard`]) at the same time; the module returns the rank's rows of the output
-//! and log-sum-exp. When every segment of every pair lies inside one rank's shard (LongNet's
-//! configs at long sequences: segments up to `seq / world`), each rank runs the single-device
-//! path on its shard, with no communication at all (the fused kernels where the backend has
-//! them). Otherwise the sharded algorithm of [`crate::sharded_attention`] runs, and under
-//! `Autodiff` its own backward sends key/value gradients back to their owners.
-//!
-//! ```
-//! use std::{sync::Arc, thread};
-//! use burn::backend::NdArray;
-//! use burn::tensor::{Distribution, Tensor};
-//! use dilated_attention_core::{reference_dilated_attention, DilatedAttentionConfig};
-//! use dilated_attention_ring::{
-//!     Communicator, InProcessCommunicator, RingDilatedAttentionConfig, ShardLayout,
-//! };
-//!
-//! type B = NdArray;
-//! let device = Default::default();
-//! // one segment of 64 spans both ranks: they exchange their dilated rows
-//! let cfg = DilatedAttentionConfig::new(vec![16, 64], vec![1, 2]).with_causal(true);
-//! let x = Tensor::<B, 4>::random([1, 64, 2, 8], Distribution::Default, &device);
-//! let layout = ShardLayout::contiguous(64, 2)?;
-//!
-//! let ranks = InProcessCommunicator::<B>::group(vec![device; 2]);
-//! let shards: Vec<Tensor<B, 4>> = thread::scope(|s| {
-//!     let handles: Vec<_> = ranks
-//!         .into_iter()
-//!         .map(|comm| {
-//!             let (cfg, layout, x) = (cfg.clone(), layout.clone(), x.clone());
-//!             s.spawn(move || {
-//!                 let rank = comm.rank();
-//!                 let ring = RingDilatedAttentionConfig::new(cfg).init::<B>(Arc::new(comm));
-//!                 let mine = layout.shard(x, rank);
-//!                 ring.forward(mine.clone(), mine.clone(), mine)
-//!             })
-//!         })
-//!         .collect();
-//!     handles.into_iter().map(|h| h.join().unwrap()).collect()
-//! });
-//! let (want, _) = reference_dilated_attention(x.clone(), x.clone(), x, None, &cfg)?;
-//! let got = layout.unshard(shards);
-//! assert!((got - want).abs().max().into_scalar() < 1e-5);
-//! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
-//! ```
-//!
-//! # Memory and traffic per rank
-//! Owned segments cost what the single-device path costs on the shard. For shared segments the
-//! forward holds this rank's shared query rows, one received key/value block, and one chunk of
-//! scores (at most [`SCORE_BUDGET_ELEMENTS`](dilated_attention_core::SCORE_BUDGET_ELEMENTS)) at a
-//! time. The forward receives, per (pair, offset group), the rows of the shared segments its
-//! queries need: at most `2 * batch * (s_i / r_i) * heads_in_group * head_dim` elements per
-//! shared segment (keys and values), whatever the world size; the backward receives them again
-//! and sends as many gradients back.
+//! [`RingDilatedAttention`]: sequence-parallel dilated attention.
 
 use core::any::Any;
 use core::marker::PhantomData;
@@ -114,7 +58,63 @@ pub struct RingDilatedAttentionConfig {
     pub overlap: bool,
 }
 
-/// Sequence-parallel dilated attention; see the [module docs](self).
+/// Dilated attention over a sequence sharded across ranks, with the
+/// same outputs and gradients as one device.
+///
+/// Each rank calls the module with its shard `[batch, local seq, heads, head_dim]` (from
+/// [`ShardLayout::shard`]) at the same time; the module returns the rank's rows of the output
+/// and log-sum-exp. When every segment of every pair lies inside one rank's shard (LongNet's
+/// configs at long sequences: segments up to `seq / world`), each rank runs the single-device
+/// path on its shard, with no communication at all (the fused kernels where the backend has
+/// them). Otherwise the sharded algorithm runs (owned segments locally, shared ones step by
+/// step), and under `Autodiff` its own backward sends key/value gradients back to their owners.
+///
+/// ```
+/// use std::{sync::Arc, thread};
+/// use burn::backend::NdArray;
+/// use burn::tensor::{Distribution, Tensor};
+/// use dilated_attention_core::{reference_dilated_attention, DilatedAttentionConfig};
+/// use dilated_attention_ring::{
+///     Communicator, InProcessCommunicator, RingDilatedAttentionConfig, ShardLayout,
+/// };
+///
+/// type B = NdArray;
+/// let device = Default::default();
+/// // one segment of 64 spans both ranks: they exchange their dilated rows
+/// let cfg = DilatedAttentionConfig::new(vec![16, 64], vec![1, 2]).with_causal(true);
+/// let x = Tensor::<B, 4>::random([1, 64, 2, 8], Distribution::Default, &device);
+/// let layout = ShardLayout::contiguous(64, 2)?;
+///
+/// let ranks = InProcessCommunicator::<B>::group(vec![device; 2]);
+/// let shards: Vec<Tensor<B, 4>> = thread::scope(|s| {
+///     let handles: Vec<_> = ranks
+///         .into_iter()
+///         .map(|comm| {
+///             let (cfg, layout, x) = (cfg.clone(), layout.clone(), x.clone());
+///             s.spawn(move || {
+///                 let rank = comm.rank();
+///                 let ring = RingDilatedAttentionConfig::new(cfg).init::<B>(Arc::new(comm));
+///                 let mine = layout.shard(x, rank);
+///                 ring.forward(mine.clone(), mine.clone(), mine)
+///             })
+///         })
+///         .collect();
+///     handles.into_iter().map(|h| h.join().unwrap()).collect()
+/// });
+/// let (want, _) = reference_dilated_attention(x.clone(), x.clone(), x, None, &cfg)?;
+/// let got = layout.unshard(shards);
+/// assert!((got - want).abs().max().into_scalar() < 1e-5);
+/// # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
+/// ```
+///
+/// # Memory and traffic per rank
+/// Owned segments cost what the single-device path costs on the shard. For shared segments the
+/// forward holds this rank's shared query rows, one received key/value block, and one chunk of
+/// scores (at most [`SCORE_BUDGET_ELEMENTS`](dilated_attention_core::SCORE_BUDGET_ELEMENTS)) at a
+/// time. The forward receives, per (pair, offset group), the rows of the shared segments its
+/// queries need: at most `2 * batch * (s_i / r_i) * heads_in_group * head_dim` elements per
+/// shared segment (keys and values), whatever the world size; the backward receives them again
+/// and sends as many gradients back.
 #[derive(Module, Debug)]
 pub struct RingDilatedAttention<B: Backend> {
     #[module(skip)]

@@ -1,15 +1,4 @@
-//! [`TrafficCounter`]: a [`Communicator`] wrapper that counts what a rank sends and receives and
-//! how long it spends in transfers, for the traffic and communication-share numbers.
-//!
-//! ```
-//! use std::sync::Arc;
-//! use burn::backend::NdArray;
-//! use dilated_attention_ring::{Communicator, InProcessCommunicator, TrafficCounter};
-//!
-//! let solo = TrafficCounter::new(Arc::new(InProcessCommunicator::<NdArray>::solo(Default::default())));
-//! assert_eq!(solo.rank(), 0);
-//! assert_eq!(solo.totals().bytes_received, 0);
-//! ```
+//! [`TrafficCounter`]: counts the traffic of the communicator it wraps.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +21,18 @@ pub struct TrafficTotals {
     pub time: Duration,
 }
 
-/// Counts the traffic of the communicator it wraps; see the [module docs](self).
+/// A [`Communicator`] wrapper that counts what a rank sends and receives and
+/// how long it spends in transfers, for the traffic and communication-share numbers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use burn::backend::NdArray;
+/// use dilated_attention_ring::{Communicator, InProcessCommunicator, TrafficCounter};
+///
+/// let solo = TrafficCounter::new(Arc::new(InProcessCommunicator::<NdArray>::solo(Default::default())));
+/// assert_eq!(solo.rank(), 0);
+/// assert_eq!(solo.totals().bytes_received, 0);
+/// ```
 #[derive(Debug)]
 pub struct TrafficCounter<B: Backend> {
     inner: Arc<dyn Communicator<B>>,
