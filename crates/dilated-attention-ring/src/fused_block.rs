@@ -142,8 +142,8 @@ fn consecutive_ranges(index: &[usize]) -> Vec<Range<usize>> {
     out
 }
 
-/// Rows `index` of `t` along dim 1, as slices of its consecutive ranges (a run's rows are one
-/// range, a piece's keys one to three). Not `select`: burn-fusion 0.21 fuses a `select` with
+/// Rows `index` of `t` along dim 1, as slices of its consecutive ranges (a piece's keys are one
+/// to three). Not `select`: burn-fusion 0.21 fuses a `select` with
 /// the padding `full` that follows it and the fused kernel read its indices out of bounds on
 /// CUDA (an illegal address in `elemwise_fuse`, seen with uneven shards; lavapipe clamps the
 /// read and gave wrong rows instead).
@@ -300,8 +300,7 @@ pub(crate) fn fused_block_forward<B: DilatedAttentionBackend>(
     let mut lses = Vec::with_capacity(plan.len());
     for (run, pieces) in plan {
         let m = run.len();
-        let run_rows: Vec<usize> = run.collect();
-        let q = rows_of(&query, &run_rows);
+        let q = query.clone().narrow(1, run.start, m);
         let mut parts = Vec::with_capacity(pieces.len());
         for piece in pieces {
             let (keys, causal) = piece.into_keys();
@@ -419,7 +418,6 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
     let mut grad_query_runs = Vec::with_capacity(plan.len());
     for (run, pieces) in plan {
         let m = run.len();
-        let run_rows: Vec<usize> = run.collect();
         let mut grad_query = Tensor::<B, 4>::zeros([batch, m, heads, head_dim], &device);
         for piece in pieces {
             let (key_rows, causal) = piece.into_keys();
@@ -428,7 +426,9 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
             let config = call.config(len, causal);
             let keep = block.key_keep.map(|k| rows_of(k, &key_rows));
             let hidden = hidden_keys(keep, batch, n, len, &device);
-            let run_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &run_rows), len);
+            // a run is one range of the shared rows: a slice
+            let run_of = |t: &Tensor<B, 4>| pad_rows(t.clone().narrow(1, run.start, m), len);
+            let run_stat = |t: &Tensor<B, 3>| pad_stat(t.clone().narrow(1, run.start, m), len, 0.0);
             let keys_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &key_rows), len);
             let Some([d_q, d_k, d_v]) = fused_backward(
                 &run_of(&query),
@@ -436,11 +436,9 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
                 &keys_of(&value),
                 hidden,
                 &run_of(&output),
-                pad_stat(rows_of(&lse, &run_rows), len, 0.0),
+                run_stat(&lse),
                 &run_of(&grad_output),
-                grad_lse
-                    .as_ref()
-                    .map(|g| pad_stat(rows_of(g, &run_rows), len, 0.0)),
+                grad_lse.as_ref().map(run_stat),
                 &config,
             )?
             else {

@@ -76,6 +76,44 @@ struct SharedRows<B: Backend> {
 /// the inputs' dtype (the Burn-ops blocks widen them to f32; the fused pieces take them as they are).
 type KeyBlock<B> = (Vec<Row>, Tensor<B, 4>, Tensor<B, 4>);
 
+/// The pairs' results as they finish: LongNet folds each into a running result (an LSE merge
+/// forward, a sum backward), so one pair's result is live at a time besides it; HeadGrouped keeps
+/// them side by side (their heads are disjoint) for one concatenation at the end.
+enum PairResults<T> {
+    Running(Option<T>),
+    SideBySide(Vec<T>),
+}
+
+impl<T> PairResults<T> {
+    fn new(mode: DilationMode) -> Self {
+        match mode {
+            DilationMode::LongNet => Self::Running(None),
+            DilationMode::HeadGrouped => Self::SideBySide(Vec::new()),
+        }
+    }
+
+    /// Adds a pair's result; `fold` merges it into the running one (LongNet).
+    fn push(&mut self, result: T, fold: impl FnOnce(T, T) -> T) {
+        match self {
+            Self::Running(running) => {
+                *running = Some(match running.take() {
+                    None => result,
+                    Some(acc) => fold(acc, result),
+                });
+            }
+            Self::SideBySide(results) => results.push(result),
+        }
+    }
+
+    /// The combined result; `join` concatenates side-by-side results along the heads.
+    fn finish(self, join: impl FnOnce(Vec<T>) -> T) -> T {
+        match self {
+            Self::Running(running) => running.expect("a config has a pair"),
+            Self::SideBySide(results) => join(results),
+        }
+    }
+}
+
 impl<B: Backend> ShardedAttention<B> {
     fn groups(&self) -> impl Iterator<Item = &GroupShard> {
         self.plan.pairs.iter().flat_map(|(_, groups)| groups.iter())
@@ -525,10 +563,8 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             }
         }
 
-        // rows back in place, groups into pairs, pairs combined as they finish: LongNet merges
-        // each pair into a running result, so one pair's rows are live at a time besides it
-        let mut merged: Option<(Tensor<B, 4>, Tensor<B, 3>)> = None;
-        let mut side_by_side = Vec::new();
+        // rows back in place, groups into pairs, pairs combined as they finish
+        let mut results = PairResults::new(self.config.mode);
         let mut i = 0;
         for (pair, pair_groups) in &self.plan.pairs {
             let mut outs = Vec::new();
@@ -556,24 +592,15 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                 ));
                 i += 1;
             }
-            let result = (self.pair_heads(pair, outs), self.pair_heads(pair, lses));
-            match self.config.mode {
-                DilationMode::LongNet => {
-                    merged = Some(match merged.take() {
-                        None => result,
-                        Some(acc) => merge_by_lse(vec![acc, result]),
-                    });
-                }
-                DilationMode::HeadGrouped => side_by_side.push(result),
-            }
+            results.push(
+                (self.pair_heads(pair, outs), self.pair_heads(pair, lses)),
+                |acc, result| merge_by_lse(vec![acc, result]),
+            );
         }
-        let (out, lse) = match merged {
-            Some(result) => result,
-            None => {
-                let (outs, lses): (Vec<_>, Vec<_>) = side_by_side.into_iter().unzip();
-                (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
-            }
-        };
+        let (out, lse) = results.finish(|parts| {
+            let (outs, lses): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+            (Tensor::cat(outs, 2), Tensor::cat(lses, 2))
+        });
         // the LSE stays f32: Autodiff keeps it for the backward (whose recomputation needs it
         // exact; in half precision a rounded LSE scales every weight by up to 2^-8) and gives the
         // caller a copy in the output's dtype; `RingDilatedAttention` casts it for the others
@@ -836,10 +863,8 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
             }
         }
 
-        // rows back in place, groups into pairs, pairs summed (LongNet: into a running sum, so
-        // one pair's gradients are live at a time besides it) or side by side (HeadGrouped)
-        let mut summed: Option<[Tensor<B, 4>; 3]> = None;
-        let mut side_by_side: [Vec<Tensor<B, 4>>; 3] = Default::default();
+        // rows back in place, groups into pairs, pairs summed (LongNet) or side by side
+        let mut results = PairResults::new(self.config.mode);
         let mut i = 0;
         for (pair, pair_groups) in &self.plan.pairs {
             let mut full: [Vec<Tensor<B, 4>>; 3] = Default::default();
@@ -858,28 +883,20 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
                 }
                 i += 1;
             }
-            let pair_grads = full.map(|groups| self.pair_heads(pair, groups));
-            match self.config.mode {
-                DilationMode::LongNet => {
-                    summed = Some(match summed.take() {
-                        None => pair_grads,
-                        Some([q, k, v]) => {
-                            let [dq, dk, dv] = pair_grads;
-                            [q + dq, k + dk, v + dv]
-                        }
-                    });
-                }
-                DilationMode::HeadGrouped => {
-                    for (acc, grad) in side_by_side.iter_mut().zip(pair_grads) {
-                        acc.push(grad);
-                    }
+            results.push(
+                full.map(|groups| self.pair_heads(pair, groups)),
+                |[q, k, v], [dq, dk, dv]| [q + dq, k + dk, v + dv],
+            );
+        }
+        let [dq, dk, dv] = results.finish(|pairs| {
+            let mut per_gradient: [Vec<Tensor<B, 4>>; 3] = Default::default();
+            for grads in pairs {
+                for (acc, grad) in per_gradient.iter_mut().zip(grads) {
+                    acc.push(grad);
                 }
             }
-        }
-        let [dq, dk, dv] = match summed {
-            Some(grads) => grads,
-            None => side_by_side.map(|parts| Tensor::cat(parts, 2)),
-        };
+            per_gradient.map(|parts| Tensor::cat(parts, 2))
+        });
         Ok([dq, dk, dv].map(|t| narrow_to(t, dtype).into_primitive().tensor()))
     }
 }
