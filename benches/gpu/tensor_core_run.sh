@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -151,6 +151,33 @@ ncu)
   timeout 100 $NCU --kernel-name regex:"key_value" --launch-skip 1 --launch-count 1 $M $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd_bwd --repeats 1 --warmup 1 > "$OUT/ncu_stalls_key_value.txt" 2>&1
   for f in "$OUT"/ncu_stalls_*.txt; do echo "-- $f"; grep -E "stalled" "$f" | sort -k3 -g -r | head -8; done
   for f in "$OUT"/ncu_[mcb]*.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|Registers Per|Theoretical Occ|Achieved Occ|Compute \(SM\) Thr|Memory Thr|Block Limit Reg|Block Limit Shared|Dynamic Shared|Static Shared" "$f" | head -40; done
+  ;;
+ab)
+  echo "== the previous kernels (.device-bin/fused_bench_prev) and the new ones, alternating processes, same inputs"
+  J="$OUT/ab.jsonl"; : > "$J"
+  for i in 1 2; do
+    # AB_VARIANTS: binary[:environment setting], e.g. fused_bench:DILATED_ATTENTION_EXP2=power
+    for V in ${AB_VARIANTS:-fused_bench_prev fused_bench}; do
+      BIN=${V%%:*}; SET=""; [ "$BIN" != "$V" ] && SET=${V#*:}
+      env $SET timeout 120 ./.device-bin/$BIN --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 --warmup 2 | sed "s/^{/{\"binary\":\"$V\",\"round\":$i,/" >> "$J"
+      env $SET timeout 120 ./.device-bin/$BIN --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 | sed "s/^{/{\"binary\":\"$V\",\"round\":$i,/" >> "$J"
+    done
+  done
+  grep -c '^{' "$J"
+  ;;
+sass)
+  echo "== the register-resident forward's machine code: instruction mix and per-instruction counts (head-grouped 32K bf16)"
+  # SASS_TAG names this run's files (for runs under different environment settings).
+  T=${SASS_TAG:-forward}
+  NCU=/usr/local/cuda/bin/ncu
+  CUBECL_DEBUG_LOG="$OUT/cubecl_source_$T.log" timeout 60 $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 1 --warmup 0 > /dev/null 2>&1
+  timeout 200 $NCU --kernel-name regex:"forward_mma" --launch-skip 1 --launch-count 1 --section InstructionStats --section SourceCounters --section WarpStateStats --section SpeedOfLight --import-source no -o "$OUT/$T" $B --seqs 32768 --dtypes bf16 --modes head_grouped --passes fwd --repeats 1 --warmup 1 > "$OUT/ncu_run_$T.txt" 2>&1
+  $NCU --import "$OUT/$T.ncu-rep" --page details > "$OUT/ncu_details_$T.txt" 2>&1
+  $NCU --import "$OUT/$T.ncu-rep" --page source --csv --print-source sass > "$OUT/${T}_sass.csv" 2>&1
+  rm -f "$OUT/$T.ncu-rep"
+  python3 benches/gpu/sass_histogram.py "$OUT/${T}_sass.csv" | head -24
+  gzip -f "$OUT/${T}_sass.csv" "$OUT/cubecl_source_$T.log"
+  grep -E "Duration|Warp Cycles Per Issued" "$OUT/ncu_details_$T.txt" | head
   ;;
 final)
   echo "== the session's table: forward (register-resident and cmma) and forward+backward, ours and PyTorch in one call"

@@ -22,8 +22,8 @@ use super::forward_tensor_core::{KEY_MASKED, KEY_PAD};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::{
     Pair, accumulate_weighted_rows, assign_memory_rows, copy_tile_async, mask_scores,
-    memory_row_slots, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows, tile_scores,
-    zero_pairs,
+    memory_row_slots, row_sources, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows,
+    tile_scores, zero_pairs,
 };
 use super::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
@@ -60,6 +60,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
+    let sources = row_sources(query, grad_output, batch, head);
     let rows = row_block(
         table,
         head,
@@ -179,8 +180,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         value_offset,
         &job,
         &memory_rows,
-        batch,
-        head,
+        &sources,
         unit,
         key_tile,
         head_dim,
@@ -220,8 +220,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 value_offset,
                 &next,
                 &next_rows,
-                batch,
-                head,
+                &sources,
                 unit,
                 key_tile,
                 head_dim,
@@ -292,6 +291,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 causal,
                 true,
+                false,
             );
             #[unroll]
             for nb in 0..key_blocks {

@@ -16,8 +16,8 @@ use super::forward_tensor_core::{KEY_PAD, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::{
     Pair, accumulate_weighted_rows, assign_memory_rows, copy_tile_async, mask_scores,
-    memory_row_slots, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows, tile_scores,
-    zero_pairs,
+    memory_row_slots, row_sources, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows,
+    tile_scores, zero_pairs,
 };
 use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
@@ -52,6 +52,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
+    let sources = row_sources(key, value, batch, head);
     let rows = row_block(
         table,
         head,
@@ -166,8 +167,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         value_offset,
         &job,
         &memory_rows,
-        batch,
-        head,
+        &sources,
         unit,
         key_tile,
         head_dim,
@@ -212,8 +212,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 value_offset,
                 &next,
                 &next_rows,
-                batch,
-                head,
+                &sources,
                 unit,
                 key_tile,
                 head_dim,
@@ -295,16 +294,18 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_tile,
                 causal,
                 false,
+                true,
             );
-            // P = exp(s - LSE) (rows outside the tile's segment are masked: 0).
+            // P = exp(scale s - LSE), one fused multiply-add per score before the exponential
+            // (rows outside the tile's segment are masked: 0).
             #[unroll]
             for nb in 0..key_blocks {
                 let mut p_a = scores[2 * nb];
                 let mut p_b = scores[2 * nb + 1];
                 #[unroll]
                 for e in 0..2usize {
-                    p_a[e] = (p_a[e] - lse_a).exp();
-                    p_b[e] = (p_b[e] - lse_b).exp();
+                    p_a[e] = (p_a[e] * scale - lse_a).exp();
+                    p_b[e] = (p_b[e] * scale - lse_b).exp();
                 }
                 scores[2 * nb] = p_a;
                 scores[2 * nb + 1] = p_b;

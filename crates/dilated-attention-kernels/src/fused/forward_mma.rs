@@ -19,11 +19,11 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, key_bias};
+use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, RESCALE_MARGIN, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::{
     Pair, accumulate_weighted_rows, copy_memory_rows_async, copy_tile_async, mask_scores,
-    memory_row_slots, shared_memory_rows, stage_cube_rows_mma, store_cube_rows_mma,
+    memory_row_slots, row_sources, shared_memory_rows, stage_cube_rows_mma, store_cube_rows_mma,
     tile_memory_rows, tile_scores, zero_pairs,
 };
 use super::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
@@ -35,6 +35,7 @@ pub(crate) struct MmaRow {
     pub selected: bool,
     pub segment: usize,
     pub t: usize,
+    /// The reference max of the row's online softmax (see [`raise_max`]).
     pub max: f32,
     /// This unit's share of the row sum (its columns); the 4 units of a row add theirs at the end.
     pub sum: f32,
@@ -69,6 +70,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     let lane = UNIT_POS_X as usize;
     let plane = UNIT_POS_Y as usize;
     let unit = UNIT_POS as usize;
+    let sources = row_sources(key, value, batch, head);
     let rows = row_block(
         table,
         head,
@@ -166,8 +168,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         value_offset,
         &job,
         &memory_rows,
-        batch,
-        head,
+        &sources,
         unit,
         key_tile,
         head_dim,
@@ -224,8 +225,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 value_offset,
                 &next,
                 &memory_rows,
-                batch,
-                head,
+                &sources,
                 unit,
                 key_tile,
                 head_dim,
@@ -313,11 +313,12 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 key_tile,
                 causal,
                 false,
+                true,
             );
             let tile_max_a = tile_max[0];
             let tile_max_b = tile_max[1];
-            let reference_a = raise_max(&mut state_a, tile_max_a);
-            let reference_b = raise_max(&mut state_b, tile_max_b);
+            let reference_a = raise_max(&mut state_a, tile_max_a, scale);
+            let reference_b = raise_max(&mut state_b, tile_max_b, scale);
             let alpha_a = reference_a[1];
             let alpha_b = reference_b[1];
             let mut sum_a = 0.0f32;
@@ -330,8 +331,9 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 let mut p_b = Pair::<f32>::empty();
                 #[unroll]
                 for e in 0..2usize {
-                    p_a[e] = (s_a[e] - reference_a[0]).exp();
-                    p_b[e] = (s_b[e] - reference_b[0]).exp();
+                    // The scale and the max in one fused multiply-add (raw scores).
+                    p_a[e] = (s_a[e] * scale - reference_a[0]).exp();
+                    p_b[e] = (s_b[e] * scale - reference_b[0]).exp();
                     sum_a += p_a[e];
                     sum_b += p_b[e];
                 }
@@ -340,18 +342,11 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             }
             state_a.sum = state_a.sum * alpha_a + sum_a;
             state_b.sum = state_b.sum * alpha_b + sum_b;
-            #[unroll]
-            for dn in 0..dim_blocks {
-                let o_a = out[2 * dn];
-                let o_b = out[2 * dn + 1];
-                let mut scaled_a = Pair::<f32>::empty();
-                let mut scaled_b = Pair::<f32>::empty();
-                scaled_a[0] = o_a[0] * alpha_a;
-                scaled_a[1] = o_a[1] * alpha_a;
-                scaled_b[0] = o_b[0] * alpha_b;
-                scaled_b[1] = o_b[1] * alpha_b;
-                out[2 * dn] = scaled_a;
-                out[2 * dn + 1] = scaled_b;
+            // O is rescaled only when some row of the plane raised its reference (with the
+            // margin, after a segment's first tile few tiles do).
+            let raised = alpha_a != 1.0f32 || alpha_b != 1.0f32;
+            if plane_any(raised) {
+                rescale_rows(&mut out, alpha_a, alpha_b, dim_blocks);
             }
 
             // 3. O += P V: P's registers are the A operand as they stand; V by `ldmatrix.trans`.
@@ -431,19 +426,55 @@ pub(crate) fn enter_pair(row: &mut MmaRow, view: &PairView) {
     row.t = view.t;
 }
 
-/// Raises `row`'s max to include `tile_max` (max over the row's 4 units first) and returns the
-/// max the tile's probabilities are taken against (`+1e30` while the row has seen no key, so
-/// they are 0) and the factor that rescales what the row holds.
+/// Multiplies rows `g` (by `alpha_a`) and `g + 8` (by `alpha_b`) of the plane's accumulators.
 #[cube]
-pub(crate) fn raise_max(row: &mut MmaRow, tile_max: f32) -> Pair<f32> {
+fn rescale_rows(
+    out: &mut Array<Pair<f32>>,
+    alpha_a: f32,
+    alpha_b: f32,
+    #[comptime] dim_blocks: usize,
+) {
+    #[unroll]
+    for dn in 0..dim_blocks {
+        let o_a = out[2 * dn];
+        let o_b = out[2 * dn + 1];
+        let mut scaled_a = Pair::<f32>::empty();
+        let mut scaled_b = Pair::<f32>::empty();
+        scaled_a[0] = o_a[0] * alpha_a;
+        scaled_a[1] = o_a[1] * alpha_a;
+        scaled_b[0] = o_b[0] * alpha_b;
+        scaled_b[1] = o_b[1] * alpha_b;
+        out[2 * dn] = scaled_a;
+        out[2 * dn + 1] = scaled_b;
+    }
+}
+
+/// Raises `row`'s reference max (scaled scores) for a tile whose raw scores peak at `tile_max`
+/// (this unit's share; the max over the row's 4 units is taken first, then scaled by `scale`)
+/// and returns the max the tile's probabilities are taken against (`+1e30` while the row has
+/// seen no key, so they are 0) and the factor that rescales what the row holds.
+///
+/// FlashAttention-4's conditional rescaling: the reference moves only when the tile passes it by
+/// more than [`RESCALE_MARGIN`] (probabilities stay below `e^8`, far inside `f32`, `f16` and
+/// `bf16`); otherwise the factor is exactly 1 and the caller skips the rescale. The LSE is the
+/// reference plus the log of the sum taken against it, whichever reference that is.
+#[cube]
+pub(crate) fn raise_max(row: &mut MmaRow, tile_max: f32, scale: f32) -> Pair<f32> {
     let mut m = max(tile_max, plane_shuffle_xor(tile_max, 1u32));
     m = max(m, plane_shuffle_xor(m, 2u32));
-    let new_max = max(row.max, m);
+    // Masked scores are KEY_MASKED in raw units too: keep them at KEY_MASKED once scaled.
+    let scaled_max = select(
+        m > f32::new(KEY_MASKED * 0.5),
+        m * scale,
+        f32::new(KEY_MASKED),
+    );
+    let raise = scaled_max > row.max + f32::new(RESCALE_MARGIN);
+    let new_max = select(raise, scaled_max, row.max);
     let seen = new_max > f32::new(KEY_MASKED * 0.5);
     let reference = select(seen, new_max, f32::new(-KEY_MASKED));
     let mut result = Pair::<f32>::empty();
     result[0] = reference;
-    result[1] = (row.max - reference).exp();
+    result[1] = select(raise, (row.max - reference).exp(), 1.0f32);
     row.max = new_max;
     result
 }

@@ -438,9 +438,37 @@ pub(crate) fn assign_memory_rows<N: Size>(
     }
 }
 
+/// Where one (batch, head)'s rows of two tensors start and their row strides, read once per
+/// kernel: each read of a stride is a load from the launch's metadata buffer, and the `cp.async`
+/// copies (inline assembly that clobbers memory) made the compiler load it again at every copy.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct RowSources {
+    pub first_base: usize,
+    pub first_stride: usize,
+    pub second_base: usize,
+    pub second_stride: usize,
+}
+
+/// The [`RowSources`] of `first` and `second` for (`batch`, `head`).
+#[cube]
+pub(crate) fn row_sources<F: Float, N: Size>(
+    first: &Tensor<Vector<F, N>>,
+    second: &Tensor<Vector<F, N>>,
+    batch: usize,
+    head: usize,
+) -> RowSources {
+    RowSources {
+        first_base: batch * first.stride(0) + head * first.stride(2),
+        first_stride: first.stride(1),
+        second_base: batch * second.stride(0) + head * second.stride(2),
+        second_stride: second.stride(1),
+    }
+}
+
 /// Issues the copies of `job`'s rows of `first` into `tiles` from element `base` and of `second`
 /// from `base + second_offset` (row stride `stride`), `N` values per `cp.async`; rows past the
-/// tile's list are zeroed by plain stores. With an order, the rows' memory rows come from
+/// tile's list are zeroed by plain stores. `sources` holds where the (batch, head)'s rows start
+/// ([`row_sources`] of `first` and `second`). With an order, the rows' memory rows come from
 /// `memory_rows` ([`tile_memory_rows`] for `job`). The copies complete on the barrier the caller
 /// commits them to.
 #[cube]
@@ -453,8 +481,7 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
     second_offset: usize,
     job: &KeyTile,
     memory_rows: &Array<u32>,
-    batch: usize,
-    head: usize,
+    sources: &RowSources,
     unit: usize,
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
@@ -466,8 +493,6 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
     let total = comptime!(tile_rows * per_row);
     let rounds = comptime!(total.div_ceil(TENSOR_CORE_UNITS));
     let first_row = job.tile * tile_rows;
-    let first_base = batch * first.stride(0) + head * first.stride(2);
-    let second_base = batch * second.stride(0) + head * second.stride(2);
     #[unroll]
     for round in 0..rounds {
         let element = unit + round * TENSOR_CORE_UNITS;
@@ -485,13 +510,13 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
                     first,
                     tiles,
                     at,
-                    (first_base + row * first.stride(1) + c) / width,
+                    (sources.first_base + row * sources.first_stride + c) / width,
                 );
                 copy_row_async(
                     second,
                     tiles,
                     at + second_offset,
-                    (second_base + row * second.stride(1) + c) / width,
+                    (sources.second_base + row * sources.second_stride + c) / width,
                 );
             } else {
                 zero_vector::<F, N>(tiles, at);
@@ -538,7 +563,10 @@ fn zero_vector<F: Float, N: Size>(tiles: &mut SharedMemory<F>, at: usize) {
 /// index `first + col` is at most the row's `limit` (at least, with `columns_after_rows`: the key
 /// rows of the key/value backward see the queries at or after them); [`KEY_MASKED`] elsewhere.
 /// With `whole` (every column present and unmasked for both rows, the biases all 0) only the
-/// scale is applied. Returns this unit's max of rows `a` and `b`.
+/// scale is applied. With `raw` the scale is not applied at all (`s + bias[col]`, the biases
+/// being 0 or [`KEY_MASKED`]): the caller folds it into the exponent's one fused multiply-add
+/// (`exp(scale s - m)`), which saves a multiply per score. Returns this unit's max of rows `a`
+/// and `b` (of raw scores with `raw`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mask_scores(
@@ -556,6 +584,7 @@ pub(crate) fn mask_scores(
     #[comptime] tile_rows: usize,
     #[comptime] causal: bool,
     #[comptime] columns_after_rows: bool,
+    #[comptime] raw: bool,
 ) -> Pair<f32> {
     let blocks = comptime!(tile_rows / 8);
     let mut max_a = f32::new(KEY_MASKED);
@@ -565,10 +594,12 @@ pub(crate) fn mask_scores(
         for nb in 0..blocks {
             let mut s_a = scores[2 * nb];
             let mut s_b = scores[2 * nb + 1];
-            s_a[0] *= scale;
-            s_a[1] *= scale;
-            s_b[0] *= scale;
-            s_b[1] *= scale;
+            if comptime!(!raw) {
+                s_a[0] *= scale;
+                s_a[1] *= scale;
+                s_b[0] *= scale;
+                s_b[1] *= scale;
+            }
             max_a = max(max_a, max(s_a[0], s_a[1]));
             max_b = max(max_b, max(s_b[0], s_b[1]));
             scores[2 * nb] = s_a;
@@ -599,8 +630,14 @@ pub(crate) fn mask_scores(
                         keep_b = keep_b && first + col + e <= limit_b;
                     }
                 }
-                let a = select(keep_a, raw_a[e] * scale + bias[e], f32::new(KEY_MASKED));
-                let b = select(keep_b, raw_b[e] * scale + bias[e], f32::new(KEY_MASKED));
+                let mut a = raw_a[e] + bias[e];
+                let mut b = raw_b[e] + bias[e];
+                if comptime!(!raw) {
+                    a = raw_a[e] * scale + bias[e];
+                    b = raw_b[e] * scale + bias[e];
+                }
+                a = select(keep_a, a, f32::new(KEY_MASKED));
+                b = select(keep_b, b, f32::new(KEY_MASKED));
                 masked_a[e] = a;
                 masked_b[e] = b;
                 max_a = max(max_a, a);
