@@ -179,6 +179,20 @@ sass)
   gzip -f "$OUT/${T}_sass.csv" "$OUT/cubecl_source_$T.log"
   grep -E "Duration|Warp Cycles Per Issued" "$OUT/ncu_details_$T.txt" | head
   ;;
+table10)
+  echo "== the issue's table at this code: ours then PyTorch in one call (forward and forward+backward, bf16)"
+  J="$OUT/table_ours.jsonl"; : > "$J"
+  timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 >> "$J" 2>&1
+  timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  timeout 40 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 >> "$J" 2>&1
+  echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
+  P="python3 benches/pytorch/dilated_baseline.py"
+  K="$OUT/table_pytorch.jsonl"; : > "$K"
+  timeout 120 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 >> "$K" 2>&1
+  timeout 120 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 >> "$K" 2>&1
+  timeout 40 $P --seqs 4096 --batch 2 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 >> "$K" 2>&1
+  grep -c '^{' "$K"
+  ;;
 final)
   echo "== the session's table: forward (register-resident and cmma) and forward+backward, ours and PyTorch in one call"
   J="$OUT/final_ours.jsonl"; : > "$J"

@@ -11,7 +11,7 @@
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::cmma::{MatrixIdent, MmaDefinition};
-use burn_cubecl::cubecl::prelude::barrier::copy_async;
+use burn_cubecl::cubecl::prelude::barrier::{copy_async, copy_async_checked};
 use burn_cubecl::cubecl::prelude::*;
 
 use super::forward_tensor_core::KEY_MASKED;
@@ -496,43 +496,48 @@ pub(crate) fn copy_tile_async<F: Float, N: Size>(
     #[unroll]
     for round in 0..rounds {
         let element = unit + round * TENSOR_CORE_UNITS;
-        if element < total {
+        // Every unit copies in every round when the tile divides into the cube's units.
+        if comptime!(total.is_multiple_of(TENSOR_CORE_UNITS)) || element < total {
             let r = element / per_row;
             let c = (element % per_row) * width;
             let at = base + r * stride + c;
             let t = first_row + r;
-            if job.valid && t < job.key_count {
-                let mut row = job.key_start + t * job.dilation;
-                if ordered {
-                    row = memory_rows[round] as usize;
-                }
-                copy_row_async(
-                    first,
-                    tiles,
-                    at,
-                    (sources.first_base + row * sources.first_stride + c) / width,
-                );
-                copy_row_async(
-                    second,
-                    tiles,
-                    at + second_offset,
-                    (sources.second_base + row * sources.second_stride + c) / width,
-                );
-            } else {
-                zero_vector::<F, N>(tiles, at);
-                zero_vector::<F, N>(tiles, at + second_offset);
+            // Rows past the tile's list copy nothing and zero-fill their slot (a source of
+            // length 0, at the (batch, head)'s first row), so no branch splits the copies.
+            let present = job.valid && t < job.key_count;
+            let mut row = job.key_start + t * job.dilation;
+            if ordered {
+                row = memory_rows[round] as usize;
             }
+            row = select(present, row, 0usize);
+            let length = select(present, 1usize, 0usize);
+            copy_row_async(
+                first,
+                tiles,
+                at,
+                (sources.first_base + row * sources.first_stride + c) / width,
+                length,
+            );
+            copy_row_async(
+                second,
+                tiles,
+                at + second_offset,
+                (sources.second_base + row * sources.second_stride + c) / width,
+                length,
+            );
         }
     }
 }
 
-/// One `cp.async` of `N` values from vector `from` of `tensor` to `tiles` at element `at`.
+/// One `cp.async` of `N` values from vector `from` of `tensor` to `tiles` at element `at`, or,
+/// with `length` 0, `N` zeros (the copy's source size is `length` vectors, the rest zero-filled).
 #[cube]
 fn copy_row_async<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
     tiles: &mut SharedMemory<F>,
     at: usize,
     from: usize,
+    length: usize,
 ) {
     let width = N::value();
     let mut destination = unsafe {
@@ -540,22 +545,11 @@ fn copy_row_async<F: Float, N: Size>(
             .slice_mut(at, at + width)
             .downcast_unchecked::<Vector<F, N>>()
     };
-    copy_async(
-        &tensor.slice(from, from + 1),
+    copy_async_checked(
+        &tensor.slice(from, from + length),
         &mut destination,
         comptime!(width as u32),
     );
-}
-
-/// `N` zeros at element `at` of `tiles`.
-#[cube]
-fn zero_vector<F: Float, N: Size>(tiles: &mut SharedMemory<F>, at: usize) {
-    let width = N::value();
-    let mut target = tiles
-        .slice_mut(at, at + width)
-        .into_vectorized()
-        .with_vector_size::<N>();
-    target[0] = Vector::<F, N>::zeroed();
 }
 
 /// Scales a plane's tile of scores and applies its masks in place: `scale s + bias[col]` where
