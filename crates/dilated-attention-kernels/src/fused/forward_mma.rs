@@ -7,8 +7,11 @@
 //! - `Q` is loaded once into `A` registers (`ldmatrix`), each key tile's `B` registers come from
 //!   shared memory by `ldmatrix` (`K` as is, `V` transposed by `ldmatrix.trans`);
 //! - the softmax is exact and online: row max and sum over the 4 units of a row by two shuffles,
-//!   `O` rescaled in registers; the accumulator layout of two adjacent 8-column blocks of `P` is
-//!   the `A` layout of one 16-column block, so `P` feeds `O += P V` without a shared-memory trip.
+//!   `O` rescaled in registers when a row's reference max moves by more than the margin
+//!   ([`raise_max`]); scores stay raw and each probability is `exp(scale s - m)`, one fused
+//!   multiply-add before the exponential; the accumulator layout of two adjacent 8-column blocks
+//!   of `P` is the `A` layout of one 16-column block, so `P` feeds `O += P V` without a
+//!   shared-memory trip.
 //!
 //! The output goes through shared memory at the end for 16-byte stores. Requirements (checked by
 //! the launcher): `f16`/`bf16`, head dim a multiple of 16 up to 128, 32-unit planes, the device's
@@ -291,7 +294,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 stride,
             );
 
-            // 2. Masks, online softmax (exact: O is rescaled in registers). A tile that both
+            // 2. Masks, online softmax (exact: O is rescaled in registers when needed). A tile that both
             // rows see whole (every key present, none padded, none past a causal row) skips the
             // masks: most tiles of a segment.
             let mut whole = here_a && here_b && key0 + key_tile <= job.key_count && !has_padding;
