@@ -294,9 +294,9 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 stride,
             );
 
-            // 2. Masks, online softmax (exact: O is rescaled in registers when needed). A tile that both
-            // rows see whole (every key present, none padded, none past a causal row) skips the
-            // masks: most tiles of a segment.
+            // 2. Masks, online softmax (exact: O is rescaled in registers when needed). A tile
+            // that both rows see whole (every key present, none padded, none past a causal row)
+            // skips the masks: most tiles of a segment.
             let mut whole = here_a && here_b && key0 + key_tile <= job.key_count && !has_padding;
             if causal {
                 whole = whole && key0 + key_tile <= min(state_a.t, state_b.t) + 1;

@@ -467,10 +467,10 @@ pub(crate) fn row_sources<F: Float, N: Size>(
 
 /// Issues the copies of `job`'s rows of `first` into `tiles` from element `base` and of `second`
 /// from `base + second_offset` (row stride `stride`), `N` values per `cp.async`; rows past the
-/// tile's list are zero-filled by copies of source size 0. `sources` holds where the (batch, head)'s rows start
-/// ([`row_sources`] of `first` and `second`). With an order, the rows' memory rows come from
-/// `memory_rows` ([`tile_memory_rows`] for `job`). The copies complete on the barrier the caller
-/// commits them to.
+/// tile's list are zero-filled by copies of source size 0. `sources` holds where the
+/// (batch, head)'s rows start ([`row_sources`] of `first` and `second`). With an order, the rows'
+/// memory rows come from `memory_rows` ([`tile_memory_rows`] for `job`). The copies complete on
+/// the barrier the caller commits them to.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_tile_async<F: Float, N: Size>(
