@@ -272,7 +272,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 stride,
             );
 
-            // 2. Masks, online softmax (exact: O is rescaled in registers). A tile that both
+            // 2. Masks on raw scores (the scale goes into the exponent below). A tile that both
             // rows see whole (every key present, none padded, none past a causal row) skips the
             // masks: most tiles of a segment.
             let mut whole = here_a && here_b && key0 + key_tile <= job.key_count && !has_padding;

@@ -552,15 +552,18 @@ fn copy_row_async<F: Float, N: Size>(
     );
 }
 
-/// Scales a plane's tile of scores and applies its masks in place: `scale s + bias[col]` where
-/// this unit's row (`a`: row `g`, `b`: row `g + 8`) takes part and, when `causal`, the column's
-/// index `first + col` is at most the row's `limit` (at least, with `columns_after_rows`: the key
-/// rows of the key/value backward see the queries at or after them); [`KEY_MASKED`] elsewhere.
-/// With `whole` (every column present and unmasked for both rows, the biases all 0) only the
-/// scale is applied. With `raw` the scale is not applied at all (`s + bias[col]`, the biases
-/// being 0 or [`KEY_MASKED`]): the caller folds it into the exponent's one fused multiply-add
-/// (`exp(scale s - m)`), which saves a multiply per score. Returns this unit's max of rows `a`
-/// and `b` (of raw scores with `raw`).
+/// Applies the masks of a plane's tile of scores (and, unless `raw`, the scale) in place:
+/// `scale s + bias[col]` where this unit's row (`a`: row `g`, `b`: row `g + 8`) takes part and,
+/// when `causal`, the column's index `first + col` is at most the row's `limit` (at least, with
+/// `columns_after_rows`: the key rows of the key/value backward see the queries at or after
+/// them); [`KEY_MASKED`] elsewhere. With `whole` (every column present and unmasked for both
+/// rows, the biases all 0) only the scale is applied. With `raw` the scale is not applied at all
+/// (`s + bias[col]`, the biases being 0 or [`KEY_MASKED`]): the caller folds it into the
+/// exponent's one fused multiply-add (`exp(scale s - m)`), which saves a multiply per score.
+/// That needs `scale > 0`, so that the scaled max of raw scores is the max of scaled scores
+/// (config validation rejects non-positive and non-finite scales), and a scale above about
+/// `1e-27`, so that masked scores stay far below any row's max once scaled. Returns this unit's
+/// max of rows `a` and `b` (of raw scores with `raw`).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mask_scores(
