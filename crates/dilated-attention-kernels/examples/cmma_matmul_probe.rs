@@ -22,6 +22,10 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::cubecl::{Runtime, future};
 
+#[path = "common/matmul_reference.rs"]
+mod matmul_reference;
+use matmul_reference::{cpu_product, max_abs_error};
+
 const BLOCK: usize = 64;
 const DEPTH: usize = 32;
 
@@ -203,16 +207,7 @@ fn main() {
     let c = client.empty(small * small * 4);
     launch(&client, &a, &b, &c, small);
     let got = client.read_one_unchecked(c);
-    let got = f32::from_bytes(&got);
-    let mut max_err = 0f32;
-    for i in 0..small {
-        for j in 0..small {
-            let want: f32 = (0..small)
-                .map(|l| ha[i * small + l].to_f32() * hb[l * small + j].to_f32())
-                .sum();
-            max_err = max_err.max((got[i * small + j] - want).abs());
-        }
-    }
+    let max_err = max_abs_error(f32::from_bytes(&got), &cpu_product(&ha, &hb, small));
     println!("{{\"check\":\"cmma_matmul 256^3 vs cpu\",\"max_abs_err\":{max_err}}}");
 
     let (ha, hb) = (fill(3, size * size), fill(4, size * size));

@@ -29,6 +29,10 @@ use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::cubecl::{Runtime, future};
 
+#[path = "common/matmul_reference.rs"]
+mod matmul_reference;
+use matmul_reference::{cpu_product, max_abs_error};
+
 /// Two values of one register (two halves) or of one accumulator row (two `f32`).
 type Pair<E> = Vector<E, Const<2>>;
 
@@ -460,6 +464,19 @@ fn main() {
         std::process::exit(2);
     }
 
+    // Inputs and the CPU reference once, for every variant: correctness on 512 x 512 x 512
+    // (8 to 16 cubes, 8 or 16 depth tiles), then the timed size.
+    let small = 512;
+    let (small_a, small_b) = (fill(1, small * small), fill(2, small * small));
+    let want = cpu_product(&small_a, &small_b, small);
+    let (check_a, check_b) = (
+        client.create_from_slice(f16::as_bytes(&small_a)),
+        client.create_from_slice(f16::as_bytes(&small_b)),
+    );
+    let a = client.create_from_slice(f16::as_bytes(&fill(3, size * size)));
+    let b = client.create_from_slice(f16::as_bytes(&fill(4, size * size)));
+    let c = client.empty(size * size * 4);
+    let sync = || future::block_on(client.sync()).expect("sync");
     for variant in variants {
         let name = format!(
             "128x{} cube, depth {}, {} stages",
@@ -467,25 +484,10 @@ fn main() {
             variant.depth,
             variant.stages
         );
-        // Correctness on 512 x 512 x 512 (8 to 16 cubes, 8 or 16 depth tiles) against a CPU
-        // product.
-        let small = 512;
-        let (ha, hb) = (fill(1, small * small), fill(2, small * small));
-        let a = client.create_from_slice(f16::as_bytes(&ha));
-        let b = client.create_from_slice(f16::as_bytes(&hb));
-        let c = client.empty(small * small * 4);
-        launch(&client, &a, &b, &c, small, variant);
-        let got = client.read_one_unchecked(c);
-        let got = f32::from_bytes(&got);
-        let mut max_err = 0f32;
-        for i in 0..small {
-            for j in 0..small {
-                let want: f32 = (0..small)
-                    .map(|l| ha[i * small + l].to_f32() * hb[l * small + j].to_f32())
-                    .sum();
-                max_err = max_err.max((got[i * small + j] - want).abs());
-            }
-        }
+        let check_c = client.empty(small * small * 4);
+        launch(&client, &check_a, &check_b, &check_c, small, variant);
+        let got = client.read_one_unchecked(check_c);
+        let max_err = max_abs_error(f32::from_bytes(&got), &want);
         println!(
             "{{\"check\":\"mma_matmul {small}^3 vs cpu\",\"variant\":\"{name}\",\"max_abs_err\":{max_err}}}"
         );
@@ -494,11 +496,6 @@ fn main() {
             std::process::exit(1);
         }
 
-        let (ha, hb) = (fill(3, size * size), fill(4, size * size));
-        let a = client.create_from_slice(f16::as_bytes(&ha));
-        let b = client.create_from_slice(f16::as_bytes(&hb));
-        let c = client.empty(size * size * 4);
-        let sync = || future::block_on(client.sync()).expect("sync");
         launch(&client, &a, &b, &c, size, variant);
         sync();
         // Each timed run is 5 launches back to back, so the host's launch cost hides.
