@@ -39,5 +39,7 @@ pub use attention::*;
 pub use backend::*;
 pub use custom_attention::*;
 pub use functional::*;
+#[cfg(feature = "cuda")]
+pub use fused::compile_options::NVRTC_OPTIONS_ENV;
 #[cfg(feature = "cubecl")]
 pub use fused::launch::KERNEL_VARIANT_ENV;

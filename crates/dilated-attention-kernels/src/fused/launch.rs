@@ -413,6 +413,8 @@ pub(crate) fn forward<R: CubeRuntime>(
     config: &DilatedAttentionConfig,
     order: Option<&SequenceOrder>,
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
+    #[cfg(feature = "cuda")]
+    super::compile_options::install();
     let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
     let output = call.empty_like_input();
     let lse = call.empty_rows_f32();
@@ -544,6 +546,8 @@ pub(crate) fn backward<R: CubeRuntime>(
     config: &DilatedAttentionConfig,
     order: Option<&SequenceOrder>,
 ) -> Result<[CubeTensor<R>; 3]> {
+    #[cfg(feature = "cuda")]
+    super::compile_options::install();
     let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
     let BackwardInputs {
         output,

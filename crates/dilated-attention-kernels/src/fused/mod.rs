@@ -15,6 +15,8 @@ pub(crate) mod backward_key_value_mma;
 pub(crate) mod backward_key_value_tensor_core;
 pub(crate) mod backward_query_mma;
 pub(crate) mod backward_query_tensor_core;
+#[cfg(feature = "cuda")]
+pub(crate) mod compile_options;
 pub(crate) mod forward;
 pub(crate) mod forward_mma;
 pub(crate) mod forward_tensor_core;
