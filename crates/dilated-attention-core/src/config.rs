@@ -71,6 +71,13 @@ pub struct DilatedAttentionConfig {
     /// Fused kernels or the reference path. Default: [`AttentionImplementation::Auto`].
     #[config(default = "AttentionImplementation::Auto")]
     pub implementation: AttentionImplementation,
+    /// Lets the fused CUDA forward run `f32` inputs on TF32 tensor cores, like PyTorch's
+    /// `allow_tf32`: the products take inputs rounded to a 10-bit mantissa, while accumulation,
+    /// the softmax and the output stay `f32`. Several times faster, with output errors around
+    /// `1e-3` relative instead of `1e-6` (measured: `docs/results/tf32-forward-h100.md`). Other
+    /// dtypes, other backends and the backward are unaffected. Default: false.
+    #[config(default = false)]
+    pub allow_tf32: bool,
 }
 
 impl DilatedAttentionConfig {

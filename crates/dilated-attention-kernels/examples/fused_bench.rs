@@ -9,6 +9,7 @@
 //! cargo build --release -p dilated-attention-kernels --features test-cuda --example fused_bench
 //! fused_bench --seqs 8192,32768 --dtypes bf16,f32 --modes head_grouped,longnet --passes fwd,fwd_bwd
 //! ```
+//! Dtype `tf32` runs `f32` inputs with `allow_tf32` (the forward on TF32 tensor cores).
 //! Built with `test-cuda` it runs burn's `Cuda` backend, with `test-wgpu` burn's `Wgpu` (kernels
 //! compiled to WGSL), with `test-vulkan` burn's `Wgpu` with kernels compiled to SPIR-V; the
 //! `runtime` field of each line says which.
@@ -153,7 +154,7 @@ fn main() {
         let dtype = match dtype_name.as_str() {
             "bf16" => DType::BF16,
             "f16" => DType::F16,
-            "f32" => DType::F32,
+            "f32" | "tf32" => DType::F32,
             other => panic!("unknown dtype {other}"),
         };
         for mode_name in &args.modes {
@@ -168,6 +169,7 @@ fn main() {
             );
             cfg.mode = mode;
             cfg.causal = args.causal;
+            cfg.allow_tf32 = dtype_name == "tf32";
             if args.reference {
                 cfg.implementation = AttentionImplementation::Reference;
             }

@@ -145,3 +145,43 @@ proptest! {
         }
     }
 }
+
+// The kernels on TF32 tensor cores (CUDA, `f32` inputs with `allow_tf32`): output, LSE and
+// gradients within TF32's error of the f32 oracle, plain and along a random order.
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_core_tf32_matches_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_forward_tf32::<TestBackend>(&c, 2e-3, None);
+        }
+    }
+
+    #[test]
+    fn tensor_core_tf32_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_gradients_tf32::<TestBackend>(&c, 1e-2, None);
+        }
+    }
+
+}
+
+// Along a random order on TF32 (fewer cases: the gathered oracle's gradients are slow).
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, .. ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_core_tf32_along_an_order_matches_the_gathered_oracle(
+        c in arbitrary_case(vec![16, 32, 64, 128]),
+        order_seed in any::<u64>(),
+    ) {
+        if c.valid() {
+            let order = random_order(c.shape[1], order_seed);
+            check_forward_tf32::<TestBackend>(&c, 2e-3, Some(&order));
+            check_gradients_tf32::<TestBackend>(&c, 1e-2, Some(&order));
+        }
+    }
+}

@@ -20,10 +20,10 @@ use burn_cubecl::cubecl::prelude::*;
 use super::forward_mma::{enter_pair, mma_row};
 use super::forward_tensor_core::{KEY_MASKED, KEY_PAD};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_operands::{column_pair, plane_accumulate, plane_scores, stage_plane_rows};
 use super::mma_tiles::{
-    Pair, accumulate_weighted_rows, assign_memory_rows, copy_tile_async, mask_scores,
-    memory_row_slots, row_sources, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows,
-    tile_scores, zero_pairs,
+    Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
+    store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
 use super::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
@@ -52,6 +52,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
     #[comptime] ordered: bool,
+    #[comptime] tf32: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -93,12 +94,10 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     let rounds = comptime!((key_tile * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
     let mut key_regs = Array::<Vector<F, N>>::new(rounds);
 
-    // The cube's keys and values: 4 registers per 16 columns, by `ldmatrix` from staged rows.
-    let mut value_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
-    stage_cube_rows_mma(
+    // The cube's keys and values in registers for the whole walk (`ldmatrix` layout, or TF32).
+    let value_regs = stage_plane_rows(
         value,
         order,
-        &mut value_regs,
         &mut key_regs,
         &mut tiles,
         &rows,
@@ -112,12 +111,11 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         head_dim,
         stride,
         ordered,
+        tf32,
     );
-    let mut key_regs_a = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
-    stage_cube_rows_mma(
+    let key_regs_a = stage_plane_rows(
         key,
         order,
-        &mut key_regs_a,
         &mut key_regs,
         &mut tiles,
         &rows,
@@ -131,6 +129,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         head_dim,
         stride,
         ordered,
+        tf32,
     );
 
     let mut grad_key_acc = zero_pairs(comptime!(2 * dim_blocks));
@@ -266,7 +265,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         }
         if plane_any(sees) {
             // 1. P^T = exp(scale K Q^T - LSE_q), masked.
-            tile_scores(
+            plane_scores(
                 &key_regs_a,
                 &tiles,
                 query_base,
@@ -275,6 +274,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
             mask_scores(
                 &mut scores,
@@ -292,6 +292,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 causal,
                 true,
                 false,
+                tf32,
             );
             #[unroll]
             for nb in 0..key_blocks {
@@ -307,7 +308,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
             }
 
             // 2. dV += P^T dO (dO by `ldmatrix.trans`).
-            accumulate_weighted_rows(
+            plane_accumulate(
                 &scores,
                 &tiles,
                 grad_base,
@@ -316,10 +317,11 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
 
             // 3. dS^T = P^T (V dO^T - delta_q), in place.
-            tile_scores(
+            plane_scores(
                 &value_regs,
                 &tiles,
                 grad_base,
@@ -328,14 +330,11 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
             #[unroll]
             for nb in 0..key_blocks {
-                let col = column_base + nb * 8 + 2 * quad;
-                let deltas = delta_smem
-                    .slice(col, col + 2)
-                    .into_vectorized()
-                    .with_vector_size::<Const<2>>()[0];
+                let deltas = column_pair(&delta_smem, column_base, nb, quad, tf32);
                 let mut ds_a = scores[2 * nb];
                 let mut ds_b = scores[2 * nb + 1];
                 let dp_a = grad_p[2 * nb];
@@ -350,7 +349,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
             }
 
             // 4. dK += dS^T Q (Q by `ldmatrix.trans`).
-            accumulate_weighted_rows(
+            plane_accumulate(
                 &scores,
                 &tiles,
                 query_base,
@@ -359,6 +358,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
         }
 

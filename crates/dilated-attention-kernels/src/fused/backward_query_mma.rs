@@ -14,10 +14,10 @@ use burn_cubecl::cubecl::prelude::*;
 use super::forward_mma::{enter_pair, mma_row};
 use super::forward_tensor_core::{KEY_PAD, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use super::mma_tiles::{
-    Pair, accumulate_weighted_rows, assign_memory_rows, copy_tile_async, mask_scores,
-    memory_row_slots, row_sources, stage_cube_rows_mma, store_cube_rows_mma, tile_memory_rows,
-    tile_scores, zero_pairs,
+    Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
+    store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
 use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
@@ -44,6 +44,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
     #[comptime] ordered: bool,
+    #[comptime] tf32: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -82,12 +83,10 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     let rounds = comptime!((key_tile * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
     let mut key_regs = Array::<Vector<F, N>>::new(rounds);
 
-    // Q and dO: 4 registers per 16 columns, loaded by `ldmatrix` from the staged rows.
-    let mut grad_output_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
-    stage_cube_rows_mma(
+    // Q and dO in registers for the whole walk (`ldmatrix` layout, or TF32).
+    let grad_output_regs = stage_plane_rows(
         grad_output,
         order,
-        &mut grad_output_regs,
         &mut key_regs,
         &mut tiles,
         &rows,
@@ -101,12 +100,11 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         head_dim,
         stride,
         ordered,
+        tf32,
     );
-    let mut query_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
-    stage_cube_rows_mma(
+    let query_regs = stage_plane_rows(
         query,
         order,
-        &mut query_regs,
         &mut key_regs,
         &mut tiles,
         &rows,
@@ -120,6 +118,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         head_dim,
         stride,
         ordered,
+        tf32,
     );
 
     let mut grad_query_acc = zero_pairs(comptime!(2 * dim_blocks));
@@ -261,7 +260,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         }
         if plane_any(sees) {
             // 1. S = Q K^T.
-            tile_scores(
+            plane_scores(
                 &query_regs,
                 &tiles,
                 key_base,
@@ -270,6 +269,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
 
             // 2. Masks on raw scores (the scale goes into the exponent below). A tile that both
@@ -295,6 +295,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 causal,
                 false,
                 true,
+                tf32,
             );
             // P = exp(scale s - LSE), one fused multiply-add per score before the exponential
             // (rows outside the tile's segment are masked: 0).
@@ -312,7 +313,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
             }
 
             // 2. dS = P (dO V^T - delta), in place.
-            tile_scores(
+            plane_scores(
                 &grad_output_regs,
                 &tiles,
                 value_base,
@@ -321,6 +322,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
             #[unroll]
             for nb in 0..key_blocks {
@@ -338,7 +340,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
             }
 
             // 3. dQ += dS K: dS's registers are the A operand; K by `ldmatrix.trans`.
-            accumulate_weighted_rows(
+            plane_accumulate(
                 &scores,
                 &tiles,
                 key_base,
@@ -347,6 +349,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
         }
 

@@ -24,10 +24,10 @@ use burn_cubecl::cubecl::prelude::*;
 
 use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, RESCALE_MARGIN, key_bias};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use super::mma_tiles::{
-    Pair, accumulate_weighted_rows, copy_memory_rows_async, copy_tile_async, mask_scores,
-    memory_row_slots, row_sources, shared_memory_rows, stage_cube_rows_mma, store_cube_rows_mma,
-    tile_memory_rows, tile_scores, zero_pairs,
+    Pair, copy_memory_rows_async, copy_tile_async, mask_scores, memory_row_slots, row_sources,
+    shared_memory_rows, store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
 use super::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
 use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
@@ -65,6 +65,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
     #[comptime] ordered: bool,
+    #[comptime] tf32: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -108,12 +109,10 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     let rounds = comptime!((key_tile * head_dim / width).div_ceil(TENSOR_CORE_UNITS));
     let mut key_regs = Array::<Vector<F, N>>::new(rounds);
 
-    // Q: 4 registers per 16 columns, loaded by `ldmatrix` from the staged rows.
-    let mut query_regs = Array::<Pair<F>>::new(comptime!(head_dim / 16 * 4));
-    stage_cube_rows_mma(
+    // Q in registers for the whole walk (`ldmatrix` layout, or TF32).
+    let query_regs = stage_plane_rows(
         query,
         order,
-        &mut query_regs,
         &mut key_regs,
         &mut tiles,
         &rows,
@@ -127,6 +126,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         head_dim,
         stride,
         ordered,
+        tf32,
     );
 
     let mut out = zero_pairs(comptime!(2 * dim_blocks));
@@ -283,7 +283,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         }
         if plane_any(sees) {
             // 1. S = Q K^T.
-            tile_scores(
+            plane_scores(
                 &query_regs,
                 &tiles,
                 key_base,
@@ -292,6 +292,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 key_tile,
                 head_dim,
                 stride,
+                tf32,
             );
 
             // 2. Masks, online softmax (exact: O is rescaled in registers when needed). A tile
@@ -317,6 +318,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 causal,
                 false,
                 true,
+                tf32,
             );
             let tile_max_a = tile_max[0];
             let tile_max_b = tile_max[1];
@@ -352,9 +354,10 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 rescale_rows(&mut out, alpha_a, alpha_b, dim_blocks);
             }
 
-            // 3. O += P V: P's registers are the A operand as they stand; V by `ldmatrix.trans`.
-            accumulate_weighted_rows(
-                &scores, &tiles, value_base, lane, &mut out, key_tile, head_dim, stride,
+            // 3. O += P V: P's registers are the A operand as they stand; V by `ldmatrix.trans`
+            // (on TF32: by scalar shared loads).
+            plane_accumulate(
+                &scores, &tiles, value_base, lane, &mut out, key_tile, head_dim, stride, tf32,
             );
         }
 

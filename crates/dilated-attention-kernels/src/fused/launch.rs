@@ -190,19 +190,74 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
         .find(|&tile| 2 * (2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4 + tile * 4) <= shared)
 }
 
-/// Values per global load of the tensor-core kernel: the widest of 8, 4, 2 that the device's
-/// loads take, that divides the head dimension and every stride but the contiguous last one, and
-/// that the buffers' offsets are aligned to; 1 otherwise.
+/// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
+/// can run: `f32` inputs with [`DilatedAttentionConfig::allow_tf32`], a head dimension that is a
+/// multiple of 16 up to 128, not on WGPU nor with [`KERNEL_VARIANT_ENV`] set, on a device with
+/// 32-unit planes, plane operations, manual MMA m16n8k8 TF32 into `f32` and `cp.async` (CUDA on
+/// Ampere and later); the largest of 64, 32, 16 rows up to `largest_tile` whose two stages (two
+/// row tiles in `f32` and three `f32` values per row: the key bias or the queries' `-LSE` and
+/// delta, and the memory rows a call along an order brings in) fit the shared memory.
+pub(crate) fn tf32_tile<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    head_dim: usize,
+    config: &DilatedAttentionConfig,
+    largest_tile: usize,
+) -> Option<usize> {
+    if dtype != DType::F32
+        || !config.allow_tf32
+        || std::env::var(KERNEL_VARIANT_ENV).is_ok()
+        || R::name(client).starts_with("wgpu")
+        || !head_dim.is_multiple_of(16)
+        || head_dim > 128
+    {
+        return None;
+    }
+    let properties = client.properties();
+    let hardware = &properties.hardware;
+    let features = client.features();
+    let tf32: StorageType = ElemType::Float(FloatKind::TF32).into();
+    let wanted = MmaConfig {
+        a_type: tf32,
+        b_type: tf32,
+        cd_type: ElemType::Float(FloatKind::F32).into(),
+        m: 16,
+        k: 8,
+        n: 8,
+    };
+    if hardware.plane_size_min != 32
+        || hardware.plane_size_max != 32
+        || !features.plane.contains(Plane::Ops)
+        || !features.matmul.mma.contains(&wanted)
+        || !features.copy_async
+    {
+        return None;
+    }
+    let shared = SHARED_MEMORY_BUDGET.min(hardware.max_shared_memory_size);
+    [64, 32, 16].into_iter().find(|&tile| {
+        tile <= largest_tile && 2 * (2 * tile * (head_dim + KEY_PAD) * 4 + 3 * tile * 4) <= shared
+    })
+}
+
+/// Values per global load of the tensor-core kernel (values of `elem_size` bytes): the widest
+/// of 8, 4, 2 that the device's loads take, that spans at most 16 bytes (a `cp.async`), that
+/// divides the head dimension and every stride but the contiguous last one, and that the
+/// buffers' offsets are aligned to; 1 otherwise.
 fn load_width<R: CubeRuntime>(
     client: &ComputeClient<R>,
     tensors: &[&CubeTensor<R>],
     head_dim: usize,
+    elem_size: usize,
 ) -> usize {
-    let widest = client.io_optimized_vector_sizes(2).next().unwrap_or(1);
+    let widest = client
+        .io_optimized_vector_sizes(elem_size)
+        .next()
+        .unwrap_or(1);
     [8, 4, 2]
         .into_iter()
         .find(|&width| {
             width <= widest
+                && width * elem_size <= 16
                 && head_dim.is_multiple_of(width)
                 && tensors.iter().all(|tensor| {
                     let strides = tensor.meta.strides();
@@ -211,7 +266,7 @@ fn load_width<R: CubeRuntime>(
                         && tensor
                             .handle
                             .offset_start
-                            .is_none_or(|offset| offset.is_multiple_of(2 * width as u64))
+                            .is_none_or(|offset| offset.is_multiple_of((elem_size * width) as u64))
                 })
         })
         .unwrap_or(1)
@@ -420,6 +475,43 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
+    if let Some(key_tile) = tf32_tile(&call.client, call.dtype, call.shape.head_dim, config, 64) {
+        let [query, key, value] = [query, key, value].map(unit_last_stride);
+        let width = load_width(
+            &call.client,
+            &[&query, &key, &value, &output],
+            call.shape.head_dim,
+            4,
+        );
+        // SAFETY: as below; `tf32_forward_tile` checked the plane size and operations, the
+        // manual MMA m16n8k8 TF32 and `cp.async`; the cube has 4 planes of 32 units.
+        unsafe {
+            dilated_flash_forward_mma::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                call.table(),
+                call.order(),
+                output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                call.scale,
+                f32::NEG_INFINITY,
+                key_tile,
+                call.shape.head_dim,
+                config.causal,
+                has_padding,
+                call.ordered(),
+                true,
+                call.dtype.into(),
+            )
+        };
+        return Ok((output, lse));
+    }
     if let KernelVariant::TensorCore { tile: key_tile } =
         kernel_variant(&call.client, call.dtype, call.shape.head_dim, 1, 64)
     {
@@ -429,6 +521,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             &call.client,
             &[&query, &key, &value, &output],
             call.shape.head_dim,
+            2,
         );
         // `cp.async` copies 4, 8 or 16 bytes: two values at least.
         if let Some(mma_tile) =
@@ -457,6 +550,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                     config.causal,
                     has_padding,
                     call.ordered(),
+                    false,
                     call.dtype.into(),
                 )
             };
@@ -581,6 +675,83 @@ pub(crate) fn backward<R: CubeRuntime>(
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
     let head_dim = call.shape.head_dim;
+    let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
+    // On TF32: the register-resident kernels with the forward's tiles for dQ and query tiles of
+    // up to 32 for dK/dV (as below).
+    if let (Some(key_tile), Some(query_tile)) = (
+        tf32_tile(&call.client, call.dtype, head_dim, config, 64),
+        tf32_tile(&call.client, call.dtype, head_dim, config, 32),
+    ) {
+        let [query, key, value, grad_output] =
+            [query, key, value, grad_output].map(unit_last_stride);
+        let width = load_width(
+            &call.client,
+            &[
+                &query,
+                &key,
+                &value,
+                &grad_output,
+                &grad_query,
+                &grad_key,
+                &grad_value,
+            ],
+            head_dim,
+            4,
+        );
+        // SAFETY: as in `forward`'s TF32 launch.
+        unsafe {
+            dilated_flash_backward_query_mma::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                cube_dim,
+                width,
+                query.clone().into_tensor_arg(),
+                key.clone().into_tensor_arg(),
+                value.clone().into_tensor_arg(),
+                padding.clone().into_tensor_arg(),
+                grad_output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                delta.clone().into_tensor_arg(),
+                call.table(),
+                call.order(),
+                grad_query.clone().into_tensor_arg(),
+                call.scale,
+                key_tile,
+                head_dim,
+                config.causal,
+                has_padding,
+                call.ordered(),
+                true,
+                call.dtype.into(),
+            );
+            dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
+                &call.client,
+                call.cube_count(),
+                cube_dim,
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                grad_output.into_tensor_arg(),
+                lse.into_tensor_arg(),
+                delta.into_tensor_arg(),
+                call.table(),
+                call.order(),
+                grad_key.clone().into_tensor_arg(),
+                grad_value.clone().into_tensor_arg(),
+                call.scale,
+                query_tile,
+                head_dim,
+                config.causal,
+                has_padding,
+                call.ordered(),
+                true,
+                call.dtype.into(),
+            );
+        }
+        return Ok([grad_query, grad_key, grad_value]);
+    }
     let query_variant = kernel_variant(&call.client, call.dtype, head_dim, 1, 64);
     // Query tiles of 32 for dK/dV: its registers (K, V, dK, dV and a tile of probabilities per
     // unit) bound its occupancy; 64 measured 255 registers, 2 cubes per SM.
@@ -604,8 +775,8 @@ pub(crate) fn backward<R: CubeRuntime>(
                 &grad_value,
             ],
             head_dim,
+            2,
         );
-        let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
         if let Some(key_tile) =
             mma_forward_tile(&call.client, call.dtype, head_dim).filter(|_| width >= 2)
         {
@@ -633,6 +804,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                     config.causal,
                     has_padding,
                     call.ordered(),
+                    false,
                     call.dtype.into(),
                 );
                 dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
@@ -657,6 +829,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                     config.causal,
                     has_padding,
                     call.ordered(),
+                    false,
                     call.dtype.into(),
                 );
             }

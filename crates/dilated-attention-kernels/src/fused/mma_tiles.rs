@@ -563,7 +563,9 @@ fn copy_row_async<F: Float, N: Size>(
 /// That needs `scale > 0`, so that the scaled max of raw scores is the max of scaled scores
 /// (config validation rejects non-positive and non-finite scales), and a scale above about
 /// `1e-27`, so that masked scores stay far below any row's max once scaled. Returns this unit's
-/// max of rows `a` and `b` (of raw scores with `raw`).
+/// max of rows `a` and `b` (of raw scores with `raw`). With `pairs_swapped` the scores come
+/// from [`super::tf32_tiles::tile_scores_tf32`]: the two keys of each pair in a block's upper
+/// half are swapped ([`super::tf32_tiles::key_of_column`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mask_scores(
@@ -582,8 +584,14 @@ pub(crate) fn mask_scores(
     #[comptime] causal: bool,
     #[comptime] columns_after_rows: bool,
     #[comptime] raw: bool,
+    #[comptime] pairs_swapped: bool,
 ) -> Pair<f32> {
     let blocks = comptime!(tile_rows / 8);
+    // Whether this unit's pairs hold their keys swapped (then 1: XORed into the key offset).
+    let mut flip = 0usize;
+    if pairs_swapped {
+        flip = select(quad >= 2, 1usize, 0usize);
+    }
     let mut max_a = f32::new(KEY_MASKED);
     let mut max_b = f32::new(KEY_MASKED);
     if whole {
@@ -616,22 +624,27 @@ pub(crate) fn mask_scores(
             let mut masked_b = Pair::<f32>::empty();
             #[unroll]
             for e in 0..2usize {
+                let key = col + (e ^ flip);
+                let mut key_bias = bias[e];
+                if pairs_swapped {
+                    key_bias = select(flip == 1, bias[1 - e], bias[e]);
+                }
                 let mut keep_a = here_a;
                 let mut keep_b = here_b;
                 if causal {
                     if comptime!(columns_after_rows) {
-                        keep_a = keep_a && first + col + e >= limit_a;
-                        keep_b = keep_b && first + col + e >= limit_b;
+                        keep_a = keep_a && first + key >= limit_a;
+                        keep_b = keep_b && first + key >= limit_b;
                     } else {
-                        keep_a = keep_a && first + col + e <= limit_a;
-                        keep_b = keep_b && first + col + e <= limit_b;
+                        keep_a = keep_a && first + key <= limit_a;
+                        keep_b = keep_b && first + key <= limit_b;
                     }
                 }
-                let mut a = raw_a[e] + bias[e];
-                let mut b = raw_b[e] + bias[e];
+                let mut a = raw_a[e] + key_bias;
+                let mut b = raw_b[e] + key_bias;
                 if comptime!(!raw) {
-                    a = raw_a[e] * scale + bias[e];
-                    b = raw_b[e] * scale + bias[e];
+                    a = raw_a[e] * scale + key_bias;
+                    b = raw_b[e] * scale + key_bias;
                 }
                 a = select(keep_a, a, f32::new(KEY_MASKED));
                 b = select(keep_b, b, f32::new(KEY_MASKED));

@@ -228,6 +228,23 @@ pub fn relative_l2(got: TensorData, want: TensorData) -> f64 {
     err / norm.max(1e-30)
 }
 
+/// `||got - want|| / max(||want||, sqrt(len))`: a relative L2 error that counts every element's
+/// reference as at least 1 in size.
+pub fn l2_error_floored(got: TensorData, want: TensorData) -> f64 {
+    let len = want.num_elements() as f64;
+    let w = want.convert::<f32>().to_vec::<f32>().unwrap();
+    let g = got.convert::<f32>().to_vec::<f32>().unwrap();
+    assert_eq!(g.len(), w.len(), "element counts differ");
+    let err: f64 = g
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let size: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    err / size.max(len.sqrt())
+}
+
 /// Forward in half precision (`dtype` F16 or BF16) against the f32 oracle on the same rounded
 /// inputs, so the comparison sees the kernel's error, not the inputs' rounding: relative L2 of
 /// the output and of the LSE under `bound`.
@@ -236,6 +253,32 @@ pub fn check_forward_half<BB: DilatedAttentionBackend>(
     dtype: DType,
     bound: f64,
     order: Option<&SequenceOrder>,
+) {
+    check_forward_in::<BB>(c, dtype, &c.config(), bound, order, false);
+}
+
+/// `f32` forward with [`DilatedAttentionConfig::allow_tf32`] against the f32 oracle: relative L2
+/// of the output under `bound`, and the LSE's L2 error under `bound` relative to the larger of
+/// its norm and the root of its length (TF32 gives the LSE an absolute error, which a relative
+/// measure would blow up where LSEs are near 0: one key with a score near 0).
+pub fn check_forward_tf32<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    bound: f64,
+    order: Option<&SequenceOrder>,
+) {
+    let config = c.config().with_allow_tf32(true);
+    check_forward_in::<BB>(c, DType::F32, &config, bound, order, true);
+}
+
+/// [`check_forward_half`] with the call's config; `lse_floor` measures the LSE's error against
+/// at least 1 per element (see [`check_forward_tf32`]).
+fn check_forward_in<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    dtype: DType,
+    config: &DilatedAttentionConfig,
+    bound: f64,
+    order: Option<&SequenceOrder>,
+    lse_floor: bool,
 ) {
     let device: BB::Device = Default::default();
     let [q, k, v] = c.inputs::<Oracle>(&Default::default());
@@ -254,15 +297,20 @@ pub fn check_forward_half<BB: DilatedAttentionBackend>(
     let (out, lse) = attend(
         [hq, hk, hv],
         mask.as_ref().map(|m| mask_to::<BB>(m, &device)),
-        &c.config(),
+        config,
         order,
     );
     assert_eq!(out.dtype(), dtype, "output keeps the inputs' dtype");
     let out_err = relative_l2(out.cast(DType::F32).into_data(), want_out.into_data());
-    let lse_err = relative_l2(
+    let (got_lse, want_lse) = (
         finite(lse.cast(DType::F32).into_data()),
         finite(want_lse.into_data()),
     );
+    let lse_err = if lse_floor {
+        l2_error_floored(got_lse, want_lse)
+    } else {
+        relative_l2(got_lse, want_lse)
+    };
     println!("{dtype:?}: output rel L2 {out_err:.2e}, LSE rel L2 {lse_err:.2e}");
     assert!(
         out_err < bound,
@@ -281,6 +329,35 @@ pub fn check_forward_half<BB: DilatedAttentionBackend>(
 pub fn check_gradients_half<BB: DilatedAttentionBackend>(
     c: &OracleCase,
     dtype: DType,
+    bound: f64,
+    order: Option<&SequenceOrder>,
+) -> [f64; 3]
+where
+    Autodiff<BB>: DilatedAttentionBackend,
+{
+    check_gradients_in::<BB>(c, dtype, &c.config(), bound, order)
+}
+
+/// `f32` gradients with [`DilatedAttentionConfig::allow_tf32`] (a TF32 forward, whose output
+/// and LSE the backward uses) against the f32 oracle's: relative L2 of `dQ`, `dK`, `dV` under
+/// `bound`.
+pub fn check_gradients_tf32<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    bound: f64,
+    order: Option<&SequenceOrder>,
+) -> [f64; 3]
+where
+    Autodiff<BB>: DilatedAttentionBackend,
+{
+    let config = c.config().with_allow_tf32(true);
+    check_gradients_in::<BB>(c, DType::F32, &config, bound, order)
+}
+
+/// [`check_gradients_half`] with the call's config.
+fn check_gradients_in<BB: DilatedAttentionBackend>(
+    c: &OracleCase,
+    dtype: DType,
+    config: &DilatedAttentionConfig,
     bound: f64,
     order: Option<&SequenceOrder>,
 ) -> [f64; 3]
@@ -308,7 +385,7 @@ where
         };
         let [hq, hk, hv] = [leaf(&q), leaf(&k), leaf(&v)];
         let m = mask.as_ref().map(|m| mask_to::<Ad<BB>>(m, &device));
-        let (out, lse) = attend([hq.clone(), hk.clone(), hv.clone()], m, &c.config(), order);
+        let (out, lse) = attend([hq.clone(), hk.clone(), hv.clone()], m, config, order);
         let lse = lse
             .clone()
             .mask_fill(lse.clone().equal_elem(f32::NEG_INFINITY), 0.0);

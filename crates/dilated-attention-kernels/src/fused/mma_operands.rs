@@ -1,0 +1,164 @@
+//! The register-resident kernels' products behind one switch: `f16`/`bf16` inputs on
+//! `mma.sync` m16n8k16 with `ldmatrix` operands ([`super::mma_tiles`]), or `f32` inputs on TF32
+//! m16n8k8 ([`super::tf32_tiles`]). Both give scores and accumulators in the same register layout;
+//! on TF32 each 8-column block of scores holds its keys in
+//! [`super::tf32_tiles::key_of_column`] order, which [`super::mma_tiles::mask_scores`] (with
+//! `pairs_swapped`) and per-column values read by column (see [`column_pair`]) follow.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::mma_tiles::{Pair, accumulate_weighted_rows, stage_cube_rows_mma, tile_scores};
+use super::rows::RowBlock;
+use super::tf32_tiles::{
+    Tf32, accumulate_weighted_rows_tf32, stage_cube_rows_tf32, tile_scores_tf32,
+};
+
+/// A plane's 16 rows as the `A` operand of its products, held for a whole walk: `ldmatrix`
+/// registers for `f16`/`bf16`, TF32 registers on TF32 (the other array is a placeholder of one).
+#[derive(CubeType)]
+pub(crate) struct PlaneRows<F: Float> {
+    pub halves: Array<Pair<F>>,
+    pub tf32: Array<Tf32>,
+}
+
+/// Loads the cube's own 64 rows of `tensor` as each plane's [`PlaneRows`] (see
+/// [`stage_cube_rows_mma`]; every unit takes part, `registers` holds the staging tile's share).
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_plane_rows<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
+    registers: &mut Array<Vector<F, N>>,
+    tiles: &mut SharedMemory<F>,
+    rows: &RowBlock,
+    cube_row_count: usize,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    lane: usize,
+    plane: usize,
+    #[comptime] staging_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] ordered: bool,
+    #[comptime] tf32: bool,
+) -> PlaneRows<F> {
+    let mut halves = Array::<Pair<F>>::new(comptime!(if tf32 { 1 } else { head_dim / 16 * 4 }));
+    let mut tf32_regs = Array::<Tf32>::new(comptime!(if tf32 { head_dim / 2 } else { 1 }));
+    if tf32 {
+        stage_cube_rows_tf32(
+            tensor,
+            order,
+            &mut tf32_regs,
+            registers,
+            tiles,
+            rows,
+            cube_row_count,
+            batch,
+            head,
+            unit,
+            lane,
+            plane,
+            staging_rows,
+            head_dim,
+            stride,
+            ordered,
+        );
+    } else {
+        stage_cube_rows_mma(
+            tensor,
+            order,
+            &mut halves,
+            registers,
+            tiles,
+            rows,
+            cube_row_count,
+            batch,
+            head,
+            unit,
+            lane,
+            plane,
+            staging_rows,
+            head_dim,
+            stride,
+            ordered,
+        );
+    }
+    PlaneRows::<F> {
+        halves,
+        tf32: tf32_regs,
+    }
+}
+
+/// `scores = A B^T` for one plane: [`tile_scores`] or [`tile_scores_tf32`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plane_scores<F: Float>(
+    a: &PlaneRows<F>,
+    tiles: &SharedMemory<F>,
+    base: usize,
+    lane: usize,
+    scores: &mut Array<Pair<f32>>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] tf32: bool,
+) {
+    if tf32 {
+        tile_scores_tf32(
+            &a.tf32, tiles, base, lane, scores, tile_rows, head_dim, stride,
+        );
+    } else {
+        tile_scores(
+            &a.halves, tiles, base, lane, scores, tile_rows, head_dim, stride,
+        );
+    }
+}
+
+/// `out += W T` for one plane: [`accumulate_weighted_rows`] or
+/// [`accumulate_weighted_rows_tf32`].
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn plane_accumulate<F: Float>(
+    weights: &Array<Pair<f32>>,
+    tiles: &SharedMemory<F>,
+    base: usize,
+    lane: usize,
+    out: &mut Array<Pair<f32>>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] tf32: bool,
+) {
+    if tf32 {
+        accumulate_weighted_rows_tf32(weights, tiles, base, lane, out, tile_rows, head_dim, stride);
+    } else {
+        accumulate_weighted_rows(weights, tiles, base, lane, out, tile_rows, head_dim, stride);
+    }
+}
+
+/// The per-column values of this unit's score pair in block `block` (columns `8 block + 2 quad`
+/// and the next, from `values` at `base`), in the order the pair holds its keys: swapped on TF32
+/// in the block's upper half.
+#[cube]
+pub(crate) fn column_pair(
+    values: &SharedMemory<f32>,
+    base: usize,
+    block: usize,
+    quad: usize,
+    #[comptime] tf32: bool,
+) -> Pair<f32> {
+    let col = base + block * 8 + 2 * quad;
+    let pair = values
+        .slice(col, col + 2)
+        .into_vectorized()
+        .with_vector_size::<Const<2>>()[0];
+    let mut ordered = pair;
+    if tf32 {
+        let flip = quad >= 2;
+        ordered[0] = select(flip, pair[1], pair[0]);
+        ordered[1] = select(flip, pair[0], pair[1]);
+    }
+    ordered
+}

@@ -1,0 +1,257 @@
+//! The products of the register-resident forward ([`super::forward_mma`]) for `f32` inputs on
+//! TF32 tensor cores: `mma.sync` m16n8k8 (`tf32` in, `f32` accumulation) through CubeCL's manual
+//! MMA. Inputs are rounded to TF32 (10-bit mantissa, round to nearest) as they are read from
+//! shared memory; accumulation, the softmax and the output stay `f32`.
+//!
+//! The accumulator layout of m16n8k8 is that of m16n8k16 ([`super::mma_tiles`]): unit
+//! `(g, t) = (lane / 4, lane % 4)` holds rows `g`, `g + 8` at columns `2t, 2t + 1` of every
+//! 8-column block, as two [`Pair`]s. Operands (PTX, tf32 m16n8k8): `A` registers are
+//! `(g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)`, `B` registers `(k = t, n = g)`,
+//! `(k = t + 4, n = g)`. Two permutations, invisible outside these functions, keep every
+//! operand in registers or one shared load away and the shared loads free of bank conflicts
+//! (rows of `head_dim + 8` values: a row stride of 8 or 24 banks):
+//! - along the head dimension, a block's logical columns `t` and `t + 4` are its columns `2t`
+//!   and `2t + 1` (the same for `Q` and `K`, so the product is unchanged);
+//! - along the keys, an 8-key block's column `n` of `S` is its key [`key_of_column`]`(n)`,
+//!   which swaps the two keys of each pair in the upper half of the block. `P`'s accumulator
+//!   pairs are then the `A` operand of `O += P V` as they stand (logical `t`, `t + 4` = columns
+//!   `2t`, `2t + 1`), with `V`'s rows `key_of_column(2t)`, `key_of_column(2t + 1)`.
+//!
+//! Callers that look at a score's key (masks) use [`key_of_column`]; `tile_scores_tf32`'s
+//! columns are keys in that order.
+
+use burn_cubecl::cubecl;
+use burn_cubecl::cubecl::cmma::MmaDefinition;
+use burn_cubecl::cubecl::prelude::*;
+
+use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_tiles::Pair;
+use super::rows::RowBlock;
+use super::tiles::stage_cube_chunk;
+
+/// One TF32 operand register.
+pub(crate) type Tf32 = Vector<tf32, Const<1>>;
+
+/// The m16n8k8 TF32 product into `f32`.
+#[cube]
+pub(crate) fn tf32_definition() -> MmaDefinition<tf32, tf32, f32> {
+    MmaDefinition::<tf32, tf32, f32>::new(16usize, 8usize, 8usize)
+}
+
+/// The key (within its 8-key block) of column `column` of a score block: the two keys of each
+/// pair in the block's upper half swap places (`column ^ (column >> 2)`).
+#[cube]
+pub(crate) fn key_of_column(column: usize) -> usize {
+    column ^ (column >> 2)
+}
+
+/// Loads the cube's own 64 rows of `tensor` as TF32 `A` registers (`head_dim / 8` blocks of
+/// four per plane: plane `p` gets rows `16 p .. 16 p + 16`), staged `staging_rows` rows at a time
+/// through `tiles` (from element 0, row stride `stride`). Every unit takes part; `registers` must
+/// hold the staging tile's share.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn stage_cube_rows_tf32<F: Float, N: Size>(
+    tensor: &Tensor<Vector<F, N>>,
+    order: &Array<u32>,
+    fragment: &mut Array<Tf32>,
+    registers: &mut Array<Vector<F, N>>,
+    tiles: &mut SharedMemory<F>,
+    rows: &RowBlock,
+    cube_row_count: usize,
+    batch: usize,
+    head: usize,
+    unit: usize,
+    lane: usize,
+    plane: usize,
+    #[comptime] staging_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+    #[comptime] ordered: bool,
+) {
+    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
+    let group = lane / 4;
+    let quad = lane % 4;
+    #[unroll]
+    for chunk in 0..chunks {
+        stage_cube_chunk(
+            tensor,
+            order,
+            registers,
+            tiles,
+            rows,
+            cube_row_count,
+            batch,
+            head,
+            unit,
+            chunk,
+            TENSOR_CORE_UNITS,
+            staging_rows,
+            head_dim,
+            stride,
+            ordered,
+        );
+        let first_plane = comptime!(chunk * staging_rows / 16);
+        let last_plane = comptime!((chunk + 1) * staging_rows / 16);
+        if plane >= first_plane && plane < last_plane {
+            let row_a = (plane * 16 - chunk * staging_rows + group) * stride;
+            let row_b = row_a + 8 * stride;
+            #[unroll]
+            for kb in 0..comptime!(head_dim / 8) {
+                let column = kb * 8 + 2 * quad;
+                fragment[4 * kb] = Tf32::cast_from(tiles[row_a + column]);
+                fragment[4 * kb + 1] = Tf32::cast_from(tiles[row_b + column]);
+                fragment[4 * kb + 2] = Tf32::cast_from(tiles[row_a + column + 1]);
+                fragment[4 * kb + 3] = Tf32::cast_from(tiles[row_b + column + 1]);
+            }
+        }
+    }
+    sync_cube();
+}
+
+/// `scores = A B^T` for one plane on TF32: `a` holds the plane's 16 rows
+/// ([`stage_cube_rows_tf32`]), the tile at `base` holds `tile_rows` rows of `head_dim` (row
+/// stride `stride`), the columns of `B`. `scores` gets `2 tile_rows / 8` pairs, each 8-column
+/// block's keys in [`key_of_column`] order.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn tile_scores_tf32<F: Float>(
+    a: &Array<Tf32>,
+    tiles: &SharedMemory<F>,
+    base: usize,
+    lane: usize,
+    scores: &mut Array<Pair<f32>>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let def = tf32_definition();
+    let quad = lane % 4;
+    let key = key_of_column(lane / 4);
+    #[unroll]
+    for nb in 0..comptime!(tile_rows / 8) {
+        let mut acc = Array::<Pair<f32>>::new(2usize);
+        acc[0] = Pair::<f32>::zeroed();
+        acc[1] = Pair::<f32>::zeroed();
+        let row = base + (nb * 8 + key) * stride + 2 * quad;
+        #[unroll]
+        for kb in 0..comptime!(head_dim / 8) {
+            let mut a_block = Array::<Tf32>::new(4usize);
+            #[unroll]
+            for i in 0..4usize {
+                a_block[i] = a[4 * kb + i];
+            }
+            let mut b = Array::<Tf32>::new(2usize);
+            b[0] = Tf32::cast_from(tiles[row + kb * 8]);
+            b[1] = Tf32::cast_from(tiles[row + kb * 8 + 1]);
+            def.execute_inplace(&a_block, &b, &mut acc);
+        }
+        scores[2 * nb] = acc[0];
+        scores[2 * nb + 1] = acc[1];
+    }
+}
+
+/// `out += W T` for one plane on TF32: `W` is the plane's 16 x `tile_rows` weights in registers
+/// (`scores` layout, keys in [`key_of_column`] order, rounded to TF32 as the `A` operand), `T`
+/// is the tile at `base` (`tile_rows` rows of `head_dim`, row stride `stride`), read by scalar
+/// shared loads as `B`. `out` holds `2 head_dim / 8` pairs.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn accumulate_weighted_rows_tf32<F: Float>(
+    weights: &Array<Pair<f32>>,
+    tiles: &SharedMemory<F>,
+    base: usize,
+    lane: usize,
+    out: &mut Array<Pair<f32>>,
+    #[comptime] tile_rows: usize,
+    #[comptime] head_dim: usize,
+    #[comptime] stride: usize,
+) {
+    let def = tf32_definition();
+    let group = lane / 4;
+    let quad = lane % 4;
+    let first_key = key_of_column(2 * quad);
+    let second_key = key_of_column(2 * quad + 1);
+    #[unroll]
+    for kb in 0..comptime!(tile_rows / 8) {
+        let w_a = weights[2 * kb];
+        let w_b = weights[2 * kb + 1];
+        let mut a = Array::<Tf32>::new(4usize);
+        a[0] = Tf32::cast_from(w_a[0]);
+        a[1] = Tf32::cast_from(w_b[0]);
+        a[2] = Tf32::cast_from(w_a[1]);
+        a[3] = Tf32::cast_from(w_b[1]);
+        let first = base + (kb * 8 + first_key) * stride + group;
+        let second = base + (kb * 8 + second_key) * stride + group;
+        #[unroll]
+        for dn in 0..comptime!(head_dim / 8) {
+            let mut b = Array::<Tf32>::new(2usize);
+            b[0] = Tf32::cast_from(tiles[first + dn * 8]);
+            b[1] = Tf32::cast_from(tiles[second + dn * 8]);
+            let mut acc = Array::<Pair<f32>>::new(2usize);
+            acc[0] = out[2 * dn];
+            acc[1] = out[2 * dn + 1];
+            def.execute_inplace(&a, &b, &mut acc);
+            out[2 * dn] = acc[0];
+            out[2 * dn + 1] = acc[1];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The host-side twin of `key_of_column`, for the checks below.
+    fn key_of_column(column: usize) -> usize {
+        column ^ (column >> 2)
+    }
+
+    /// Bank of a 32-bit shared word.
+    fn bank(word: usize) -> usize {
+        word % 32
+    }
+
+    #[test]
+    fn key_order_is_a_permutation_that_keeps_pairs_together() {
+        let mut keys: Vec<usize> = (0..8).map(key_of_column).collect();
+        for t in 0..4 {
+            assert_eq!(keys[2 * t] / 2, t);
+            assert_eq!(keys[2 * t + 1] / 2, t);
+        }
+        keys.sort_unstable();
+        assert_eq!(keys, (0..8).collect::<Vec<_>>());
+    }
+
+    /// `V`'s loads in `O += P V` (one word per unit, rows `key_of_column(2t)`, column `g`) and
+    /// `K`'s in `S = Q K^T` (rows `key_of_column(g)`, columns `2t`, `2t + 1`: two words per
+    /// unit, 16 units per shared-memory wavefront) touch 32 distinct banks for every head dim
+    /// the kernels take (row stride `head_dim + 8`).
+    #[test]
+    fn operand_loads_are_free_of_bank_conflicts() {
+        for head_dim in (16..=128).step_by(16) {
+            let stride = head_dim + 8;
+            for second in [false, true] {
+                let mut banks: Vec<usize> = (0..32)
+                    .map(|lane| {
+                        let (g, t) = (lane / 4, lane % 4);
+                        bank(key_of_column(2 * t + usize::from(second)) * stride + g)
+                    })
+                    .collect();
+                banks.sort_unstable();
+                banks.dedup();
+                assert_eq!(banks.len(), 32, "V, head_dim {head_dim}");
+            }
+            for half in 0..2 {
+                let mut banks: Vec<usize> = (16 * half..16 * half + 16)
+                    .flat_map(|lane| {
+                        let (g, t) = (lane / 4, lane % 4);
+                        let word = key_of_column(g) * stride + 2 * t;
+                        [bank(word), bank(word + 1)]
+                    })
+                    .collect();
+                banks.sort_unstable();
+                banks.dedup();
+                assert_eq!(banks.len(), 32, "K, head_dim {head_dim}");
+            }
+        }
+    }
+}
