@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|tf32|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|tf32|tf32bench|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -167,12 +167,16 @@ ab)
   ;;
 tf32)
   echo "== the TF32 kernels (f32 inputs, allow_tf32): their proptests, then f32 and tf32 against PyTorch f32 in one call"
-  (cd crates/dilated-attention-kernels && timeout 400 ../../.device-bin/fused_matches_oracle tensor_core_tf32 --test-threads 3 --nocapture > "$OUT/tf32_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/tf32_proptest.log")
+  (cd crates/dilated-attention-kernels && timeout 400 ../../.device-bin/fused_matches_oracle tensor_core_tf32 tensor_core_f32 --test-threads 4 --nocapture > "$OUT/tf32_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/tf32_proptest.log")
   grep -E "^test |test result|minimal failing|panicked|rc=" "$OUT/tf32_proptest.log" | head -20
   grep -E "rel L2" "$OUT/tf32_proptest.log" | sort -t' ' -k5 -g | tail -3
+  ;;
+tf32bench)
+  echo "== f32 (split TF32), tf32 (allow_tf32) and the portable f32 kernels against PyTorch f32 in one call"
   J="$OUT/tf32_ours.jsonl"; : > "$J"
   timeout 150 $B --seqs 8192,32768,131072 --dtypes f32,tf32 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 --warmup 2 >> "$J" 2>&1
-  timeout 60 $B --seqs 1048576 --dtypes tf32 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
+  DILATED_ATTENTION_KERNEL=portable timeout 100 $B --seqs 32768,131072 --dtypes f32 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed 's/"dtype":"f32"/"dtype":"f32_portable"/' >> "$J" 2>&1
+  timeout 90 $B --seqs 1048576 --dtypes f32,tf32 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
   echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
   K="$OUT/tf32_pytorch.jsonl"; : > "$K"
   timeout 150 python3 benches/pytorch/dilated_baseline.py --seqs 8192,32768,131072 --dtypes float32 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 >> "$K" 2>&1

@@ -185,3 +185,25 @@ proptest! {
         }
     }
 }
+
+// f32 without `allow_tf32` on CUDA: the register-resident kernels with each product split into
+// three TF32 products, held to the f32 tolerances of the portable kernels.
+#[cfg(feature = "test-cuda")]
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    #[test]
+    fn tensor_core_f32_matches_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_forward_f32::<TestBackend>(&c, 1e-5);
+            check_forward::<TestBackend>(&c);
+        }
+    }
+
+    #[test]
+    fn tensor_core_f32_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
+        if c.valid() {
+            check_gradients::<TestBackend>(&c, None);
+        }
+    }
+}

@@ -53,6 +53,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     #[comptime] has_padding: bool,
     #[comptime] ordered: bool,
     #[comptime] tf32: bool,
+    #[comptime] split: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -112,6 +113,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         stride,
         ordered,
         tf32,
+        split,
     );
     let key_regs_a = stage_plane_rows(
         key,
@@ -130,6 +132,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         stride,
         ordered,
         tf32,
+        split,
     );
 
     let mut grad_key_acc = zero_pairs(comptime!(2 * dim_blocks));
@@ -275,6 +278,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
             mask_scores(
                 &mut scores,
@@ -318,6 +322,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
 
             // 3. dS^T = P^T (V dO^T - delta_q), in place.
@@ -331,6 +336,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
             #[unroll]
             for nb in 0..key_blocks {
@@ -359,6 +365,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
         }
 

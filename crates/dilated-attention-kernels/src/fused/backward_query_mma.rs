@@ -45,6 +45,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     #[comptime] has_padding: bool,
     #[comptime] ordered: bool,
     #[comptime] tf32: bool,
+    #[comptime] split: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -101,6 +102,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         stride,
         ordered,
         tf32,
+        split,
     );
     let query_regs = stage_plane_rows(
         query,
@@ -119,6 +121,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         stride,
         ordered,
         tf32,
+        split,
     );
 
     let mut grad_query_acc = zero_pairs(comptime!(2 * dim_blocks));
@@ -270,6 +273,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
 
             // 2. Masks on raw scores (the scale goes into the exponent below). A tile that both
@@ -323,6 +327,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
             #[unroll]
             for nb in 0..key_blocks {
@@ -350,6 +355,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
         }
 

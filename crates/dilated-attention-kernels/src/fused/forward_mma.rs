@@ -66,6 +66,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     #[comptime] has_padding: bool,
     #[comptime] ordered: bool,
     #[comptime] tf32: bool,
+    #[comptime] split: bool,
     #[define(F)] _dtype: StorageType,
 ) {
     let seq_len = query.shape(1);
@@ -127,6 +128,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         stride,
         ordered,
         tf32,
+        split,
     );
 
     let mut out = zero_pairs(comptime!(2 * dim_blocks));
@@ -293,6 +295,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 head_dim,
                 stride,
                 tf32,
+                split,
             );
 
             // 2. Masks, online softmax (exact: O is rescaled in registers when needed). A tile
@@ -358,6 +361,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             // (on TF32: by scalar shared loads).
             plane_accumulate(
                 &scores, &tiles, value_base, lane, &mut out, key_tile, head_dim, stride, tf32,
+                split,
             );
         }
 

@@ -191,7 +191,8 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
 }
 
 /// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
-/// can run: `f32` inputs with [`DilatedAttentionConfig::allow_tf32`], a head dimension that is a
+/// can run: `f32` inputs (TF32 with [`DilatedAttentionConfig::allow_tf32`], else split into
+/// three TF32 products for about `f32` accuracy: [`tf32_split`]), a head dimension that is a
 /// multiple of 16 up to 128, not on WGPU nor with [`KERNEL_VARIANT_ENV`] set, on a device with
 /// 32-unit planes, plane operations, manual MMA m16n8k8 TF32 into `f32` and `cp.async` (CUDA on
 /// Ampere and later); the largest of 64, 32, 16 rows up to `largest_tile` whose two stages (two
@@ -204,8 +205,8 @@ pub(crate) fn tf32_tile<R: CubeRuntime>(
     config: &DilatedAttentionConfig,
     largest_tile: usize,
 ) -> Option<usize> {
+    let _ = config;
     if dtype != DType::F32
-        || !config.allow_tf32
         || std::env::var(KERNEL_VARIANT_ENV).is_ok()
         || R::name(client).starts_with("wgpu")
         || !head_dim.is_multiple_of(16)
@@ -237,6 +238,12 @@ pub(crate) fn tf32_tile<R: CubeRuntime>(
     [64, 32, 16].into_iter().find(|&tile| {
         tile <= largest_tile && 2 * (2 * tile * (head_dim + KEY_PAD) * 4 + 3 * tile * 4) <= shared
     })
+}
+
+/// Whether the TF32 kernels split each product into three (about `f32` accuracy): unless the
+/// config allows plain TF32.
+pub(crate) fn tf32_split(config: &DilatedAttentionConfig) -> bool {
+    !config.allow_tf32
 }
 
 /// Values per global load of the tensor-core kernel (values of `elem_size` bytes): the widest
@@ -507,6 +514,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                 has_padding,
                 call.ordered(),
                 true,
+                tf32_split(config),
                 call.dtype.into(),
             )
         };
@@ -550,6 +558,7 @@ pub(crate) fn forward<R: CubeRuntime>(
                     config.causal,
                     has_padding,
                     call.ordered(),
+                    false,
                     false,
                     call.dtype.into(),
                 )
@@ -722,6 +731,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 has_padding,
                 call.ordered(),
                 true,
+                tf32_split(config),
                 call.dtype.into(),
             );
             dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
@@ -747,6 +757,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 has_padding,
                 call.ordered(),
                 true,
+                tf32_split(config),
                 call.dtype.into(),
             );
         }
@@ -805,6 +816,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                     has_padding,
                     call.ordered(),
                     false,
+                    false,
                     call.dtype.into(),
                 );
                 dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
@@ -829,6 +841,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                     config.causal,
                     has_padding,
                     call.ordered(),
+                    false,
                     false,
                     call.dtype.into(),
                 );

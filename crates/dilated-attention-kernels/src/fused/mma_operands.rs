@@ -1,6 +1,7 @@
 //! The register-resident kernels' products behind one switch: `f16`/`bf16` inputs on
 //! `mma.sync` m16n8k16 with `ldmatrix` operands ([`super::mma_tiles`]), or `f32` inputs on TF32
-//! m16n8k8 ([`super::tf32_tiles`]). Both give scores and accumulators in the same register layout;
+//! m16n8k8 ([`super::tf32_tiles`]), once (`allow_tf32`) or split into three products (`split`:
+//! about `f32` accuracy). Both give scores and accumulators in the same register layout;
 //! on TF32 each 8-column block of scores holds its keys in
 //! [`super::tf32_tiles::key_of_column`] order, which [`super::mma_tiles::mask_scores`] (with
 //! `pairs_swapped`) and per-column values read by column (see [`column_pair`]) follow.
@@ -15,7 +16,8 @@ use super::tf32_tiles::{
 };
 
 /// A plane's 16 rows as the `A` operand of its products, held for a whole walk: `ldmatrix`
-/// registers for `f16`/`bf16`, TF32 registers on TF32 (the other array is a placeholder of one).
+/// registers for `f16`/`bf16`, TF32 registers on TF32 (with `split`: the rounded values, then
+/// the rounded residuals), the other array a placeholder of one.
 #[derive(CubeType)]
 pub(crate) struct PlaneRows<F: Float> {
     pub halves: Array<Pair<F>>,
@@ -43,9 +45,11 @@ pub(crate) fn stage_plane_rows<F: Float, N: Size>(
     #[comptime] stride: usize,
     #[comptime] ordered: bool,
     #[comptime] tf32: bool,
+    #[comptime] split: bool,
 ) -> PlaneRows<F> {
     let mut halves = Array::<Pair<F>>::new(comptime!(if tf32 { 1 } else { head_dim / 16 * 4 }));
-    let mut tf32_regs = Array::<Tf32>::new(comptime!(if tf32 { head_dim / 2 } else { 1 }));
+    let tf32_count = comptime!(if split { head_dim } else { head_dim / 2 });
+    let mut tf32_regs = Array::<Tf32>::new(comptime!(if tf32 { tf32_count } else { 1 }));
     if tf32 {
         stage_cube_rows_tf32(
             tensor,
@@ -64,6 +68,7 @@ pub(crate) fn stage_plane_rows<F: Float, N: Size>(
             head_dim,
             stride,
             ordered,
+            split,
         );
     } else {
         stage_cube_rows_mma(
@@ -104,10 +109,11 @@ pub(crate) fn plane_scores<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
     #[comptime] tf32: bool,
+    #[comptime] split: bool,
 ) {
     if tf32 {
         tile_scores_tf32(
-            &a.tf32, tiles, base, lane, scores, tile_rows, head_dim, stride,
+            &a.tf32, tiles, base, lane, scores, tile_rows, head_dim, stride, split,
         );
     } else {
         tile_scores(
@@ -130,9 +136,12 @@ pub(crate) fn plane_accumulate<F: Float>(
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
     #[comptime] tf32: bool,
+    #[comptime] split: bool,
 ) {
     if tf32 {
-        accumulate_weighted_rows_tf32(weights, tiles, base, lane, out, tile_rows, head_dim, stride);
+        accumulate_weighted_rows_tf32(
+            weights, tiles, base, lane, out, tile_rows, head_dim, stride, split,
+        );
     } else {
         accumulate_weighted_rows(weights, tiles, base, lane, out, tile_rows, head_dim, stride);
     }

@@ -3,6 +3,11 @@
 //! MMA. Inputs are rounded to TF32 (10-bit mantissa, round to nearest) as they are read from
 //! shared memory; accumulation, the softmax and the output stay `f32`.
 //!
+//! With `split` each operand `x` is also carried as its rounded residual, `tf32(x - tf32(x))`,
+//! and each product takes three MMAs (`a_small b_big + a_big b_small + a_big b_big`, small terms
+//! first): only `a_small b_small`, about `2^-22` of the product, is dropped, which is `f32`'s
+//! own rounding level (CUTLASS's "3xTF32").
+//!
 //! The accumulator layout of m16n8k8 is that of m16n8k16 ([`super::mma_tiles`]): unit
 //! `(g, t) = (lane / 4, lane % 4)` holds rows `g`, `g + 8` at columns `2t, 2t + 1` of every
 //! 8-column block, as two [`Pair`]s. Operands (PTX, tf32 m16n8k8): `A` registers are
@@ -38,6 +43,57 @@ pub(crate) fn tf32_definition() -> MmaDefinition<tf32, tf32, f32> {
     MmaDefinition::<tf32, tf32, f32>::new(16usize, 8usize, 8usize)
 }
 
+/// `x` as TF32 at `at` and, with `split`, its residual `tf32(x - tf32(x))` at `at + offset`.
+#[cube]
+fn store_operand<F: Float>(
+    fragment: &mut Array<Tf32>,
+    at: usize,
+    x: F,
+    #[comptime] offset: usize,
+    #[comptime] split: bool,
+) {
+    let big = Tf32::cast_from(x);
+    fragment[at] = big;
+    if split {
+        let value = f32::cast_from(x);
+        let rounded = f32::cast_from(big[0]);
+        fragment[at + offset] = Tf32::cast_from(value - rounded);
+    }
+}
+
+/// `acc += A B` for the TF32 registers `a` (4; with `split` 8: values, then residuals) and `b`
+/// (2; with `split` 4).
+#[cube]
+fn multiply_tf32(
+    def: &MmaDefinition<tf32, tf32, f32>,
+    a: &Array<Tf32>,
+    b: &Array<Tf32>,
+    acc: &mut Array<Pair<f32>>,
+    #[comptime] split: bool,
+) {
+    if split {
+        let mut a_big = Array::<Tf32>::new(4usize);
+        let mut a_small = Array::<Tf32>::new(4usize);
+        #[unroll]
+        for i in 0..4usize {
+            a_big[i] = a[i];
+            a_small[i] = a[4 + i];
+        }
+        let mut b_big = Array::<Tf32>::new(2usize);
+        let mut b_small = Array::<Tf32>::new(2usize);
+        #[unroll]
+        for i in 0..2usize {
+            b_big[i] = b[i];
+            b_small[i] = b[2 + i];
+        }
+        def.execute_inplace(&a_small, &b_big, acc);
+        def.execute_inplace(&a_big, &b_small, acc);
+        def.execute_inplace(&a_big, &b_big, acc);
+    } else {
+        def.execute_inplace(a, b, acc);
+    }
+}
+
 /// The key (within its 8-key block) of column `column` of a score block: the two keys of each
 /// pair in the block's upper half swap places (`column ^ (column >> 2)`).
 #[cube]
@@ -46,9 +102,9 @@ pub(crate) fn key_of_column(column: usize) -> usize {
 }
 
 /// Loads the cube's own 64 rows of `tensor` as TF32 `A` registers (`head_dim / 8` blocks of
-/// four per plane: plane `p` gets rows `16 p .. 16 p + 16`), staged `staging_rows` rows at a time
-/// through `tiles` (from element 0, row stride `stride`). Every unit takes part; `registers` must
-/// hold the staging tile's share.
+/// four per plane: plane `p` gets rows `16 p .. 16 p + 16`; with `split` the residuals follow,
+/// from `head_dim / 2` on), staged `staging_rows` rows at a time through `tiles` (from element 0,
+/// row stride `stride`). Every unit takes part; `registers` must hold the staging tile's share.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_cube_rows_tf32<F: Float, N: Size>(
@@ -68,8 +124,10 @@ pub(crate) fn stage_cube_rows_tf32<F: Float, N: Size>(
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
     #[comptime] ordered: bool,
+    #[comptime] split: bool,
 ) {
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
+    let residuals = comptime!(head_dim / 2);
     let group = lane / 4;
     let quad = lane % 4;
     #[unroll]
@@ -99,10 +157,23 @@ pub(crate) fn stage_cube_rows_tf32<F: Float, N: Size>(
             #[unroll]
             for kb in 0..comptime!(head_dim / 8) {
                 let column = kb * 8 + 2 * quad;
-                fragment[4 * kb] = Tf32::cast_from(tiles[row_a + column]);
-                fragment[4 * kb + 1] = Tf32::cast_from(tiles[row_b + column]);
-                fragment[4 * kb + 2] = Tf32::cast_from(tiles[row_a + column + 1]);
-                fragment[4 * kb + 3] = Tf32::cast_from(tiles[row_b + column + 1]);
+                let at = 4 * kb;
+                store_operand::<F>(fragment, at, tiles[row_a + column], residuals, split);
+                store_operand::<F>(fragment, at + 1, tiles[row_b + column], residuals, split);
+                store_operand::<F>(
+                    fragment,
+                    at + 2,
+                    tiles[row_a + column + 1],
+                    residuals,
+                    split,
+                );
+                store_operand::<F>(
+                    fragment,
+                    at + 3,
+                    tiles[row_b + column + 1],
+                    residuals,
+                    split,
+                );
             }
         }
     }
@@ -124,10 +195,14 @@ pub(crate) fn tile_scores_tf32<F: Float>(
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
+    #[comptime] split: bool,
 ) {
     let def = tf32_definition();
     let quad = lane % 4;
     let key = key_of_column(lane / 4);
+    let residuals = comptime!(head_dim / 2);
+    let a_count = comptime!(if split { 8usize } else { 4usize });
+    let b_count = comptime!(if split { 4usize } else { 2usize });
     #[unroll]
     for nb in 0..comptime!(tile_rows / 8) {
         let mut acc = Array::<Pair<f32>>::new(2usize);
@@ -136,15 +211,18 @@ pub(crate) fn tile_scores_tf32<F: Float>(
         let row = base + (nb * 8 + key) * stride + 2 * quad;
         #[unroll]
         for kb in 0..comptime!(head_dim / 8) {
-            let mut a_block = Array::<Tf32>::new(4usize);
+            let mut a_block = Array::<Tf32>::new(a_count);
             #[unroll]
             for i in 0..4usize {
                 a_block[i] = a[4 * kb + i];
+                if split {
+                    a_block[4 + i] = a[residuals + 4 * kb + i];
+                }
             }
-            let mut b = Array::<Tf32>::new(2usize);
-            b[0] = Tf32::cast_from(tiles[row + kb * 8]);
-            b[1] = Tf32::cast_from(tiles[row + kb * 8 + 1]);
-            def.execute_inplace(&a_block, &b, &mut acc);
+            let mut b = Array::<Tf32>::new(b_count);
+            store_operand::<F>(&mut b, 0usize, tiles[row + kb * 8], 2usize, split);
+            store_operand::<F>(&mut b, 1usize, tiles[row + kb * 8 + 1], 2usize, split);
+            multiply_tf32(&def, &a_block, &b, &mut acc, split);
         }
         scores[2 * nb] = acc[0];
         scores[2 * nb + 1] = acc[1];
@@ -166,8 +244,11 @@ pub(crate) fn accumulate_weighted_rows_tf32<F: Float>(
     #[comptime] tile_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
+    #[comptime] split: bool,
 ) {
     let def = tf32_definition();
+    let a_count = comptime!(if split { 8usize } else { 4usize });
+    let b_count = comptime!(if split { 4usize } else { 2usize });
     let group = lane / 4;
     let quad = lane % 4;
     let first_key = key_of_column(2 * quad);
@@ -176,22 +257,22 @@ pub(crate) fn accumulate_weighted_rows_tf32<F: Float>(
     for kb in 0..comptime!(tile_rows / 8) {
         let w_a = weights[2 * kb];
         let w_b = weights[2 * kb + 1];
-        let mut a = Array::<Tf32>::new(4usize);
-        a[0] = Tf32::cast_from(w_a[0]);
-        a[1] = Tf32::cast_from(w_b[0]);
-        a[2] = Tf32::cast_from(w_a[1]);
-        a[3] = Tf32::cast_from(w_b[1]);
+        let mut a = Array::<Tf32>::new(a_count);
+        store_operand::<f32>(&mut a, 0usize, w_a[0], 4usize, split);
+        store_operand::<f32>(&mut a, 1usize, w_b[0], 4usize, split);
+        store_operand::<f32>(&mut a, 2usize, w_a[1], 4usize, split);
+        store_operand::<f32>(&mut a, 3usize, w_b[1], 4usize, split);
         let first = base + (kb * 8 + first_key) * stride + group;
         let second = base + (kb * 8 + second_key) * stride + group;
         #[unroll]
         for dn in 0..comptime!(head_dim / 8) {
-            let mut b = Array::<Tf32>::new(2usize);
-            b[0] = Tf32::cast_from(tiles[first + dn * 8]);
-            b[1] = Tf32::cast_from(tiles[second + dn * 8]);
+            let mut b = Array::<Tf32>::new(b_count);
+            store_operand::<F>(&mut b, 0usize, tiles[first + dn * 8], 2usize, split);
+            store_operand::<F>(&mut b, 1usize, tiles[second + dn * 8], 2usize, split);
             let mut acc = Array::<Pair<f32>>::new(2usize);
             acc[0] = out[2 * dn];
             acc[1] = out[2 * dn + 1];
-            def.execute_inplace(&a, &b, &mut acc);
+            multiply_tf32(&def, &a, &b, &mut acc, split);
             out[2 * dn] = acc[0];
             out[2 * dn + 1] = acc[1];
         }

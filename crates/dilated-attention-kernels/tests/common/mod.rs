@@ -270,6 +270,12 @@ pub fn check_forward_tf32<BB: DilatedAttentionBackend>(
     check_forward_in::<BB>(c, DType::F32, &config, bound, order, true);
 }
 
+/// `f32` forward with the default config: relative L2 of the output and (floored as in
+/// [`check_forward_tf32`]) of the LSE under `bound`, printed.
+pub fn check_forward_f32<BB: DilatedAttentionBackend>(c: &OracleCase, bound: f64) {
+    check_forward_in::<BB>(c, DType::F32, &c.config(), bound, None, true);
+}
+
 /// [`check_forward_half`] with the call's config; `lse_floor` measures the LSE's error against
 /// at least 1 per element (see [`check_forward_tf32`]).
 fn check_forward_in<BB: DilatedAttentionBackend>(
