@@ -15,7 +15,10 @@
 //!
 //! The output goes through shared memory at the end for 16-byte stores. Requirements (checked by
 //! the launcher): `f16`/`bf16`, head dim a multiple of 16 up to 128, 32-unit planes, the device's
-//! manual MMA m16n8k16 for the dtype and `ldmatrix`.
+//! manual MMA m16n8k16 for the dtype and `ldmatrix`. With `tf32` the inputs are `f32` and the
+//! products run on TF32 m16n8k8 ([`super::tf32_tiles`]; `split`: three products each, about `f32`
+//! accuracy), which needs the manual MMA m16n8k8 TF32 instead; the walk and softmax are the same.
+//! The backward kernels take the same two switches.
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;

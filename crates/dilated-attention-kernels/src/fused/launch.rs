@@ -191,8 +191,8 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
 }
 
 /// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
-/// can run: `f32` inputs (TF32 with [`DilatedAttentionConfig::allow_tf32`], else split into
-/// three TF32 products for about `f32` accuracy: [`tf32_split`]), a head dimension that is a
+/// can run: `f32` inputs (one TF32 product with [`DilatedAttentionConfig::allow_tf32`], else
+/// three for about `f32` accuracy: [`tf32_split`]), a head dimension that is a
 /// multiple of 16 up to 128, not on WGPU nor with [`KERNEL_VARIANT_ENV`] set, on a device with
 /// 32-unit planes, plane operations, manual MMA m16n8k8 TF32 into `f32` and `cp.async` (CUDA on
 /// Ampere and later); the largest of 64, 32, 16 rows up to `largest_tile` whose two stages (two
@@ -202,10 +202,8 @@ pub(crate) fn tf32_tile<R: CubeRuntime>(
     client: &ComputeClient<R>,
     dtype: DType,
     head_dim: usize,
-    config: &DilatedAttentionConfig,
     largest_tile: usize,
 ) -> Option<usize> {
-    let _ = config;
     if dtype != DType::F32
         || std::env::var(KERNEL_VARIANT_ENV).is_ok()
         || R::name(client).starts_with("wgpu")
@@ -482,7 +480,7 @@ pub(crate) fn forward<R: CubeRuntime>(
     let lse = call.empty_rows_f32();
     let has_padding = padding.is_some();
     let padding = padding.unwrap_or_else(|| query.clone());
-    if let Some(key_tile) = tf32_tile(&call.client, call.dtype, call.shape.head_dim, config, 64) {
+    if let Some(key_tile) = tf32_tile(&call.client, call.dtype, call.shape.head_dim, 64) {
         let [query, key, value] = [query, key, value].map(unit_last_stride);
         let width = load_width(
             &call.client,
@@ -688,8 +686,8 @@ pub(crate) fn backward<R: CubeRuntime>(
     // On TF32: the register-resident kernels with the forward's tiles for dQ and query tiles of
     // up to 32 for dK/dV (as below).
     if let (Some(key_tile), Some(query_tile)) = (
-        tf32_tile(&call.client, call.dtype, head_dim, config, 64),
-        tf32_tile(&call.client, call.dtype, head_dim, config, 32),
+        tf32_tile(&call.client, call.dtype, head_dim, 64),
+        tf32_tile(&call.client, call.dtype, head_dim, 32),
     ) {
         let [query, key, value, grad_output] =
             [query, key, value, grad_output].map(unit_last_stride);
