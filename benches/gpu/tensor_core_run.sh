@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|tf32|tf32bench|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|tf32|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -181,6 +181,16 @@ tf32bench)
   K="$OUT/tf32_pytorch.jsonl"; : > "$K"
   timeout 150 python3 benches/pytorch/dilated_baseline.py --seqs 8192,32768,131072 --dtypes float32 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 >> "$K" 2>&1
   grep -c '^{' "$K"
+  ;;
+f32options)
+  echo "== f32 (3xTF32) and tf32: the compiler options by default against --ftz only (no 4-blocks register cap), alternating processes"
+  J="$OUT/f32_options.jsonl"; : > "$J"
+  for i in 1 2; do
+    for SET in DILATED_ATTENTION_NVRTC=ftz,blocks4 DILATED_ATTENTION_NVRTC=ftz; do
+      env $SET timeout 100 $B --seqs 32768,131072 --dtypes f32,tf32 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed "s/^{/{\"binary\":\"$SET\",\"round\":$i,/" >> "$J"
+    done
+  done
+  grep -c '^{' "$J"
   ;;
 sass)
   echo "== the register-resident forward's machine code: instruction mix and per-instruction counts (head-grouped 32K bf16)"

@@ -9,7 +9,9 @@
 //! - `ftz`: `--ftz=true` (the exponential without its denormal handling);
 //! - `blocks4`: at least 4 resident cubes per SM in the kernel's launch bounds, which caps the
 //!   128-unit cubes at 128 registers (NVRTC's `--maxrregcount` does not reach the PTX that the
-//!   driver compiles).
+//!   driver compiles). Not for the `f32` (TF32) kernels, whose operands take twice the registers
+//!   (three times with a residual): capped, their forward+backward took 1.4-1.7x as long on an
+//!   H100 (`docs/results/tf32-h100.md`).
 //!
 //! Only our kernels get them: every other kernel (Burn's) compiles as before.
 
@@ -36,16 +38,18 @@ const OUR_KERNELS: [&str; 3] = [
     "dilated_flash_backward_key_value_mma",
 ];
 
-/// What the kernel named `name` gets from `setting` (the variable's value).
+/// What the kernel named `name` gets from `setting` (the variable's value). CubeCL names an
+/// entry point after the kernel and its generics: `dilated_flash_forward_mma_f_bf16_n_8`.
 pub(crate) fn options_for(name: &str, setting: &str) -> KernelCompileOptions {
     let mut options = KernelCompileOptions::default();
     if !OUR_KERNELS.iter().any(|prefix| name.starts_with(prefix)) {
         return options;
     }
+    let tf32 = name.contains("_f_f32");
     for item in setting.split(',') {
         match item.trim() {
             "ftz" => options.nvrtc.push("--ftz=true".to_string()),
-            "blocks4" => options.min_blocks_per_sm = Some(4),
+            "blocks4" if !tf32 => options.min_blocks_per_sm = Some(4),
             _ => {}
         }
     }
@@ -81,6 +85,12 @@ mod tests {
         let both = options_for("dilated_flash_forward_mma_f_bf16_n_8", DEFAULT_SETTING);
         assert_eq!(both.nvrtc, ["--ftz=true"]);
         assert_eq!(both.min_blocks_per_sm, Some(4));
+        let tf32 = options_for(
+            "dilated_flash_backward_key_value_mma_f_f32_n_4",
+            DEFAULT_SETTING,
+        );
+        assert_eq!(tf32.nvrtc, ["--ftz=true"]);
+        assert_eq!(tf32.min_blocks_per_sm, None);
         let blocks = options_for("dilated_flash_backward_query_mma_f_f16_n_8", "blocks4");
         assert!(blocks.nvrtc.is_empty());
         assert_eq!(blocks.min_blocks_per_sm, Some(4));

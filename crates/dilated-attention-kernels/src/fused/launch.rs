@@ -192,8 +192,8 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
 
 /// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
 /// can run: `f32` inputs (one TF32 product with [`DilatedAttentionConfig::allow_tf32`], else
-/// three for about `f32` accuracy: [`tf32_split`]), a head dimension that is a
-/// multiple of 16 up to 128, not on WGPU nor with [`KERNEL_VARIANT_ENV`] set, on a device with
+/// three for about `f32` accuracy: [`tf32_split`]), a head dimension that is a multiple of 16 up
+/// to 128, not on WGPU nor with [`KERNEL_VARIANT_ENV`] `portable` or `cmma`, on a device with
 /// 32-unit planes, plane operations, manual MMA m16n8k8 TF32 into `f32` and `cp.async` (CUDA on
 /// Ampere and later); the largest of 64, 32, 16 rows up to `largest_tile` whose two stages (two
 /// row tiles in `f32` and three `f32` values per row: the key bias or the queries' `-LSE` and
@@ -205,7 +205,7 @@ pub(crate) fn tf32_tile<R: CubeRuntime>(
     largest_tile: usize,
 ) -> Option<usize> {
     if dtype != DType::F32
-        || std::env::var(KERNEL_VARIANT_ENV).is_ok()
+        || std::env::var(KERNEL_VARIANT_ENV).is_ok_and(|v| v == "portable" || v == "cmma")
         || R::name(client).starts_with("wgpu")
         || !head_dim.is_multiple_of(16)
         || head_dim > 128
@@ -456,6 +456,154 @@ impl<R: CubeRuntime> Call<R> {
     }
 }
 
+/// The products of a register-resident launch: `f16`/`bf16` on m16n8k16, or `f32` on TF32
+/// (`split`: three TF32 products each).
+#[derive(Debug, Clone, Copy)]
+struct MmaInputs {
+    tf32: bool,
+    split: bool,
+}
+
+impl MmaInputs {
+    const HALVES: Self = Self {
+        tf32: false,
+        split: false,
+    };
+
+    /// `f32` on TF32, split unless the config allows plain TF32.
+    fn tf32(config: &DilatedAttentionConfig) -> Self {
+        Self {
+            tf32: true,
+            split: tf32_split(config),
+        }
+    }
+}
+
+impl<R: CubeRuntime> Call<R> {
+    /// Launches the register-resident forward into `output` and `lse`.
+    ///
+    /// # Safety
+    /// The device has what `inputs` needs (checked by [`mma_forward_tile`] for halves, by
+    /// [`tf32_tile`] for TF32) and `width` is a [`load_width`] of the tensors of at least 2
+    /// values for halves.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_forward_mma(
+        &self,
+        [query, key, value]: [CubeTensor<R>; 3],
+        padding: CubeTensor<R>,
+        [output, lse]: [&CubeTensor<R>; 2],
+        width: usize,
+        key_tile: usize,
+        config: &DilatedAttentionConfig,
+        has_padding: bool,
+        inputs: MmaInputs,
+    ) {
+        // SAFETY: the caller's contract; the cube has 4 planes of 32 units and every index the
+        // kernel forms is bounded by the tensors' shapes and the plan's table.
+        unsafe {
+            dilated_flash_forward_mma::launch_unchecked::<R>(
+                &self.client,
+                self.cube_count(),
+                CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                self.table(),
+                self.order(),
+                output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                self.scale,
+                f32::NEG_INFINITY,
+                key_tile,
+                self.shape.head_dim,
+                config.causal,
+                has_padding,
+                self.ordered(),
+                inputs.tf32,
+                inputs.split,
+                self.dtype.into(),
+            )
+        }
+    }
+
+    /// Launches the register-resident `dQ` (key tiles of `tiles[0]`) and `dK`/`dV` (query tiles
+    /// of `tiles[1]`) kernels into `grads`.
+    ///
+    /// # Safety
+    /// As [`Self::launch_forward_mma`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn launch_backward_mma(
+        &self,
+        [query, key, value, grad_output]: [CubeTensor<R>; 4],
+        padding: CubeTensor<R>,
+        [lse, delta]: [&CubeTensor<R>; 2],
+        [grad_query, grad_key, grad_value]: [&CubeTensor<R>; 3],
+        width: usize,
+        [key_tile, query_tile]: [usize; 2],
+        config: &DilatedAttentionConfig,
+        has_padding: bool,
+        inputs: MmaInputs,
+    ) {
+        let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
+        // SAFETY: as in `launch_forward_mma`.
+        unsafe {
+            dilated_flash_backward_query_mma::launch_unchecked::<R>(
+                &self.client,
+                self.cube_count(),
+                cube_dim,
+                width,
+                query.clone().into_tensor_arg(),
+                key.clone().into_tensor_arg(),
+                value.clone().into_tensor_arg(),
+                padding.clone().into_tensor_arg(),
+                grad_output.clone().into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                delta.clone().into_tensor_arg(),
+                self.table(),
+                self.order(),
+                grad_query.clone().into_tensor_arg(),
+                self.scale,
+                key_tile,
+                self.shape.head_dim,
+                config.causal,
+                has_padding,
+                self.ordered(),
+                inputs.tf32,
+                inputs.split,
+                self.dtype.into(),
+            );
+            dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
+                &self.client,
+                self.cube_count(),
+                cube_dim,
+                width,
+                query.into_tensor_arg(),
+                key.into_tensor_arg(),
+                value.into_tensor_arg(),
+                padding.into_tensor_arg(),
+                grad_output.into_tensor_arg(),
+                lse.clone().into_tensor_arg(),
+                delta.clone().into_tensor_arg(),
+                self.table(),
+                self.order(),
+                grad_key.clone().into_tensor_arg(),
+                grad_value.clone().into_tensor_arg(),
+                self.scale,
+                query_tile,
+                self.shape.head_dim,
+                config.causal,
+                has_padding,
+                self.ordered(),
+                inputs.tf32,
+                inputs.split,
+                self.dtype.into(),
+            );
+        }
+    }
+}
+
 /// The fused forward: returns the output `[b, n, h, d]` in the inputs' dtype and the LSE
 /// `[b, n, h]` in `f32`.
 ///
@@ -488,32 +636,18 @@ pub(crate) fn forward<R: CubeRuntime>(
             call.shape.head_dim,
             4,
         );
-        // SAFETY: as below; `tf32_forward_tile` checked the plane size and operations, the
+        // SAFETY: `tf32_tile` checked the plane size and operations, the
         // manual MMA m16n8k8 TF32 and `cp.async`; the cube has 4 planes of 32 units.
         unsafe {
-            dilated_flash_forward_mma::launch_unchecked::<R>(
-                &call.client,
-                call.cube_count(),
-                CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+            call.launch_forward_mma(
+                [query, key, value],
+                padding,
+                [&output, &lse],
                 width,
-                query.into_tensor_arg(),
-                key.into_tensor_arg(),
-                value.into_tensor_arg(),
-                padding.into_tensor_arg(),
-                call.table(),
-                call.order(),
-                output.clone().into_tensor_arg(),
-                lse.clone().into_tensor_arg(),
-                call.scale,
-                f32::NEG_INFINITY,
                 key_tile,
-                call.shape.head_dim,
-                config.causal,
+                config,
                 has_padding,
-                call.ordered(),
-                true,
-                tf32_split(config),
-                call.dtype.into(),
+                MmaInputs::tf32(config),
             )
         };
         return Ok((output, lse));
@@ -536,29 +670,15 @@ pub(crate) fn forward<R: CubeRuntime>(
             // SAFETY: as below; `mma_forward_tile` checked the manual MMA, `ldmatrix` and
             // `cp.async`.
             unsafe {
-                dilated_flash_forward_mma::launch_unchecked::<R>(
-                    &call.client,
-                    call.cube_count(),
-                    CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
+                call.launch_forward_mma(
+                    [query, key, value],
+                    padding,
+                    [&output, &lse],
                     width,
-                    query.into_tensor_arg(),
-                    key.into_tensor_arg(),
-                    value.into_tensor_arg(),
-                    padding.into_tensor_arg(),
-                    call.table(),
-                    call.order(),
-                    output.clone().into_tensor_arg(),
-                    lse.clone().into_tensor_arg(),
-                    call.scale,
-                    f32::NEG_INFINITY,
                     mma_tile,
-                    call.shape.head_dim,
-                    config.causal,
+                    config,
                     has_padding,
-                    call.ordered(),
-                    false,
-                    false,
-                    call.dtype.into(),
+                    MmaInputs::HALVES,
                 )
             };
             return Ok((output, lse));
@@ -707,58 +827,18 @@ pub(crate) fn backward<R: CubeRuntime>(
         );
         // SAFETY: as in `forward`'s TF32 launch.
         unsafe {
-            dilated_flash_backward_query_mma::launch_unchecked::<R>(
-                &call.client,
-                call.cube_count(),
-                cube_dim,
+            call.launch_backward_mma(
+                [query, key, value, grad_output],
+                padding,
+                [&lse, &delta],
+                [&grad_query, &grad_key, &grad_value],
                 width,
-                query.clone().into_tensor_arg(),
-                key.clone().into_tensor_arg(),
-                value.clone().into_tensor_arg(),
-                padding.clone().into_tensor_arg(),
-                grad_output.clone().into_tensor_arg(),
-                lse.clone().into_tensor_arg(),
-                delta.clone().into_tensor_arg(),
-                call.table(),
-                call.order(),
-                grad_query.clone().into_tensor_arg(),
-                call.scale,
-                key_tile,
-                head_dim,
-                config.causal,
+                [key_tile, query_tile],
+                config,
                 has_padding,
-                call.ordered(),
-                true,
-                tf32_split(config),
-                call.dtype.into(),
-            );
-            dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
-                &call.client,
-                call.cube_count(),
-                cube_dim,
-                width,
-                query.into_tensor_arg(),
-                key.into_tensor_arg(),
-                value.into_tensor_arg(),
-                padding.into_tensor_arg(),
-                grad_output.into_tensor_arg(),
-                lse.into_tensor_arg(),
-                delta.into_tensor_arg(),
-                call.table(),
-                call.order(),
-                grad_key.clone().into_tensor_arg(),
-                grad_value.clone().into_tensor_arg(),
-                call.scale,
-                query_tile,
-                head_dim,
-                config.causal,
-                has_padding,
-                call.ordered(),
-                true,
-                tf32_split(config),
-                call.dtype.into(),
-            );
-        }
+                MmaInputs::tf32(config),
+            )
+        };
         return Ok([grad_query, grad_key, grad_value]);
     }
     let query_variant = kernel_variant(&call.client, call.dtype, head_dim, 1, 64);
@@ -792,58 +872,18 @@ pub(crate) fn backward<R: CubeRuntime>(
             // SAFETY: as in `forward`'s register-resident launch. The key/value kernel walks
             // query tiles of 32 (two stages fit every head dim up to 128).
             unsafe {
-                dilated_flash_backward_query_mma::launch_unchecked::<R>(
-                    &call.client,
-                    call.cube_count(),
-                    cube_dim,
+                call.launch_backward_mma(
+                    [query, key, value, grad_output],
+                    padding,
+                    [&lse, &delta],
+                    [&grad_query, &grad_key, &grad_value],
                     width,
-                    query.clone().into_tensor_arg(),
-                    key.clone().into_tensor_arg(),
-                    value.clone().into_tensor_arg(),
-                    padding.clone().into_tensor_arg(),
-                    grad_output.clone().into_tensor_arg(),
-                    lse.clone().into_tensor_arg(),
-                    delta.clone().into_tensor_arg(),
-                    call.table(),
-                    call.order(),
-                    grad_query.clone().into_tensor_arg(),
-                    call.scale,
-                    key_tile,
-                    head_dim,
-                    config.causal,
+                    [key_tile, 32],
+                    config,
                     has_padding,
-                    call.ordered(),
-                    false,
-                    false,
-                    call.dtype.into(),
-                );
-                dilated_flash_backward_key_value_mma::launch_unchecked::<R>(
-                    &call.client,
-                    call.cube_count(),
-                    cube_dim,
-                    width,
-                    query.into_tensor_arg(),
-                    key.into_tensor_arg(),
-                    value.into_tensor_arg(),
-                    padding.into_tensor_arg(),
-                    grad_output.into_tensor_arg(),
-                    lse.into_tensor_arg(),
-                    delta.into_tensor_arg(),
-                    call.table(),
-                    call.order(),
-                    grad_key.clone().into_tensor_arg(),
-                    grad_value.clone().into_tensor_arg(),
-                    call.scale,
-                    32,
-                    head_dim,
-                    config.causal,
-                    has_padding,
-                    call.ordered(),
-                    false,
-                    false,
-                    call.dtype.into(),
-                );
-            }
+                    MmaInputs::HALVES,
+                )
+            };
             return Ok([grad_query, grad_key, grad_value]);
         }
         // SAFETY: as in `forward`'s tensor-core launch.

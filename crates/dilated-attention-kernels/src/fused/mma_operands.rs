@@ -9,11 +9,13 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::mma_tiles::{Pair, accumulate_weighted_rows, stage_cube_rows_mma, tile_scores};
+use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use super::mma_tiles::{Pair, accumulate_weighted_rows, load_plane_rows_mma, tile_scores};
 use super::rows::RowBlock;
 use super::tf32_tiles::{
-    Tf32, accumulate_weighted_rows_tf32, stage_cube_rows_tf32, tile_scores_tf32,
+    Tf32, accumulate_weighted_rows_tf32, load_plane_rows_tf32, tile_scores_tf32,
 };
+use super::tiles::stage_cube_chunk;
 
 /// A plane's 16 rows as the `A` operand of its products, held for a whole walk: `ldmatrix`
 /// registers for `f16`/`bf16`, TF32 registers on TF32 (with `split`: the rounded values, then
@@ -24,8 +26,9 @@ pub(crate) struct PlaneRows<F: Float> {
     pub tf32: Array<Tf32>,
 }
 
-/// Loads the cube's own 64 rows of `tensor` as each plane's [`PlaneRows`] (see
-/// [`stage_cube_rows_mma`]; every unit takes part, `registers` holds the staging tile's share).
+/// Loads the cube's own 64 rows of `tensor` as each plane's [`PlaneRows`] (plane `p` gets rows
+/// `16 p .. 16 p + 16`), staged `staging_rows` rows at a time through `tiles` (from element 0,
+/// row stride `stride`). Every unit takes part; `registers` must hold the staging tile's share.
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_plane_rows<F: Float, N: Size>(
@@ -50,11 +53,12 @@ pub(crate) fn stage_plane_rows<F: Float, N: Size>(
     let mut halves = Array::<Pair<F>>::new(comptime!(if tf32 { 1 } else { head_dim / 16 * 4 }));
     let tf32_count = comptime!(if split { head_dim } else { head_dim / 2 });
     let mut tf32_regs = Array::<Tf32>::new(comptime!(if tf32 { tf32_count } else { 1 }));
-    if tf32 {
-        stage_cube_rows_tf32(
+    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
+    #[unroll]
+    for chunk in 0..chunks {
+        stage_cube_chunk(
             tensor,
             order,
-            &mut tf32_regs,
             registers,
             tiles,
             rows,
@@ -62,34 +66,33 @@ pub(crate) fn stage_plane_rows<F: Float, N: Size>(
             batch,
             head,
             unit,
-            lane,
-            plane,
-            staging_rows,
-            head_dim,
-            stride,
-            ordered,
-            split,
-        );
-    } else {
-        stage_cube_rows_mma(
-            tensor,
-            order,
-            &mut halves,
-            registers,
-            tiles,
-            rows,
-            cube_row_count,
-            batch,
-            head,
-            unit,
-            lane,
-            plane,
+            chunk,
+            TENSOR_CORE_UNITS,
             staging_rows,
             head_dim,
             stride,
             ordered,
         );
+        let first_plane = comptime!(chunk * staging_rows / 16);
+        let last_plane = comptime!((chunk + 1) * staging_rows / 16);
+        if plane >= first_plane && plane < last_plane {
+            let first_row = plane * 16 - chunk * staging_rows;
+            if tf32 {
+                load_plane_rows_tf32(
+                    tiles,
+                    &mut tf32_regs,
+                    first_row,
+                    lane,
+                    head_dim,
+                    stride,
+                    split,
+                );
+            } else {
+                load_plane_rows_mma(tiles, &mut halves, first_row, lane, head_dim, stride);
+            }
+        }
     }
+    sync_cube();
     PlaneRows::<F> {
         halves,
         tf32: tf32_regs,

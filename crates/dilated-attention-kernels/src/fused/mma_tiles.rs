@@ -18,7 +18,6 @@ use super::forward_tensor_core::KEY_MASKED;
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::rows::{RowBlock, memory_row};
 use super::tile_walk::KeyTile;
-use super::tiles::stage_cube_chunk;
 
 /// Two values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
 pub(crate) type Pair<E> = Vector<E, Const<2>>;
@@ -40,73 +39,30 @@ pub(crate) fn zero_pairs(#[comptime] count: usize) -> Array<Pair<f32>> {
     pairs
 }
 
-/// Loads the cube's own 64 rows of `tensor` into `A` registers (`head_dim / 16` blocks of four
-/// pairs per plane: plane `p` gets rows `16 p .. 16 p + 16`), staged `staging_rows` rows at a time
-/// through `tiles` (from element 0, row stride `stride`). Every unit takes part; `registers` must
-/// hold the staging tile's share.
+/// Loads a plane's 16 rows, rows `first_row ..` of the staged tile in `tiles` (row stride
+/// `stride`), into `A` registers by `ldmatrix`: `head_dim / 16` blocks of four pairs.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn stage_cube_rows_mma<F: Float, N: Size>(
-    tensor: &Tensor<Vector<F, N>>,
-    order: &Array<u32>,
+pub(crate) fn load_plane_rows_mma<F: Float>(
+    tiles: &SharedMemory<F>,
     fragment: &mut Array<Pair<F>>,
-    registers: &mut Array<Vector<F, N>>,
-    tiles: &mut SharedMemory<F>,
-    rows: &RowBlock,
-    cube_row_count: usize,
-    batch: usize,
-    head: usize,
-    unit: usize,
+    first_row: usize,
     lane: usize,
-    plane: usize,
-    #[comptime] staging_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
-    #[comptime] ordered: bool,
 ) {
     let def = mma_definition::<F>();
-    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
+    // Matrix `j = lane / 8`: rows `8 (j % 2) ..`, columns `8 (j / 2) ..` of the block.
+    let row = first_row + lane % 8 + 8 * ((lane / 8) % 2);
     #[unroll]
-    for chunk in 0..chunks {
-        stage_cube_chunk(
-            tensor,
-            order,
-            registers,
-            tiles,
-            rows,
-            cube_row_count,
-            batch,
-            head,
-            unit,
-            chunk,
-            TENSOR_CORE_UNITS,
-            staging_rows,
-            head_dim,
-            stride,
-            ordered,
-        );
-        let first_plane = comptime!(chunk * staging_rows / 16);
-        let last_plane = comptime!((chunk + 1) * staging_rows / 16);
-        if plane >= first_plane && plane < last_plane {
-            // Matrix `j = lane / 8`: rows `8 (j % 2) ..`, columns `8 (j / 2) ..` of the block.
-            let row = plane * 16 - chunk * staging_rows + lane % 8 + 8 * ((lane / 8) % 2);
-            #[unroll]
-            for kb in 0..comptime!(head_dim / 16) {
-                let at = row * stride + kb * 16 + 8 * (lane / 16);
-                let regs = def.load_matrix::<F, Const<2>>(
-                    &tiles.slice(at, at + 8),
-                    MatrixIdent::A,
-                    4usize,
-                    false,
-                );
-                #[unroll]
-                for i in 0..4usize {
-                    fragment[kb * 4 + i] = regs[i];
-                }
-            }
+    for kb in 0..comptime!(head_dim / 16) {
+        let at = row * stride + kb * 16 + 8 * (lane / 16);
+        let regs =
+            def.load_matrix::<F, Const<2>>(&tiles.slice(at, at + 8), MatrixIdent::A, 4usize, false);
+        #[unroll]
+        for i in 0..4usize {
+            fragment[kb * 4 + i] = regs[i];
         }
     }
-    sync_cube();
 }
 
 /// `scores = A B^T` for one plane: `a` holds the plane's 16 rows (`head_dim / 16` blocks of four

@@ -29,10 +29,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::cmma::MmaDefinition;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::mma_tiles::Pair;
-use super::rows::RowBlock;
-use super::tiles::stage_cube_chunk;
 
 /// One TF32 operand register.
 pub(crate) type Tf32 = Vector<tf32, Const<1>>;
@@ -101,83 +98,43 @@ pub(crate) fn key_of_column(column: usize) -> usize {
     column ^ (column >> 2)
 }
 
-/// Loads the cube's own 64 rows of `tensor` as TF32 `A` registers (`head_dim / 8` blocks of
-/// four per plane: plane `p` gets rows `16 p .. 16 p + 16`; with `split` the residuals follow,
-/// from `head_dim / 2` on), staged `staging_rows` rows at a time through `tiles` (from element 0,
-/// row stride `stride`). Every unit takes part; `registers` must hold the staging tile's share.
+/// Loads a plane's 16 rows, rows `first_row ..` of the staged tile in `tiles` (row stride
+/// `stride`), as TF32 `A` registers: `head_dim / 8` blocks of four; with `split` the residuals
+/// follow, from `head_dim / 2` on.
 #[cube]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn stage_cube_rows_tf32<F: Float, N: Size>(
-    tensor: &Tensor<Vector<F, N>>,
-    order: &Array<u32>,
+pub(crate) fn load_plane_rows_tf32<F: Float>(
+    tiles: &SharedMemory<F>,
     fragment: &mut Array<Tf32>,
-    registers: &mut Array<Vector<F, N>>,
-    tiles: &mut SharedMemory<F>,
-    rows: &RowBlock,
-    cube_row_count: usize,
-    batch: usize,
-    head: usize,
-    unit: usize,
+    first_row: usize,
     lane: usize,
-    plane: usize,
-    #[comptime] staging_rows: usize,
     #[comptime] head_dim: usize,
     #[comptime] stride: usize,
-    #[comptime] ordered: bool,
     #[comptime] split: bool,
 ) {
-    let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
     let residuals = comptime!(head_dim / 2);
-    let group = lane / 4;
-    let quad = lane % 4;
+    let row_a = (first_row + lane / 4) * stride;
+    let row_b = row_a + 8 * stride;
     #[unroll]
-    for chunk in 0..chunks {
-        stage_cube_chunk(
-            tensor,
-            order,
-            registers,
-            tiles,
-            rows,
-            cube_row_count,
-            batch,
-            head,
-            unit,
-            chunk,
-            TENSOR_CORE_UNITS,
-            staging_rows,
-            head_dim,
-            stride,
-            ordered,
+    for kb in 0..comptime!(head_dim / 8) {
+        let column = kb * 8 + 2 * (lane % 4);
+        let at = 4 * kb;
+        store_operand::<F>(fragment, at, tiles[row_a + column], residuals, split);
+        store_operand::<F>(fragment, at + 1, tiles[row_b + column], residuals, split);
+        store_operand::<F>(
+            fragment,
+            at + 2,
+            tiles[row_a + column + 1],
+            residuals,
+            split,
         );
-        let first_plane = comptime!(chunk * staging_rows / 16);
-        let last_plane = comptime!((chunk + 1) * staging_rows / 16);
-        if plane >= first_plane && plane < last_plane {
-            let row_a = (plane * 16 - chunk * staging_rows + group) * stride;
-            let row_b = row_a + 8 * stride;
-            #[unroll]
-            for kb in 0..comptime!(head_dim / 8) {
-                let column = kb * 8 + 2 * quad;
-                let at = 4 * kb;
-                store_operand::<F>(fragment, at, tiles[row_a + column], residuals, split);
-                store_operand::<F>(fragment, at + 1, tiles[row_b + column], residuals, split);
-                store_operand::<F>(
-                    fragment,
-                    at + 2,
-                    tiles[row_a + column + 1],
-                    residuals,
-                    split,
-                );
-                store_operand::<F>(
-                    fragment,
-                    at + 3,
-                    tiles[row_b + column + 1],
-                    residuals,
-                    split,
-                );
-            }
-        }
+        store_operand::<F>(
+            fragment,
+            at + 3,
+            tiles[row_b + column + 1],
+            residuals,
+            split,
+        );
     }
-    sync_cube();
 }
 
 /// `scores = A B^T` for one plane on TF32: `a` holds the plane's 16 rows

@@ -213,8 +213,8 @@ where
     }
 }
 
-/// `||got - want|| / ||want||` over all elements (both converted to f32).
-pub fn relative_l2(got: TensorData, want: TensorData) -> f64 {
+/// `(||got - want||, ||want||, element count)` over all elements (both converted to f32).
+fn l2_parts(got: TensorData, want: TensorData) -> (f64, f64, usize) {
     let g = got.convert::<f32>().to_vec::<f32>().unwrap();
     let w = want.convert::<f32>().to_vec::<f32>().unwrap();
     assert_eq!(g.len(), w.len(), "element counts differ");
@@ -225,24 +225,20 @@ pub fn relative_l2(got: TensorData, want: TensorData) -> f64 {
         .sum::<f64>()
         .sqrt();
     let norm: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    (err, norm, w.len())
+}
+
+/// `||got - want|| / ||want||` over all elements (both converted to f32).
+pub fn relative_l2(got: TensorData, want: TensorData) -> f64 {
+    let (err, norm, _) = l2_parts(got, want);
     err / norm.max(1e-30)
 }
 
 /// `||got - want|| / max(||want||, sqrt(len))`: a relative L2 error that counts every element's
 /// reference as at least 1 in size.
 pub fn l2_error_floored(got: TensorData, want: TensorData) -> f64 {
-    let len = want.num_elements() as f64;
-    let w = want.convert::<f32>().to_vec::<f32>().unwrap();
-    let g = got.convert::<f32>().to_vec::<f32>().unwrap();
-    assert_eq!(g.len(), w.len(), "element counts differ");
-    let err: f64 = g
-        .iter()
-        .zip(&w)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let size: f64 = w.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
-    err / size.max(len.sqrt())
+    let (err, norm, len) = l2_parts(got, want);
+    err / norm.max((len as f64).sqrt())
 }
 
 /// Forward in half precision (`dtype` F16 or BF16) against the f32 oracle on the same rounded
