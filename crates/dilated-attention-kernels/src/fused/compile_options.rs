@@ -10,7 +10,7 @@
 //! - `blocks4`: at least 4 resident cubes per SM in the kernel's launch bounds, which caps the
 //!   128-unit cubes at 128 registers (NVRTC's `--maxrregcount` does not reach the PTX that the
 //!   driver compiles). Not for the `f32` (TF32) kernels, whose operands take twice the registers
-//!   (three times with a residual): capped, their forward+backward took 1.4-1.7x as long on an
+//!   (three times with a residual): capped, their forward+backward took 1.3-1.7x as long on an
 //!   H100 (`docs/results/tf32-h100.md`).
 //!
 //! Only our kernels get them: every other kernel (Burn's) compiles as before.
