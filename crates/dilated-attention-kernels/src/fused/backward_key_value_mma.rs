@@ -20,12 +20,13 @@ use burn_cubecl::cubecl::prelude::*;
 use super::forward_mma::{enter_pair, mma_row};
 use super::forward_tensor_core::{KEY_MASKED, KEY_PAD};
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::mma_operands::{column_pair, plane_accumulate, plane_scores, stage_plane_rows};
+use super::mma_operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use super::mma_tiles::{
     Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
     store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
 use super::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
+use super::tf32_tiles::column_pair;
 use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
 use super::tiles::MASKED;
 

@@ -192,7 +192,7 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
 
 /// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
 /// can run: `f32` inputs (one TF32 product with [`DilatedAttentionConfig::allow_tf32`], else
-/// three for about `f32` accuracy: [`tf32_split`]), a head dimension that is a multiple of 16 up
+/// three for about `f32` accuracy), a head dimension that is a multiple of 16 up
 /// to 128, not on WGPU nor with [`KERNEL_VARIANT_ENV`] `portable` or `cmma`, on a device with
 /// 32-unit planes, plane operations, manual MMA m16n8k8 TF32 into `f32` and `cp.async` (CUDA on
 /// Ampere and later); the largest of 64, 32, 16 rows up to `largest_tile` whose two stages (two
@@ -238,16 +238,10 @@ pub(crate) fn tf32_tile<R: CubeRuntime>(
     })
 }
 
-/// Whether the TF32 kernels split each product into three (about `f32` accuracy): unless the
-/// config allows plain TF32.
-pub(crate) fn tf32_split(config: &DilatedAttentionConfig) -> bool {
-    !config.allow_tf32
-}
-
-/// Values per global load of the tensor-core kernel (values of `elem_size` bytes): the widest
-/// of 8, 4, 2 that the device's loads take, that spans at most 16 bytes (a `cp.async`), that
-/// divides the head dimension and every stride but the contiguous last one, and that the
-/// buffers' offsets are aligned to; 1 otherwise.
+/// Values per global load of the tensor-core kernel (values of `elem_size` bytes, the dtype's):
+/// the widest of 8, 4, 2 that the device's loads take, that spans at most 16 bytes (a
+/// `cp.async`), that divides the head dimension and every stride but the contiguous last one,
+/// and that the buffers' offsets are aligned to; 1 otherwise.
 fn load_width<R: CubeRuntime>(
     client: &ComputeClient<R>,
     tensors: &[&CubeTensor<R>],
@@ -470,11 +464,11 @@ impl MmaInputs {
         split: false,
     };
 
-    /// `f32` on TF32, split unless the config allows plain TF32.
+    /// `f32` on TF32, split (about `f32` accuracy) unless the config allows plain TF32.
     fn tf32(config: &DilatedAttentionConfig) -> Self {
         Self {
             tf32: true,
-            split: tf32_split(config),
+            split: !config.allow_tf32,
         }
     }
 }
@@ -634,7 +628,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             &call.client,
             &[&query, &key, &value, &output],
             call.shape.head_dim,
-            4,
+            call.dtype.size(),
         );
         // SAFETY: `tf32_tile` checked the plane size and operations, the
         // manual MMA m16n8k8 TF32 and `cp.async`; the cube has 4 planes of 32 units.
@@ -661,7 +655,7 @@ pub(crate) fn forward<R: CubeRuntime>(
             &call.client,
             &[&query, &key, &value, &output],
             call.shape.head_dim,
-            2,
+            call.dtype.size(),
         );
         // `cp.async` copies 4, 8 or 16 bytes: two values at least.
         if let Some(mma_tile) =
@@ -823,7 +817,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 &grad_value,
             ],
             head_dim,
-            4,
+            call.dtype.size(),
         );
         // SAFETY: as in `forward`'s TF32 launch.
         unsafe {
@@ -864,7 +858,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 &grad_value,
             ],
             head_dim,
-            2,
+            call.dtype.size(),
         );
         if let Some(key_tile) =
             mma_forward_tile(&call.client, call.dtype, head_dim).filter(|_| width >= 2)

@@ -4,7 +4,8 @@
 //! about `f32` accuracy). Both give scores and accumulators in the same register layout;
 //! on TF32 each 8-column block of scores holds its keys in
 //! [`super::tf32_tiles::key_of_column`] order, which [`super::mma_tiles::mask_scores`] (with
-//! `pairs_swapped`) and per-column values read by column (see [`column_pair`]) follow.
+//! `pairs_swapped`) and per-column values read by column
+//! ([`super::tf32_tiles::column_pair`]) follow.
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
@@ -148,29 +149,4 @@ pub(crate) fn plane_accumulate<F: Float>(
     } else {
         accumulate_weighted_rows(weights, tiles, base, lane, out, tile_rows, head_dim, stride);
     }
-}
-
-/// The per-column values of this unit's score pair in block `block` (columns `8 block + 2 quad`
-/// and the next, from `values` at `base`), in the order the pair holds its keys: swapped on TF32
-/// in the block's upper half.
-#[cube]
-pub(crate) fn column_pair(
-    values: &SharedMemory<f32>,
-    base: usize,
-    block: usize,
-    quad: usize,
-    #[comptime] tf32: bool,
-) -> Pair<f32> {
-    let col = base + block * 8 + 2 * quad;
-    let pair = values
-        .slice(col, col + 2)
-        .into_vectorized()
-        .with_vector_size::<Const<2>>()[0];
-    let mut ordered = pair;
-    if tf32 {
-        let flip = quad >= 2;
-        ordered[0] = select(flip, pair[1], pair[0]);
-        ordered[1] = select(flip, pair[0], pair[1]);
-    }
-    ordered
 }

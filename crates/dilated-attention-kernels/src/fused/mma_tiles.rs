@@ -17,6 +17,7 @@ use burn_cubecl::cubecl::prelude::*;
 use super::forward_tensor_core::KEY_MASKED;
 use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use super::rows::{RowBlock, memory_row};
+use super::tf32_tiles::{column_pair, key_of_column};
 use super::tile_walk::KeyTile;
 
 /// Two values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
@@ -543,11 +544,6 @@ pub(crate) fn mask_scores(
     #[comptime] pairs_swapped: bool,
 ) -> Pair<f32> {
     let blocks = comptime!(tile_rows / 8);
-    // Whether this unit's pairs hold their keys swapped (then 1: XORed into the key offset).
-    let mut flip = 0usize;
-    if pairs_swapped {
-        flip = select(quad >= 2, 1usize, 0usize);
-    }
     let mut max_a = f32::new(KEY_MASKED);
     let mut max_b = f32::new(KEY_MASKED);
     if whole {
@@ -570,20 +566,16 @@ pub(crate) fn mask_scores(
         #[unroll]
         for nb in 0..blocks {
             let col = nb * 8 + 2 * quad;
-            let bias = biases
-                .slice(bias_base + col, bias_base + col + 2)
-                .into_vectorized()
-                .with_vector_size::<Const<2>>()[0];
+            let bias = column_pair(biases, bias_base, nb, quad, pairs_swapped);
             let raw_a = scores[2 * nb];
             let raw_b = scores[2 * nb + 1];
             let mut masked_a = Pair::<f32>::empty();
             let mut masked_b = Pair::<f32>::empty();
             #[unroll]
             for e in 0..2usize {
-                let key = col + (e ^ flip);
-                let mut key_bias = bias[e];
+                let mut key = col + e;
                 if pairs_swapped {
-                    key_bias = select(flip == 1, bias[1 - e], bias[e]);
+                    key = nb * 8 + key_of_column(2 * quad + e);
                 }
                 let mut keep_a = here_a;
                 let mut keep_b = here_b;
@@ -596,11 +588,11 @@ pub(crate) fn mask_scores(
                         keep_b = keep_b && first + key <= limit_b;
                     }
                 }
-                let mut a = raw_a[e] + key_bias;
-                let mut b = raw_b[e] + key_bias;
+                let mut a = raw_a[e] + bias[e];
+                let mut b = raw_b[e] + bias[e];
                 if comptime!(!raw) {
-                    a = raw_a[e] * scale + key_bias;
-                    b = raw_b[e] * scale + key_bias;
+                    a = raw_a[e] * scale + bias[e];
+                    b = raw_b[e] * scale + bias[e];
                 }
                 a = select(keep_a, a, f32::new(KEY_MASKED));
                 b = select(keep_b, b, f32::new(KEY_MASKED));

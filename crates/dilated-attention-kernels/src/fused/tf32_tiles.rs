@@ -98,6 +98,31 @@ pub(crate) fn key_of_column(column: usize) -> usize {
     column ^ (column >> 2)
 }
 
+/// The per-column values of this unit's score pair in block `block` (columns `8 block + 2 quad`
+/// and the next, from `values` at `base`), in the order the pair holds its keys: with
+/// `pairs_swapped` (TF32 scores), [`key_of_column`]'s order.
+#[cube]
+pub(crate) fn column_pair(
+    values: &SharedMemory<f32>,
+    base: usize,
+    block: usize,
+    quad: usize,
+    #[comptime] pairs_swapped: bool,
+) -> Pair<f32> {
+    let col = base + block * 8 + 2 * quad;
+    let pair = values
+        .slice(col, col + 2)
+        .into_vectorized()
+        .with_vector_size::<Const<2>>()[0];
+    let mut ordered = pair;
+    if pairs_swapped {
+        let flip = key_of_column(2 * quad) != 2 * quad;
+        ordered[0] = select(flip, pair[1], pair[0]);
+        ordered[1] = select(flip, pair[0], pair[1]);
+    }
+    ordered
+}
+
 /// Loads a plane's 16 rows, rows `first_row ..` of the staged tile in `tiles` (row stride
 /// `stride`), as TF32 `A` registers: `head_dim / 8` blocks of four; with `split` the residuals
 /// follow, from `head_dim / 2` on.
