@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|tf32|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|quick|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -175,7 +175,7 @@ tf32bench)
   echo "== f32 (split TF32), tf32 (allow_tf32) and the portable f32 kernels against PyTorch f32 in one call"
   J="$OUT/tf32_ours.jsonl"; : > "$J"
   timeout 150 $B --seqs 8192,32768,131072 --dtypes f32,tf32 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 --warmup 2 >> "$J" 2>&1
-  DILATED_ATTENTION_KERNEL=portable timeout 100 $B --seqs 32768,131072 --dtypes f32 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed 's/"dtype":"f32"/"dtype":"f32_portable"/' >> "$J" 2>&1
+  [ "${TF32BENCH_PORTABLE:-1}" = 1 ] && DILATED_ATTENTION_KERNEL=portable timeout 100 $B --seqs 32768,131072 --dtypes f32 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed 's/"dtype":"f32"/"dtype":"f32_portable"/' >> "$J" 2>&1
   timeout 90 $B --seqs 1048576 --dtypes f32,tf32 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 >> "$J" 2>&1
   echo "panics: $(grep -c panicked "$J")"; grep -c '^{' "$J"
   K="$OUT/tf32_pytorch.jsonl"; : > "$K"
@@ -205,6 +205,37 @@ sass)
   python3 benches/gpu/sass_histogram.py "$OUT/${T}_sass.csv" | head -24
   gzip -f "$OUT/${T}_sass.csv" "$OUT/cubecl_source_$T.log"
   grep -E "Duration|Warp Cycles Per Issued" "$OUT/ncu_details_$T.txt" | head
+  ;;
+quick)
+  echo "== a few cases of each CUDA proptest named in QUICK_TESTS (PROPTEST_CASES, default 6), to fit one call"
+  (cd crates/dilated-attention-kernels && PROPTEST_CASES=${PROPTEST_CASES:-6} timeout ${QUICK_TIMEOUT:-200} ../../.device-bin/fused_matches_oracle ${QUICK_TESTS:-tensor_core_bf16_gradients tensor_core_f16_gradients tensor_core_f32 tensor_core_tf32_gradients fused_gradients tensor_core_along_an_order} --test-threads 6 --nocapture > "$OUT/quick_proptest.log" 2>&1; echo "rc=$?" >> "$OUT/quick_proptest.log")
+  grep -E "^test |test result|minimal failing|panicked|rc=" "$OUT/quick_proptest.log" | grep -v "running for over" | head -20
+  ;;
+backward_ab)
+  echo "== forward+backward, the previous kernels (.device-bin/fused_bench_prev) and the new ones alternating, then PyTorch, one call"
+  J="$OUT/backward_ab.jsonl"; : > "$J"
+  for i in 1 2; do
+    for V in fused_bench_prev fused_bench; do
+      timeout 100 ./.device-bin/$V --seqs 32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd_bwd --repeats 5 --warmup 2 | sed "s/^{/{\"binary\":\"$V\",\"round\":$i,/" >> "$J"
+    done
+  done
+  grep -c '^{' "$J"
+  timeout 100 python3 benches/pytorch/dilated_baseline.py --seqs 32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd_bwd --repeats 5 > "$OUT/backward_ab_pytorch.jsonl" 2>&1
+  grep -c '^{' "$OUT/backward_ab_pytorch.jsonl"
+  ;;
+breakdown)
+  echo "== where forward+backward's time goes: each kernel's duration (Nsight Systems, else Nsight Compute), 131K bf16"
+  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  for M in ${BREAKDOWN_MODES:-head_grouped longnet}; do
+    if [ -n "$NSYS" ]; then
+      timeout 120 $NSYS profile -o "$OUT/nsys_$M" --force-overwrite true -t cuda $B --seqs 131072 --dtypes bf16 --modes $M --passes fwd_bwd --repeats 3 --warmup 1 > /dev/null 2>&1
+      $NSYS stats --report cuda_gpu_kern_sum --format csv "$OUT/nsys_$M.nsys-rep" > "$OUT/kernels_$M.csv" 2>&1
+      rm -f "$OUT/nsys_$M.nsys-rep" "$OUT/nsys_$M.sqlite"
+    else
+      timeout 150 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --kernel-name regex:"dilated|delta" --launch-count 8 $B --seqs 131072 --dtypes bf16 --modes $M --passes fwd_bwd --repeats 1 --warmup 0 > "$OUT/kernels_$M.csv" 2>&1
+    fi
+    echo "-- $M"; grep -v "^==PROF==" "$OUT/kernels_$M.csv" | grep -E "Time|dilated|delta|gpu__time|^  [a-z_]" | cut -c1-220 | head -40
+  done
   ;;
 table10)
   echo "== the issue's table at this code: ours then PyTorch in one call (forward and forward+backward, bf16)"

@@ -26,8 +26,17 @@ fn head_dims() -> Vec<usize> {
     }
 }
 
+/// The case count of a test: `default`, or `PROPTEST_CASES` when set (the GPU runs set a few to
+/// fit one device call; CI runs the defaults).
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(32), .. ProptestConfig::default() })]
 
     #[test]
     fn fused_output_and_lse_match_oracle(c in arbitrary_case(head_dims())) {
@@ -38,7 +47,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), .. ProptestConfig::default() })]
 
     #[test]
     fn fused_gradients_match_oracle(c in arbitrary_case(head_dims())) {
@@ -58,7 +67,7 @@ proptest! {
 // Along a random sequence order (Hilbert attention's path): the kernels read the order as an
 // index array, forward and backward; the oracle gathers the inputs along it and the results back.
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), .. ProptestConfig::default() })]
 
     #[test]
     fn fused_along_an_order_matches_the_gathered_oracle(
@@ -76,7 +85,7 @@ proptest! {
 // bf16 is a CUDA type here (WGSL has no bf16).
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), .. ProptestConfig::default() })]
 
     #[test]
     fn fused_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
@@ -90,7 +99,7 @@ proptest! {
 // these head dims select it wherever the device has it, the proptests above mix both variants.
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), .. ProptestConfig::default() })]
 
     #[test]
     fn tensor_core_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
@@ -111,7 +120,7 @@ proptest! {
 // inputs against the f32 oracle's on the same rounded inputs.
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), .. ProptestConfig::default() })]
 
     #[test]
     fn tensor_core_f16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
@@ -131,7 +140,7 @@ proptest! {
 // The tensor-core kernels along a random sequence order.
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(16), .. ProptestConfig::default() })]
 
     #[test]
     fn tensor_core_along_an_order_matches_the_gathered_oracle(
@@ -150,7 +159,7 @@ proptest! {
 // gradients within TF32's error of the f32 oracle, plain and along a random order.
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), .. ProptestConfig::default() })]
 
     #[test]
     fn tensor_core_tf32_matches_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
@@ -171,7 +180,7 @@ proptest! {
 // Along a random order on TF32 (fewer cases: the gathered oracle's gradients are slow).
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 8, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(8), .. ProptestConfig::default() })]
 
     #[test]
     fn tensor_core_tf32_along_an_order_matches_the_gathered_oracle(
@@ -190,7 +199,7 @@ proptest! {
 // three TF32 products, held to the f32 tolerances of the portable kernels.
 #[cfg(feature = "test-cuda")]
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(24), .. ProptestConfig::default() })]
 
     #[test]
     fn tensor_core_f32_matches_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {

@@ -210,6 +210,14 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         head_dim,
         ordered,
     );
+    // Tile i+1's `-LSE` and delta are loaded while tile i computes and stored into their stage
+    // at the next step, so no unit waits on a global load before the stage's barrier.
+    let mut next_columns = Pair::<f32>::empty();
+    if unit < key_tile {
+        next_columns = query_column(
+            lse, order, delta, &next, batch, head, unit, key_tile, ordered,
+        );
+    }
     let mut stage = 0usize;
     while job.valid {
         let query0 = job.tile * key_tile;
@@ -231,11 +239,8 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 ordered,
             );
             if unit < key_tile {
-                let values = query_column(
-                    lse, order, delta, &next, batch, head, unit, key_tile, ordered,
-                );
-                bias_smem[other * key_tile + unit] = values[0];
-                delta_smem[other * key_tile + unit] = values[1];
+                bias_smem[other * key_tile + unit] = next_columns[0];
+                delta_smem[other * key_tile + unit] = next_columns[1];
             }
         }
         let after = next_key_tile(table, &rows, seq_len, &next, key_tile, causal, true);
@@ -248,6 +253,11 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
             head_dim,
             ordered,
         );
+        if unit < key_tile {
+            next_columns = query_column(
+                lse, order, delta, &after, batch, head, unit, key_tile, ordered,
+            );
+        }
         if stage == 0 {
             barrier_1.commit_copy_async();
             barrier_0.arrive_and_wait();

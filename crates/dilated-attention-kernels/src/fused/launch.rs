@@ -17,7 +17,7 @@ use dilated_attention_core::{
 };
 
 use super::backward::{
-    attention_delta, dilated_flash_backward_key_value, dilated_flash_backward_query,
+    DELTA_PARTS, attention_delta, dilated_flash_backward_key_value, dilated_flash_backward_query,
 };
 use super::backward_key_value_mma::dilated_flash_backward_key_value_mma;
 use super::backward_key_value_tensor_core::dilated_flash_backward_key_value_tensor_core;
@@ -772,20 +772,21 @@ pub(crate) fn backward<R: CubeRuntime>(
     } = inputs;
     let delta = call.empty_rows_f32();
     let rows = call.shape.batch * call.shape.seq_len * call.shape.num_heads;
-    let units_per_cube = 256;
+    let rows_per_cube = 32;
     let has_grad_lse = grad_lse.is_some();
     let grad_lse = grad_lse.unwrap_or_else(|| lse.clone());
-    // SAFETY: one unit per (batch, row, head), bounded by `delta.len()`.
+    // SAFETY: `DELTA_PARTS` units per (batch, row, head); rows past `delta.len()` write nothing.
     unsafe {
         attention_delta::launch_unchecked::<R>(
             &call.client,
-            CubeCount::Static(rows.div_ceil(units_per_cube) as u32, 1, 1),
-            CubeDim::new_1d(units_per_cube as u32),
+            CubeCount::Static(rows.div_ceil(rows_per_cube) as u32, 1, 1),
+            CubeDim::new_1d((rows_per_cube * DELTA_PARTS) as u32),
             output.into_tensor_arg(),
             grad_output.clone().into_tensor_arg(),
             grad_lse.into_tensor_arg(),
             delta.clone().into_tensor_arg(),
             call.shape.head_dim,
+            rows_per_cube,
             has_grad_lse,
             call.dtype.into(),
         )
