@@ -1,7 +1,8 @@
 //! GPU harness for the fused kernels: one JSON line per (implementation, mode, dtype, sequence,
 //! pass) with the median time over repeats, tokens/s, useful TFLOP/s (the count:
 //! `4 d sum m^2` per head and pair, `2 d m (m + 1)` causal; forward+backward counted as 3.5x the
-//! forward, FlashAttention's convention), the memory the call reserved beyond its inputs, and what
+//! forward, FlashAttention's convention; the backward is seeded with ones of the output, as the
+//! PyTorch baseline's `out.backward(torch.ones_like(out))`), the memory the call reserved beyond its inputs, and what
 //! one forward leaves allocated while its output and LSE are alive (`held_after_forward_mb`, next
 //! to `output_and_lse_mb = b n h (d E + 4)`: the measure of the forward's extra memory).
 //!
@@ -203,7 +204,9 @@ fn main() {
                         let (out, _lse) =
                             dilated_attention_with_lse(q, k, v, &cfg).expect("valid call");
                         if backward {
-                            let grads = out.cast(DType::F32).sum().backward();
+                            // Seeded with ones of the output's shape and dtype, as PyTorch's
+                            // `out.backward(torch.ones_like(out))` in the baseline script.
+                            let grads = out.backward();
                             drop(grads);
                         } else {
                             drop(out);

@@ -49,6 +49,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     grad_value: &mut Tensor<Vector<F, N>>,
     scale: f32,
     #[comptime] key_tile: usize,
+    #[comptime] sub_tiles: usize,
     #[comptime] head_dim: usize,
     #[comptime] causal: bool,
     #[comptime] has_padding: bool,
@@ -73,8 +74,12 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         TENSOR_CORE_BLOCK_ROWS,
     );
     let stride = comptime!(head_dim + KEY_PAD);
-    let value_offset = comptime!(key_tile * stride);
-    let stage_size = comptime!(2 * key_tile * stride);
+    // A stage holds `sub_tiles` query tiles of `key_tile` rows, computed one after the other:
+    // the probabilities' registers stay those of one tile, while the barriers, copies and walk
+    // steps are paid once per stage.
+    let stage_rows = comptime!(key_tile * sub_tiles);
+    let value_offset = comptime!(stage_rows * stride);
+    let stage_size = comptime!(2 * stage_rows * stride);
     let dim_blocks = comptime!(head_dim / 8);
     let key_blocks = comptime!(key_tile / 8);
     let group = lane / 4;
@@ -88,8 +93,8 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     let mut tiles = SharedMemory::<F>::new_aligned(2 * stage_size, 16usize);
     // Per query of each stage: `-LSE` (-1e30 for a query that saw no key or lies past the
     // segment: its probabilities are 0) and delta.
-    let mut bias_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
-    let mut delta_smem = SharedMemory::<f32>::new_aligned(2 * key_tile, 16usize);
+    let mut bias_smem = SharedMemory::<f32>::new_aligned(2 * stage_rows, 16usize);
+    let mut delta_smem = SharedMemory::<f32>::new_aligned(2 * stage_rows, 16usize);
     let barrier_0 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let barrier_1 = Barrier::shared(CUBE_DIM, UNIT_POS == 0);
     let width = N::value();
@@ -145,7 +150,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         0usize,
         FIRST_SEGMENT,
         0usize,
-        key_tile,
+        stage_rows,
         causal,
         true,
     );
@@ -165,13 +170,13 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     // The walk over query tiles, one ahead: tile i+1's copies are issued before tile i's
     // products. A stage holds the queries, then the output gradients.
     sync_cube();
-    let mut memory_rows = memory_row_slots::<N>(key_tile, head_dim, ordered);
+    let mut memory_rows = memory_row_slots::<N>(stage_rows, head_dim, ordered);
     tile_memory_rows::<N>(
         order,
         &job,
         &mut memory_rows,
         unit,
-        key_tile,
+        stage_rows,
         head_dim,
         ordered,
     );
@@ -185,42 +190,42 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         &memory_rows,
         &sources,
         unit,
-        key_tile,
+        stage_rows,
         head_dim,
         stride,
         ordered,
     );
-    if unit < key_tile {
+    if unit < stage_rows {
         let values = query_column(
-            lse, order, delta, &job, batch, head, unit, key_tile, ordered,
+            lse, order, delta, &job, batch, head, unit, stage_rows, ordered,
         );
         bias_smem[unit] = values[0];
         delta_smem[unit] = values[1];
     }
     barrier_0.commit_copy_async();
     // Tile i+2's memory rows are read from the order while tile i computes.
-    let mut next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, true);
-    let mut next_rows = memory_row_slots::<N>(key_tile, head_dim, ordered);
+    let mut next = next_key_tile(table, &rows, seq_len, &job, stage_rows, causal, true);
+    let mut next_rows = memory_row_slots::<N>(stage_rows, head_dim, ordered);
     tile_memory_rows::<N>(
         order,
         &next,
         &mut next_rows,
         unit,
-        key_tile,
+        stage_rows,
         head_dim,
         ordered,
     );
     // Tile i+1's `-LSE` and delta are loaded while tile i computes and stored into their stage
     // at the next step, so no unit waits on a global load before the stage's barrier.
     let mut next_columns = Pair::<f32>::empty();
-    if unit < key_tile {
+    if unit < stage_rows {
         next_columns = query_column(
-            lse, order, delta, &next, batch, head, unit, key_tile, ordered,
+            lse, order, delta, &next, batch, head, unit, stage_rows, ordered,
         );
     }
     let mut stage = 0usize;
     while job.valid {
-        let query0 = job.tile * key_tile;
+        let stage_query0 = job.tile * stage_rows;
         let other = 1 - stage;
         if next.valid {
             copy_tile_async(
@@ -233,29 +238,29 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 &next_rows,
                 &sources,
                 unit,
-                key_tile,
+                stage_rows,
                 head_dim,
                 stride,
                 ordered,
             );
-            if unit < key_tile {
-                bias_smem[other * key_tile + unit] = next_columns[0];
-                delta_smem[other * key_tile + unit] = next_columns[1];
+            if unit < stage_rows {
+                bias_smem[other * stage_rows + unit] = next_columns[0];
+                delta_smem[other * stage_rows + unit] = next_columns[1];
             }
         }
-        let after = next_key_tile(table, &rows, seq_len, &next, key_tile, causal, true);
+        let after = next_key_tile(table, &rows, seq_len, &next, stage_rows, causal, true);
         tile_memory_rows::<N>(
             order,
             &after,
             &mut memory_rows,
             unit,
-            key_tile,
+            stage_rows,
             head_dim,
             ordered,
         );
-        if unit < key_tile {
+        if unit < stage_rows {
             next_columns = query_column(
-                lse, order, delta, &after, batch, head, unit, key_tile, ordered,
+                lse, order, delta, &after, batch, head, unit, stage_rows, ordered,
             );
         }
         if stage == 0 {
@@ -265,119 +270,123 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
             barrier_0.commit_copy_async();
             barrier_1.arrive_and_wait();
         }
-        let query_base = stage * stage_size;
-        let grad_base = query_base + value_offset;
-        let column_base = stage * key_tile;
+        for sub_tile in 0..sub_tiles {
+            let query0 = stage_query0 + sub_tile * key_tile;
+            let query_base = stage * stage_size + sub_tile * key_tile * stride;
+            let grad_base = query_base + value_offset;
+            let column_base = stage * stage_rows + sub_tile * key_tile;
 
-        let here_a = live_a && state_a.selected && state_a.segment == job.segment_index;
-        let here_b = live_b && state_b.selected && state_b.segment == job.segment_index;
-        let mut sees = here_a || here_b;
-        if causal {
-            // Some query of the tile sits at or after the key.
-            sees = (here_a && state_a.t < query0 + key_tile)
-                || (here_b && state_b.t < query0 + key_tile);
-        }
-        if plane_any(sees) {
-            // 1. P^T = exp(scale K Q^T - LSE_q), masked.
-            plane_scores(
-                &key_regs_a,
-                &tiles,
-                query_base,
-                lane,
-                &mut scores,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
-            );
-            mask_scores(
-                &mut scores,
-                &bias_smem,
-                column_base,
-                scale,
-                false,
-                here_a,
-                here_b,
-                state_a.t,
-                state_b.t,
-                query0,
-                quad,
-                key_tile,
-                causal,
-                true,
-                false,
-                tf32,
-            );
-            #[unroll]
-            for nb in 0..key_blocks {
-                let mut p_a = scores[2 * nb];
-                let mut p_b = scores[2 * nb + 1];
-                #[unroll]
-                for e in 0..2usize {
-                    p_a[e] = p_a[e].exp();
-                    p_b[e] = p_b[e].exp();
-                }
-                scores[2 * nb] = p_a;
-                scores[2 * nb + 1] = p_b;
+            let here_a = live_a && state_a.selected && state_a.segment == job.segment_index;
+            let here_b = live_b && state_b.selected && state_b.segment == job.segment_index;
+            let mut sees = (here_a || here_b) && query0 < job.key_count;
+            if causal {
+                // Some query of the tile sits at or after the key.
+                sees = query0 < job.key_count
+                    && ((here_a && state_a.t < query0 + key_tile)
+                        || (here_b && state_b.t < query0 + key_tile));
             }
-
-            // 2. dV += P^T dO (dO by `ldmatrix.trans`).
-            plane_accumulate(
-                &scores,
-                &tiles,
-                grad_base,
-                lane,
-                &mut grad_value_acc,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
-            );
-
-            // 3. dS^T = P^T (V dO^T - delta_q), in place.
-            plane_scores(
-                &value_regs,
-                &tiles,
-                grad_base,
-                lane,
-                &mut grad_p,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
-            );
-            #[unroll]
-            for nb in 0..key_blocks {
-                let deltas = column_pair(&delta_smem, column_base, nb, quad, tf32);
-                let mut ds_a = scores[2 * nb];
-                let mut ds_b = scores[2 * nb + 1];
-                let dp_a = grad_p[2 * nb];
-                let dp_b = grad_p[2 * nb + 1];
+            if plane_any(sees) {
+                // 1. P^T = exp(scale K Q^T - LSE_q), masked.
+                plane_scores(
+                    &key_regs_a,
+                    &tiles,
+                    query_base,
+                    lane,
+                    &mut scores,
+                    key_tile,
+                    head_dim,
+                    stride,
+                    tf32,
+                    split,
+                );
+                mask_scores(
+                    &mut scores,
+                    &bias_smem,
+                    column_base,
+                    scale,
+                    false,
+                    here_a,
+                    here_b,
+                    state_a.t,
+                    state_b.t,
+                    query0,
+                    quad,
+                    key_tile,
+                    causal,
+                    true,
+                    false,
+                    tf32,
+                );
                 #[unroll]
-                for e in 0..2usize {
-                    ds_a[e] *= dp_a[e] - deltas[e];
-                    ds_b[e] *= dp_b[e] - deltas[e];
+                for nb in 0..key_blocks {
+                    let mut p_a = scores[2 * nb];
+                    let mut p_b = scores[2 * nb + 1];
+                    #[unroll]
+                    for e in 0..2usize {
+                        p_a[e] = p_a[e].exp();
+                        p_b[e] = p_b[e].exp();
+                    }
+                    scores[2 * nb] = p_a;
+                    scores[2 * nb + 1] = p_b;
                 }
-                scores[2 * nb] = ds_a;
-                scores[2 * nb + 1] = ds_b;
-            }
 
-            // 4. dK += dS^T Q (Q by `ldmatrix.trans`).
-            plane_accumulate(
-                &scores,
-                &tiles,
-                query_base,
-                lane,
-                &mut grad_key_acc,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
-            );
+                // 2. dV += P^T dO (dO by `ldmatrix.trans`).
+                plane_accumulate(
+                    &scores,
+                    &tiles,
+                    grad_base,
+                    lane,
+                    &mut grad_value_acc,
+                    key_tile,
+                    head_dim,
+                    stride,
+                    tf32,
+                    split,
+                );
+
+                // 3. dS^T = P^T (V dO^T - delta_q), in place.
+                plane_scores(
+                    &value_regs,
+                    &tiles,
+                    grad_base,
+                    lane,
+                    &mut grad_p,
+                    key_tile,
+                    head_dim,
+                    stride,
+                    tf32,
+                    split,
+                );
+                #[unroll]
+                for nb in 0..key_blocks {
+                    let deltas = column_pair(&delta_smem, column_base, nb, quad, tf32);
+                    let mut ds_a = scores[2 * nb];
+                    let mut ds_b = scores[2 * nb + 1];
+                    let dp_a = grad_p[2 * nb];
+                    let dp_b = grad_p[2 * nb + 1];
+                    #[unroll]
+                    for e in 0..2usize {
+                        ds_a[e] *= dp_a[e] - deltas[e];
+                        ds_b[e] *= dp_b[e] - deltas[e];
+                    }
+                    scores[2 * nb] = ds_a;
+                    scores[2 * nb + 1] = ds_b;
+                }
+
+                // 4. dK += dS^T Q (Q by `ldmatrix.trans`).
+                plane_accumulate(
+                    &scores,
+                    &tiles,
+                    query_base,
+                    lane,
+                    &mut grad_key_acc,
+                    key_tile,
+                    head_dim,
+                    stride,
+                    tf32,
+                    split,
+                );
+            }
         }
 
         // Every plane is done with this stage before the next iteration copies into it.
@@ -391,7 +400,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         }
         assign_key_tile(&mut job, &next);
         assign_key_tile(&mut next, &after);
-        assign_memory_rows::<N>(&mut next_rows, &memory_rows, key_tile, head_dim, ordered);
+        assign_memory_rows::<N>(&mut next_rows, &memory_rows, stage_rows, head_dim, ordered);
     }
 
     store_cube_rows_mma(

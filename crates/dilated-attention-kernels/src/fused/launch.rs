@@ -190,6 +190,33 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
         .find(|&tile| 2 * (2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4 + tile * 4) <= shared)
 }
 
+/// Query tiles per shared-memory stage of the register-resident `dK`/`dV` kernel: 2 where two
+/// stages of twice `query_tile` rows (queries and output gradients in the inputs' dtype, and each
+/// query's `-LSE` and delta in `f32`) fit the shared memory, else 1. A stage's tiles are computed
+/// one after the other with the registers of one, so the second halves the barriers, copies and
+/// walk steps per query without adding registers.
+pub(crate) fn key_value_sub_tiles<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    dtype: DType,
+    head_dim: usize,
+    query_tile: usize,
+) -> usize {
+    let shared = SHARED_MEMORY_BUDGET.min(client.properties().hardware.max_shared_memory_size);
+    sub_tiles_within(shared, dtype.size(), head_dim, query_tile)
+}
+
+/// [`key_value_sub_tiles`] for `shared` bytes and elements of `element_size` bytes.
+fn sub_tiles_within(
+    shared: usize,
+    element_size: usize,
+    head_dim: usize,
+    query_tile: usize,
+) -> usize {
+    let rows = 2 * query_tile;
+    let stage_bytes = 2 * rows * (head_dim + KEY_PAD) * element_size + 2 * rows * size_of::<f32>();
+    if 2 * stage_bytes <= shared { 2 } else { 1 }
+}
+
 /// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
 /// can run: `f32` inputs (one TF32 product with [`DilatedAttentionConfig::allow_tf32`], else
 /// three for about `f32` accuracy), a head dimension that is a multiple of 16 up
@@ -586,6 +613,7 @@ impl<R: CubeRuntime> Call<R> {
                 grad_value.clone().into_tensor_arg(),
                 self.scale,
                 query_tile,
+                key_value_sub_tiles(&self.client, self.dtype, self.shape.head_dim, query_tile),
                 self.shape.head_dim,
                 config.causal,
                 has_padding,
@@ -984,4 +1012,23 @@ pub(crate) fn backward<R: CubeRuntime>(
         );
     }
     Ok([grad_query, grad_key, grad_value])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_stages_hold_two_query_tiles_where_they_fit() {
+        // bf16 at head dim 64: two stages of 64 queries and output gradients, 37.9 KB.
+        assert_eq!(sub_tiles_within(SHARED_MEMORY_BUDGET, 2, 64, 32), 2);
+        assert_eq!(sub_tiles_within(SHARED_MEMORY_BUDGET, 2, 80, 32), 2);
+        // bf16 at 96 and 128 (54 KB, 70.7 KB) and f32 at 64 (74.8 KB) keep one tile a stage.
+        assert_eq!(sub_tiles_within(SHARED_MEMORY_BUDGET, 2, 96, 32), 1);
+        assert_eq!(sub_tiles_within(SHARED_MEMORY_BUDGET, 2, 128, 32), 1);
+        assert_eq!(sub_tiles_within(SHARED_MEMORY_BUDGET, 4, 64, 32), 1);
+        assert_eq!(sub_tiles_within(SHARED_MEMORY_BUDGET, 4, 16, 32), 2);
+        // A device with less shared memory than the budget.
+        assert_eq!(sub_tiles_within(32 * 1024, 2, 64, 32), 1);
+    }
 }
