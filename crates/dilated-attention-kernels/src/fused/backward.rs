@@ -43,7 +43,7 @@ pub(crate) fn attention_delta<F: Float>(
     let mut parts = SharedMemory::<f32>::new(rows_per_cube * DELTA_PARTS);
     let unit = UNIT_POS as usize;
     let part = unit % DELTA_PARTS;
-    let index = CUBE_POS as usize * rows_per_cube + unit / DELTA_PARTS;
+    let index = CUBE_POS * rows_per_cube + unit / DELTA_PARTS;
     let valid = index < delta.len();
     let heads = delta.shape(2);
     let seq_len = delta.shape(1);
