@@ -224,7 +224,7 @@ backward_ab)
   grep -c '^{' "$OUT/backward_ab_pytorch.jsonl"
   ;;
 breakdown)
-  echo "== where forward+backward's time goes: each kernel's duration (Nsight Systems, else Nsight Compute), 131K bf16"
+  echo "== where forward+backward's time goes: each kernel's duration (Nsight Systems, else Nsight Compute), bf16 (BREAKDOWN_SEQS, BREAKDOWN_PASS, BREAKDOWN_MODES)"
   NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
   for M in ${BREAKDOWN_MODES:-head_grouped longnet}; do
     if [ -n "$NSYS" ]; then
@@ -232,7 +232,9 @@ breakdown)
       $NSYS stats --report cuda_gpu_kern_sum --format csv "$OUT/nsys_$M.nsys-rep" > "$OUT/kernels_$M.csv" 2>&1
       rm -f "$OUT/nsys_$M.nsys-rep" "$OUT/nsys_$M.sqlite"
     else
-      timeout 150 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --kernel-name regex:"dilated|delta" --launch-count 8 $B --seqs 131072 --dtypes bf16 --modes $M --passes fwd_bwd --repeats 1 --warmup 0 > "$OUT/kernels_$M.csv" 2>&1
+      for SEQ in ${BREAKDOWN_SEQS:-131072}; do
+        timeout 150 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --kernel-name regex:"dilated|delta" --launch-count 8 $B --seqs $SEQ --dtypes bf16 --modes $M --passes ${BREAKDOWN_PASS:-fwd_bwd} --repeats 1 --warmup 0 >> "$OUT/kernels_$M.csv" 2>&1
+      done
     fi
     echo "-- $M"; grep -v "^==PROF==" "$OUT/kernels_$M.csv" | grep -E "Time|dilated|delta|gpu__time|^  [a-z_]" | cut -c1-220 | head -40
   done
