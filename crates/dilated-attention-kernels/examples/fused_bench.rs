@@ -10,6 +10,8 @@
 //! cargo build --release -p dilated-attention-kernels --features test-cuda --example fused_bench
 //! fused_bench --seqs 8192,32768 --dtypes bf16,f32 --modes head_grouped,longnet --passes fwd,fwd_bwd
 //! ```
+//! `--floor` also prints, per dtype and sequence, the harness's per-call floor (one elementwise
+//! kernel over an input, timed the same way: `"impl":"floor"`).
 //! Dtype `tf32` runs `f32` inputs with `allow_tf32` (the forward on TF32 tensor cores).
 //! Built with `test-cuda` it runs burn's `Cuda` backend, with `test-wgpu` burn's `Wgpu` (kernels
 //! compiled to WGSL), with `test-vulkan` burn's `Wgpu` with kernels compiled to SPIR-V; the
@@ -57,6 +59,7 @@ struct Args {
     repeats: usize,
     warmup: usize,
     reference: bool,
+    floor: bool,
 }
 
 fn parse_args() -> Args {
@@ -73,6 +76,7 @@ fn parse_args() -> Args {
         repeats: 5,
         warmup: 2,
         reference: false,
+        floor: false,
     };
     let list = |v: &str| v.split(',').map(str::to_string).collect::<Vec<_>>();
     let mut it = std::env::args().skip(1);
@@ -97,6 +101,7 @@ fn parse_args() -> Args {
             "--passes" => args.passes = list(&value()),
             "--causal" => args.causal = true,
             "--reference" => args.reference = true,
+            "--floor" => args.floor = true,
             "--repeats" => args.repeats = value().parse().unwrap(),
             "--warmup" => args.warmup = value().parse().unwrap(),
             other => panic!("unknown flag {other}"),
@@ -148,6 +153,41 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
+/// The per-call floor of this harness and runtime: one elementwise kernel over a `[b, n, h, d]`
+/// input (`x * 2`, fused by Burn), timed like an attention call (median of `repeats` host-timed
+/// calls, each ending with a device sync). Printed as `"impl":"floor"` lines.
+fn floor_line(args: &Args, device: &burn::tensor::Device<Bench>, dtype_name: &str, dtype: DType) {
+    for &n in &args.seqs {
+        let shape = [args.batch, n, args.heads, args.head_dim];
+        let x = Tensor::<Autodiff<Bench>, 4>::random(shape, Distribution::Normal(0.0, 1.0), device)
+            .cast(dtype);
+        Bench::sync(device).expect("sync");
+        let run = || {
+            let doubled = x.clone() * 2.0;
+            Bench::sync(device).expect("sync");
+            drop(doubled);
+        };
+        for _ in 0..args.warmup.max(1) {
+            run();
+        }
+        let times: Vec<f64> = (0..args.repeats)
+            .map(|_| {
+                let t = Instant::now();
+                run();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        println!(
+            "{{\"runtime\":\"{RUNTIME}\",\"impl\":\"floor\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"median_ms\":{:.3},\"repeats\":{}}}",
+            args.batch,
+            args.heads,
+            args.head_dim,
+            median(times) * 1e3,
+            args.repeats
+        );
+    }
+}
+
 fn main() {
     let args = parse_args();
     let device: burn::tensor::Device<Bench> = Default::default();
@@ -158,6 +198,9 @@ fn main() {
             "f32" | "tf32" => DType::F32,
             other => panic!("unknown dtype {other}"),
         };
+        if args.floor {
+            floor_line(&args, &device, dtype_name, dtype);
+        }
         for mode_name in &args.modes {
             let mode = match mode_name.as_str() {
                 "head_grouped" => DilationMode::HeadGrouped,
