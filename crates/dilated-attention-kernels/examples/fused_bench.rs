@@ -148,6 +148,18 @@ fn reserved_bytes(device: &burn::tensor::Device<Bench>) -> u64 {
         .unwrap_or(0)
 }
 
+/// The median of `repeats` host-timed calls of `run`, in seconds.
+fn median_of_runs(repeats: usize, mut run: impl FnMut()) -> f64 {
+    let times = (0..repeats)
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(times)
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -170,19 +182,13 @@ fn floor_line(args: &Args, device: &burn::tensor::Device<Bench>, dtype_name: &st
         for _ in 0..args.warmup.max(1) {
             run();
         }
-        let times: Vec<f64> = (0..args.repeats)
-            .map(|_| {
-                let t = Instant::now();
-                run();
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
+        let seconds = median_of_runs(args.repeats, run);
         println!(
             "{{\"runtime\":\"{RUNTIME}\",\"impl\":\"floor\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"median_ms\":{:.3},\"repeats\":{}}}",
             args.batch,
             args.heads,
             args.head_dim,
-            median(times) * 1e3,
+            seconds * 1e3,
             args.repeats
         );
     }
@@ -263,14 +269,7 @@ fn main() {
                         run();
                     }
                     let extra = reserved_bytes(&device).saturating_sub(base);
-                    let times: Vec<f64> = (0..args.repeats)
-                        .map(|_| {
-                            let t = Instant::now();
-                            run();
-                            t.elapsed().as_secs_f64()
-                        })
-                        .collect();
-                    let secs = median(times);
+                    let secs = median_of_runs(args.repeats, run);
                     // A launch that failed (e.g. a kernel that did not compile) leaves the
                     // output unwritten: refuse to report a time for it.
                     // What the call leaves allocated while its output and LSE are alive: the
