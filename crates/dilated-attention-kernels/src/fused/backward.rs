@@ -1,7 +1,8 @@
 //! The fused backward kernels (FlashAttention-2, with recomputation of the probabilities from
 //! the forward's `f32` LSE; nothing of size `n x n` is stored).
 //!
-//! - [`attention_delta`]: `delta_i = sum_d dO_i * O_i - dLSE_i`, one unit per (batch, row, head);
+//! - [`attention_delta`]: `delta_i = sum_d dO_i * O_i - dLSE_i`, [`DELTA_PARTS`] units per
+//!   (batch, row, head);
 //! - [`dilated_flash_backward_query`]: `dQ`, cubes over query rows as in the forward, walking the
 //!   same key tiles;
 //! - [`dilated_flash_backward_key_value`]: `dK` and `dV`, cubes over key rows, walking the query
@@ -27,8 +28,8 @@ pub(crate) const DELTA_PARTS: usize = 8;
 /// `delta_i = sum_d dO_i * O_i - dLSE_i` for the rows `(batch, row, head)` of a cube: the cube's
 /// units are `rows_per_cube * DELTA_PARTS`, unit `u` adds the products of values
 /// `u % DELTA_PARTS + k DELTA_PARTS` of its row (`u / DELTA_PARTS`), and the first part of each
-/// row adds the parts. One pass over `O` and `dO` at memory speed (one unit per row instead read
-/// 64 lines per warp load and ran at a quarter of it).
+/// row adds the parts. One unit per row, as before, made each warp load touch 32 rows' lines: on
+/// an H100 it moved 0.4 TB/s (0.68 ms at 131K tokens, 8 x 64, bf16, under `ncu`).
 #[cube(launch_unchecked)]
 pub(crate) fn attention_delta<F: Float>(
     output: &Tensor<F>,
