@@ -224,19 +224,12 @@ backward_ab)
   grep -c '^{' "$OUT/backward_ab_pytorch.jsonl"
   ;;
 breakdown)
-  echo "== where forward+backward's time goes: each kernel's duration (Nsight Systems, else Nsight Compute), bf16 (BREAKDOWN_SEQS, BREAKDOWN_PASS, BREAKDOWN_MODES)"
-  NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+  echo "== where a call's time goes: each kernel's duration under Nsight Compute (the image has no Nsight Systems), bf16 (BREAKDOWN_SEQS, BREAKDOWN_PASS, BREAKDOWN_MODES)"
   for M in ${BREAKDOWN_MODES:-head_grouped longnet}; do
-    if [ -n "$NSYS" ]; then
-      timeout 120 $NSYS profile -o "$OUT/nsys_$M" --force-overwrite true -t cuda $B --seqs 131072 --dtypes bf16 --modes $M --passes fwd_bwd --repeats 3 --warmup 1 > /dev/null 2>&1
-      $NSYS stats --report cuda_gpu_kern_sum --format csv "$OUT/nsys_$M.nsys-rep" > "$OUT/kernels_$M.csv" 2>&1
-      rm -f "$OUT/nsys_$M.nsys-rep" "$OUT/nsys_$M.sqlite"
-    else
-      for SEQ in ${BREAKDOWN_SEQS:-131072}; do
-        timeout 150 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --kernel-name regex:"dilated|delta" --launch-count 8 $B --seqs $SEQ --dtypes bf16 --modes $M --passes ${BREAKDOWN_PASS:-fwd_bwd} --repeats 1 --warmup 0 >> "$OUT/kernels_$M.csv" 2>&1
-      done
-    fi
-    echo "-- $M"; grep -v "^==PROF==" "$OUT/kernels_$M.csv" | grep -E "Time|dilated|delta|gpu__time|^  [a-z_]" | cut -c1-220 | head -40
+    for SEQ in ${BREAKDOWN_SEQS:-131072}; do
+      timeout 150 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --kernel-name regex:"dilated|delta" --launch-count 8 $B --seqs $SEQ --dtypes bf16 --modes $M --passes ${BREAKDOWN_PASS:-fwd_bwd} --repeats 1 --warmup 0 >> "$OUT/kernels_$M.csv" 2>&1
+    done
+    echo "-- $M"; grep -v "^==PROF==" "$OUT/kernels_$M.csv" | grep -E "dilated|delta|gpu__time" | cut -c1-220 | head -40
   done
   ;;
 table10)

@@ -2,9 +2,10 @@
 //! pass) with the median time over repeats, tokens/s, useful TFLOP/s (the issue's count:
 //! `4 d sum m^2` per head and pair, `2 d m (m + 1)` causal; forward+backward counted as 3.5x the
 //! forward, FlashAttention's convention; the backward is seeded with ones of the output, as the
-//! PyTorch baseline's `out.backward(torch.ones_like(out))`), the memory the call reserved beyond its inputs, and what
-//! one forward leaves allocated while its output and LSE are alive (`held_after_forward_mb`, next
-//! to `output_and_lse_mb = b n h (d E + 4)`: the issue's measure of the forward's extra memory).
+//! PyTorch baseline's `out.backward(torch.ones_like(out))`), the memory the call reserved beyond
+//! its inputs, and what one forward leaves allocated while its output and LSE are alive
+//! (`held_after_forward_mb`, next to `output_and_lse_mb = b n h (d E + 4)`: the issue's measure
+//! of the forward's extra memory).
 //!
 //! ```text
 //! cargo build --release -p dilated-attention-kernels --features test-cuda --example fused_bench
@@ -148,6 +149,15 @@ fn reserved_bytes(device: &burn::tensor::Device<Bench>) -> u64 {
         .unwrap_or(0)
 }
 
+/// A standard-normal input of `shape` in `dtype` (`Tensor::random` makes `f32`, then a cast).
+fn random_input(
+    shape: [usize; 4],
+    dtype: DType,
+    device: &burn::tensor::Device<Bench>,
+) -> Tensor<Autodiff<Bench>, 4> {
+    Tensor::<Autodiff<Bench>, 4>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
+}
+
 /// The median of `repeats` host-timed calls of `run`, in seconds.
 fn median_of_runs(repeats: usize, mut run: impl FnMut()) -> f64 {
     let times = (0..repeats)
@@ -171,8 +181,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn floor_line(args: &Args, device: &burn::tensor::Device<Bench>, dtype_name: &str, dtype: DType) {
     for &n in &args.seqs {
         let shape = [args.batch, n, args.heads, args.head_dim];
-        let x = Tensor::<Autodiff<Bench>, 4>::random(shape, Distribution::Normal(0.0, 1.0), device)
-            .cast(dtype);
+        let x = random_input(shape, dtype, device);
         Bench::sync(device).expect("sync");
         let run = || {
             let doubled = x.clone() * 2.0;
@@ -228,14 +237,7 @@ fn main() {
                     let shape = [args.batch, n, args.heads, args.head_dim];
                     let client = BenchRuntime::client(&device);
                     client.memory_cleanup();
-                    let make = || {
-                        Tensor::<Autodiff<Bench>, 4>::random(
-                            shape,
-                            Distribution::Normal(0.0, 1.0),
-                            &device,
-                        )
-                        .cast(dtype)
-                    };
+                    let make = || random_input(shape, dtype, &device);
                     let (q, k, v) = (make(), make(), make());
                     Bench::sync(&device).expect("sync");
                     let base = reserved_bytes(&device);

@@ -270,22 +270,22 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
             barrier_0.commit_copy_async();
             barrier_1.arrive_and_wait();
         }
+        let here_a = live_a && state_a.selected && state_a.segment == job.segment_index;
+        let here_b = live_b && state_b.selected && state_b.segment == job.segment_index;
         for sub_tile in 0..sub_tiles {
             let query0 = stage_query0 + sub_tile * key_tile;
             let query_base = stage * stage_size + sub_tile * key_tile * stride;
             let grad_base = query_base + value_offset;
             let column_base = stage * stage_rows + sub_tile * key_tile;
 
-            let here_a = live_a && state_a.selected && state_a.segment == job.segment_index;
-            let here_b = live_b && state_b.selected && state_b.segment == job.segment_index;
-            let mut sees = (here_a || here_b) && query0 < job.key_count;
+            let mut sees = here_a || here_b;
             if causal {
                 // Some query of the tile sits at or after the key.
-                sees = query0 < job.key_count
-                    && ((here_a && state_a.t < query0 + key_tile)
-                        || (here_b && state_b.t < query0 + key_tile));
+                sees = (here_a && state_a.t < query0 + key_tile)
+                    || (here_b && state_b.t < query0 + key_tile);
             }
-            if plane_any(sees) {
+            // A tile past the segment's last query (the second of a stage) has nothing to add.
+            if plane_any(sees && query0 < job.key_count) {
                 // 1. P^T = exp(scale K Q^T - LSE_q), masked.
                 plane_scores(
                     &key_regs_a,

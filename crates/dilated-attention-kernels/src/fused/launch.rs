@@ -187,7 +187,20 @@ pub(crate) fn mma_forward_tile<R: CubeRuntime>(
     let shared = SHARED_MEMORY_BUDGET.min(client.properties().hardware.max_shared_memory_size);
     [64, 32]
         .into_iter()
-        .find(|&tile| 2 * (2 * tile * (head_dim + KEY_PAD) * 2 + tile * 4 + tile * 4) <= shared)
+        .find(|&tile| two_stages_bytes(tile, head_dim, 2, 2) <= shared)
+}
+
+/// Shared memory of a register-resident kernel's two stages of `rows` rows: two row tiles
+/// (`head_dim + KEY_PAD` values of `element_size` bytes a row) and `f32_per_row` `f32` values
+/// per row (the key bias, or the queries' `-LSE` and delta, and the memory rows of a call along
+/// an order).
+fn two_stages_bytes(
+    rows: usize,
+    head_dim: usize,
+    element_size: usize,
+    f32_per_row: usize,
+) -> usize {
+    2 * (2 * rows * (head_dim + KEY_PAD) * element_size + f32_per_row * rows * size_of::<f32>())
 }
 
 /// Query tiles per shared-memory stage of the register-resident `dK`/`dV` kernel: 2 where two
@@ -212,9 +225,11 @@ fn sub_tiles_within(
     head_dim: usize,
     query_tile: usize,
 ) -> usize {
-    let rows = 2 * query_tile;
-    let stage_bytes = 2 * rows * (head_dim + KEY_PAD) * element_size + 2 * rows * size_of::<f32>();
-    if 2 * stage_bytes <= shared { 2 } else { 1 }
+    if two_stages_bytes(2 * query_tile, head_dim, element_size, 2) <= shared {
+        2
+    } else {
+        1
+    }
 }
 
 /// Rows per walked tile of a register-resident kernel on TF32 ([`super::tf32_tiles`]) when it
@@ -260,9 +275,9 @@ pub(crate) fn tf32_tile<R: CubeRuntime>(
         return None;
     }
     let shared = SHARED_MEMORY_BUDGET.min(hardware.max_shared_memory_size);
-    [64, 32, 16].into_iter().find(|&tile| {
-        tile <= largest_tile && 2 * (2 * tile * (head_dim + KEY_PAD) * 4 + 3 * tile * 4) <= shared
-    })
+    [64, 32, 16]
+        .into_iter()
+        .find(|&tile| tile <= largest_tile && two_stages_bytes(tile, head_dim, 4, 3) <= shared)
 }
 
 /// Values per global load of the tensor-core kernel (values of `elem_size` bytes, the dtype's):
