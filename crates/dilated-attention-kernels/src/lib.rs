@@ -31,6 +31,8 @@ mod attention;
 mod backend;
 mod backends;
 mod custom_attention;
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
+mod dispatch;
 mod functional;
 #[cfg(feature = "cubecl")]
 mod fused;
@@ -38,6 +40,8 @@ mod fused;
 pub use attention::*;
 pub use backend::*;
 pub use custom_attention::*;
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
+pub use dispatch::DISPATCH_ENV;
 pub use functional::*;
 #[cfg(feature = "cuda")]
 pub use fused::compile_options::NVRTC_OPTIONS_ENV;

@@ -3,13 +3,14 @@
 
 use burn::tensor::ops::{BoolTensor, BoolTensorOps, FloatTensor, FloatTensorOps};
 use burn::tensor::{DType, FloatDType, TensorMetadata};
+use burn_cubecl::cubecl::prelude::ComputeClient;
 use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
-use crate::DilatedAttentionBackend;
 use crate::backend::{fused_or_reference, untracked_backend_items};
 use crate::fused::launch::{self, BackwardInputs};
+use crate::{DilatedAttentionBackend, dispatch};
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -59,7 +60,10 @@ where
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
         let dtype = FloatDType::from(query.dtype);
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
-        launch::forward(query, key, value, padding, config, order)
+        let client = query.client.clone();
+        let outputs = launch::forward(query, key, value, padding, config, order)?;
+        start_queued_launches(&client);
+        Ok(outputs)
     }
 
     fn fused_dilated_attention_backward(
@@ -91,6 +95,18 @@ where
             grad_output,
             grad_lse,
         };
-        launch::backward(query, key, value, padding, inputs, config, order)
+        let client = query.client.clone();
+        let gradients = launch::backward(query, key, value, padding, inputs, config, order)?;
+        start_queued_launches(&client);
+        Ok(gradients)
+    }
+}
+
+/// Under eager dispatch ([`crate::DISPATCH_ENV`]), hands the launches queued so far to the
+/// device (CubeCL's queue otherwise holds them until the caller's next sync). A failed flush
+/// is left to that sync to report: the launches are queued either way.
+fn start_queued_launches<R: CubeRuntime>(client: &ComputeClient<R>) {
+    if dispatch::eager() {
+        let _ = client.flush();
     }
 }

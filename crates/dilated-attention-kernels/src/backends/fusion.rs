@@ -8,13 +8,14 @@ use core::marker::PhantomData;
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{DType, Shape};
+use burn_fusion::client::GlobalFusionClient;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
-use crate::DilatedAttentionBackend;
 use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
+use crate::{DilatedAttentionBackend, dispatch};
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -33,6 +34,16 @@ fn check_eagerly<R: FusionRuntime>(
         config,
         order,
     )
+}
+
+/// Under eager dispatch ([`crate::DISPATCH_ENV`]), runs the stream's queued operations, ours
+/// last, on the fusion thread now: our operation's launches then reach the device (the inner
+/// backend flushes its own queue) instead of waiting for the caller's next sync. Our operation
+/// is a fusion barrier, so the operations before it could not have been fused with later ones.
+fn run_queued_operations<R: FusionRuntime>(client: &GlobalFusionClient<R>) {
+    if dispatch::eager() {
+        client.sync(|| ());
+    }
 }
 
 /// The queued forward: inputs `[q, k, v, (mask)]`, outputs `[out, lse (f32)]`.
@@ -195,6 +206,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             backend: PhantomData,
         };
         let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
+        run_queued_operations(&client);
         let lse = outputs.pop().expect("two outputs");
         let output = outputs.pop().expect("two outputs");
         Ok((output, lse))
@@ -250,6 +262,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             backend: PhantomData,
         };
         let outputs = client.register(streams, OperationIr::Custom(desc), op);
+        run_queued_operations(&client);
         let [dq, dk, dv]: [FusionTensor<_>; 3] = outputs
             .try_into()
             .unwrap_or_else(|_| unreachable!("three outputs registered"));

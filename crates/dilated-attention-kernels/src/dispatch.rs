@@ -1,0 +1,50 @@
+//! When a call's kernels reach the device: at once (eager, the default) or when Burn's queues
+//! next flush (lazy).
+//!
+//! CubeCL 0.10 hands every launch to a device thread through a queue that the thread only picks
+//! up once 32 tasks wait or a blocking call (a sync, a read) flushes it; `Fusion` adds a second
+//! such queue in front of it. A call of ours queues one to four launches, so left alone its
+//! kernels start at the caller's next sync, after everything the host does until then (an
+//! autodiff backward's bookkeeping, the next layer's ops): the device idles meanwhile. Eager
+//! dispatch flushes those queues once the call's launches are queued, so the device starts on
+//! them while the host goes on. It costs the caller one round trip to each device thread.
+//!
+//! Measured on an H100 (`docs/results/dispatch-h100-session13.md`, bf16, 8 heads x 64): a
+//! synced head-grouped forward at 8K tokens took 0.22-0.25 ms eager and 0.49-0.50 ms lazy; from
+//! 32K tokens back-to-back calls run at the device's pace either way. Eager costs the most on
+//! small calls issued back to back without syncs (forward+backward at 8K: 0.80 ms a call
+//! against 0.69 lazy; at 64 tokens several times as long): there, [`DISPATCH_ENV`]` = lazy`
+//! leaves the queues alone.
+//!
+//! ```
+//! assert_eq!(dilated_attention_kernels::DISPATCH_ENV, "DILATED_ATTENTION_DISPATCH");
+//! ```
+
+/// Environment variable that picks the dispatch (read at every call): `lazy` leaves the launches
+/// in Burn's queues until their next flush; anything else (or unset) flushes them after each
+/// call (eager).
+pub const DISPATCH_ENV: &str = "DILATED_ATTENTION_DISPATCH";
+
+/// Whether calls flush Burn's queues after queueing their launches.
+pub(crate) fn eager() -> bool {
+    eager_for(std::env::var(DISPATCH_ENV).ok().as_deref())
+}
+
+/// The dispatch [`DISPATCH_ENV`]'s value asks for: eager unless it is `lazy`.
+fn eager_for(setting: Option<&str>) -> bool {
+    setting.is_none_or(|value| value.trim() != "lazy")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_lazy_turns_eager_dispatch_off() {
+        assert!(eager_for(None));
+        assert!(eager_for(Some("eager")));
+        assert!(eager_for(Some("")));
+        assert!(!eager_for(Some("lazy")));
+        assert!(!eager_for(Some(" lazy\n")));
+    }
+}
