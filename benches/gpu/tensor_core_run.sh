@@ -245,13 +245,14 @@ suite_parallel)
   cat $L/*.log | gzip > "$OUT/suite_parallel_logs.gz"
   ;;
 dispatch_ab)
-  echo "== eager dispatch (the default) against lazy (DILATED_ATTENTION_DISPATCH=lazy), alternating processes, then PyTorch: the table's configs, bf16"
+  echo "== the dispatch modes (DISPATCH_MODES, default eager background lazy; DILATED_ATTENTION_DISPATCH), alternating processes, then PyTorch: the table's configs, bf16; dispatch_probe on CUDA"
   J="$OUT/dispatch_ab.jsonl"; : > "$J"
   for i in 1 2; do
-    for D in eager lazy; do
+    for D in ${DISPATCH_MODES:-eager background lazy}; do
       DILATED_ATTENTION_DISPATCH=$D timeout 60 ./.device-bin/call_overhead --seqs 64,8192 --repeats 30 --burst 50 | sed "s/^{/{\"dispatch\":\"$D\",\"round\":$i,/" >> "$OUT/call_overhead.jsonl"
       DILATED_ATTENTION_DISPATCH=$D timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "s/^{/{\"dispatch\":\"$D\",\"round\":$i,/" >> "$J"
       DILATED_ATTENTION_DISPATCH=$D timeout 40 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "s/^{/{\"dispatch\":\"$D\",\"round\":$i,/" >> "$J"
+      [ -x ./.device-bin/dispatch_probe ] && DILATED_ATTENTION_DISPATCH=$D timeout 30 ./.device-bin/dispatch_probe --seq 131072 --wait-ms 200 >> "$OUT/dispatch_probe.jsonl"
     done
   done
   DILATED_ATTENTION_DISPATCH=eager timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed "s/^{/{\"dispatch\":\"eager\",\"round\":1,/" >> "$J"

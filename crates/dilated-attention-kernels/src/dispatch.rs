@@ -14,25 +14,44 @@
 //! 32K tokens back-to-back calls run at the device's pace either way. Eager costs the most on
 //! small calls issued back to back without syncs (forward+backward at 8K: 0.80 ms a call
 //! against 0.69 lazy; at 64 tokens several times as long): there, [`DISPATCH_ENV`]` = lazy`
-//! leaves the queues alone.
+//! leaves the queues alone. `background` keeps the caller from waiting on Fusion's thread (see
+//! [`Dispatch::Background`]).
 //!
 //! ```
 //! assert_eq!(dilated_attention_kernels::DISPATCH_ENV, "DILATED_ATTENTION_DISPATCH");
 //! ```
 
 /// Environment variable that picks the dispatch (read at every call): `lazy` leaves the launches
-/// in Burn's queues until their next flush; anything else (or unset) flushes them after each
-/// call (eager).
+/// in Burn's queues until their next flush; `background` flushes Fusion's queue without waiting
+/// for it (Fusion's thread then runs our operation and hands its launches to the device); anything
+/// else (or unset) is eager.
 pub const DISPATCH_ENV: &str = "DILATED_ATTENTION_DISPATCH";
 
-/// Whether calls flush Burn's queues after queueing their launches.
-pub(crate) fn eager() -> bool {
-    eager_for(std::env::var(DISPATCH_ENV).ok().as_deref())
+/// How a call hands its launches to the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dispatch {
+    /// Flush every queue after the call's launches, waiting for each device thread.
+    Eager,
+    /// As eager, but the caller does not wait for Fusion's thread: it only flushes Fusion's queue,
+    /// and that thread flushes CubeCL's after running our operation. On lavapipe our kernels ran
+    /// before the caller's sync with the call returning at once; not yet timed on a GPU.
+    Background,
+    /// Leave the launches in the queues until the caller's next sync or read.
+    Lazy,
 }
 
-/// The dispatch [`DISPATCH_ENV`]'s value asks for: eager unless it is `lazy`.
-fn eager_for(setting: Option<&str>) -> bool {
-    setting.is_none_or(|value| value.trim() != "lazy")
+/// The dispatch in force.
+pub(crate) fn dispatch() -> Dispatch {
+    dispatch_for(std::env::var(DISPATCH_ENV).ok().as_deref())
+}
+
+/// The dispatch [`DISPATCH_ENV`]'s value asks for.
+fn dispatch_for(setting: Option<&str>) -> Dispatch {
+    match setting.map(str::trim) {
+        Some("lazy") => Dispatch::Lazy,
+        Some("background") => Dispatch::Background,
+        _ => Dispatch::Eager,
+    }
 }
 
 #[cfg(test)]
@@ -40,11 +59,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_lazy_turns_eager_dispatch_off() {
-        assert!(eager_for(None));
-        assert!(eager_for(Some("eager")));
-        assert!(eager_for(Some("")));
-        assert!(!eager_for(Some("lazy")));
-        assert!(!eager_for(Some(" lazy\n")));
+    fn the_variable_picks_the_dispatch() {
+        assert_eq!(dispatch_for(None), Dispatch::Eager);
+        assert_eq!(dispatch_for(Some("eager")), Dispatch::Eager);
+        assert_eq!(dispatch_for(Some("")), Dispatch::Eager);
+        assert_eq!(dispatch_for(Some("lazy")), Dispatch::Lazy);
+        assert_eq!(dispatch_for(Some(" lazy\n")), Dispatch::Lazy);
+        assert_eq!(dispatch_for(Some("background")), Dispatch::Background);
     }
 }

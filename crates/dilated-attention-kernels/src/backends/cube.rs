@@ -8,9 +8,10 @@ use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
+use crate::DilatedAttentionBackend;
 use crate::backend::{fused_or_reference, untracked_backend_items};
+use crate::dispatch::{self, Dispatch};
 use crate::fused::launch::{self, BackwardInputs};
-use crate::{DilatedAttentionBackend, dispatch};
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -102,11 +103,12 @@ where
     }
 }
 
-/// Under eager dispatch ([`crate::DISPATCH_ENV`]), hands the launches queued so far to the
-/// device (CubeCL's queue otherwise holds them until the caller's next sync). A failed flush
-/// is left to that sync to report: the launches are queued either way.
+/// Unless dispatch is lazy ([`crate::DISPATCH_ENV`]), hands the launches queued so far to the
+/// device (CubeCL's queue otherwise holds them until the caller's next sync). CubeCL 0.10 has no
+/// public flush that does not wait for its device thread. A failed flush is left to that sync
+/// to report: the launches are queued either way.
 fn start_queued_launches<R: CubeRuntime>(client: &ComputeClient<R>) {
-    if dispatch::eager() {
+    if dispatch::dispatch() != Dispatch::Lazy {
         let _ = client.flush();
     }
 }

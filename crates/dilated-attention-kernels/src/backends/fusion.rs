@@ -14,8 +14,9 @@ use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
 use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
 
+use crate::DilatedAttentionBackend;
 use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
-use crate::{DilatedAttentionBackend, dispatch};
+use crate::dispatch::{self, Dispatch};
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -36,13 +37,16 @@ fn check_eagerly<R: FusionRuntime>(
     )
 }
 
-/// Under eager dispatch ([`crate::DISPATCH_ENV`]), runs the stream's queued operations, ours
-/// last, on the fusion thread now: our operation's launches then reach the device (the inner
-/// backend flushes its own queue) instead of waiting for the caller's next sync. Our operation
-/// is a fusion barrier, so the operations before it could not have been fused with later ones.
+/// Unless dispatch is lazy ([`crate::DISPATCH_ENV`]), has the fusion thread run the stream's
+/// queued operations, ours last, now: our operation's launches then reach the device (the inner
+/// backend flushes its own queue) instead of waiting for the caller's next sync. Eager waits for
+/// the fusion thread; background only flushes its queue. Our operation is a fusion barrier, so
+/// the operations before it could not have been fused with later ones.
 fn run_queued_operations<R: FusionRuntime>(client: &GlobalFusionClient<R>) {
-    if dispatch::eager() {
-        client.sync(|| ());
+    match dispatch::dispatch() {
+        Dispatch::Eager => client.sync(|| ()),
+        Dispatch::Background => client.flush_queue(),
+        Dispatch::Lazy => {}
     }
 }
 
