@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|quick|dispatch_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -234,31 +234,33 @@ breakdown)
   ;;
 suite_parallel)
   echo "== every CUDA test in its own process, all at once (SUITE_TIMEOUT, PROPTEST_CASES): one process's tests share one CubeCL device thread, which also compiles, so a single process runs them one after another"
-  L=/tmp/suite_logs; mkdir -p $L
+  L=/tmp/suite_logs; rm -rf $L; mkdir -p $L
   for BIN in fused_matches_oracle backend_suite; do
     for T in $(./.device-bin/$BIN --list 2>/dev/null | grep ': test$' | sed 's/: test$//'); do
       (cd crates/dilated-attention-kernels && timeout ${SUITE_TIMEOUT:-500} ../../.device-bin/$BIN --exact $T --nocapture > $L/${BIN}_$T.log 2>&1; echo "rc=$?" >> $L/${BIN}_$T.log) &
     done
   done
   wait
+  ls $L/*.log > /dev/null 2>&1 || { echo "no test ran (is .device-bin complete?)"; exit 1; }
   for f in $L/*.log; do echo "-- $(basename $f .log): $(grep -c 'rel L2\|relative L2' $f) checks, $(grep -E '^test .*(ok|FAILED)|minimal failing|rc=' $f | tr '\n' ' ')"; done | tee "$OUT/suite_parallel.txt"
-  cat $L/*.log | gzip > "$OUT/suite_parallel_logs.gz"
+  tail -n +1 $L/*.log | gzip > "$OUT/suite_parallel_logs.gz"
   ;;
-dispatch_ab)
-  echo "== the dispatch modes (DISPATCH_MODES, default eager background lazy; DILATED_ATTENTION_DISPATCH), alternating processes, then PyTorch: the table's configs, bf16; dispatch_probe on CUDA"
-  J="$OUT/dispatch_ab.jsonl"; : > "$J"
-  for i in 1 2; do
-    for D in ${DISPATCH_MODES:-eager background lazy}; do
-      DILATED_ATTENTION_DISPATCH=$D timeout 60 ./.device-bin/call_overhead --seqs 64,8192 --repeats 30 --burst 50 | sed "s/^{/{\"dispatch\":\"$D\",\"round\":$i,/" >> "$OUT/call_overhead.jsonl"
-      DILATED_ATTENTION_DISPATCH=$D timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "s/^{/{\"dispatch\":\"$D\",\"round\":$i,/" >> "$J"
-      DILATED_ATTENTION_DISPATCH=$D timeout 40 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "s/^{/{\"dispatch\":\"$D\",\"round\":$i,/" >> "$J"
-      [ -x ./.device-bin/dispatch_probe ] && DILATED_ATTENTION_DISPATCH=$D timeout 30 ./.device-bin/dispatch_probe --seq 131072 --wait-ms 200 >> "$OUT/dispatch_probe.jsonl"
+submit_ab)
+  echo "== when launches are submitted (SUBMIT_MODES, default eager background lazy; DILATED_ATTENTION_SUBMIT), SUBMIT_ROUNDS rounds (default 1) of alternating processes, then PyTorch: the table's configs, bf16; submit_probe on CUDA"
+  J="$OUT/submit_ab.jsonl"; : > "$J"; : > "$OUT/call_overhead.jsonl"; : > "$OUT/submit_probe.jsonl"
+  for i in $(seq 1 ${SUBMIT_ROUNDS:-1}); do
+    for D in ${SUBMIT_MODES:-eager background lazy}; do
+      TAG="s/^{/{\"submit\":\"$D\",\"round\":$i,/"
+      DILATED_ATTENTION_SUBMIT=$D timeout 60 ./.device-bin/call_overhead --seqs 64,8192 --repeats 30 --burst 50 | sed "$TAG" >> "$OUT/call_overhead.jsonl"
+      DILATED_ATTENTION_SUBMIT=$D timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "$TAG" >> "$J"
+      DILATED_ATTENTION_SUBMIT=$D timeout 40 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "$TAG" >> "$J"
+      [ -x ./.device-bin/submit_probe ] && DILATED_ATTENTION_SUBMIT=$D timeout 30 ./.device-bin/submit_probe --seq 131072 --wait-ms 200 | sed "s/^{/{\"round\":$i,/" >> "$OUT/submit_probe.jsonl"
     done
   done
-  DILATED_ATTENTION_DISPATCH=eager timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed "s/^{/{\"dispatch\":\"eager\",\"round\":1,/" >> "$J"
+  DILATED_ATTENTION_SUBMIT=eager timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed "s/^{/{\"submit\":\"eager\",\"round\":1,/" >> "$J"
   echo "ours: $(grep -c '^{' "$J") lines; call_overhead: $(grep -c '^{' "$OUT/call_overhead.jsonl")"
   P="python3 benches/pytorch/dilated_baseline.py"
-  K="$OUT/dispatch_pytorch.jsonl"; : > "$K"
+  K="$OUT/submit_pytorch.jsonl"; : > "$K"
   timeout 120 $P --seqs 8192,32768,131072 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 >> "$K" 2>&1
   timeout 40 $P --seqs 4096 --batch 2 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 >> "$K" 2>&1
   timeout 120 $P --seqs 1048576 --dtypes bfloat16 --impls head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 >> "$K" 2>&1

@@ -276,6 +276,15 @@ pub enum DilatedAttentionError {
         /// How many values are not finite.
         count: usize,
     },
+    /// The device reported an error when a call handed its launches over: one of them failed,
+    /// or an earlier operation on the same stream did.
+    #[error("the device reported an error while submitting {operation}: {reason}")]
+    Device {
+        /// Which call.
+        operation: &'static str,
+        /// The device's message.
+        reason: String,
+    },
 }
 
 /// Result alias of this library.

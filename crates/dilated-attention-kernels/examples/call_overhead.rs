@@ -2,14 +2,15 @@
 //! CUDA: `Autodiff<Fusion<CubeBackend>>` (what `fused_bench` and a training loop run),
 //! `Fusion<CubeBackend>` (burn's default `Cuda`), `CubeBackend` alone, and `Autodiff<CubeBackend>`.
 //!
-//! Per layer, sequence and pass it prints one JSON line with three medians over `--repeats`:
+//! Per layer, sequence and pass it prints one JSON line with four medians over `--repeats`:
 //! - `synced_ms`: the call and a device sync, as `fused_bench` times it;
-//! - `enqueue_ms`: the call alone, until it returns to the host (Fusion only queues the work, so
-//!   its kernels run in the sync that follows, timed as `sync_ms`);
+//! - `enqueue_ms`: the call alone, until it returns to the host, and `sync_ms`: the sync after it
+//!   (how the two share the time depends on `DILATED_ATTENTION_SUBMIT`: lazy leaves the launches
+//!   queued until the sync);
 //! - `pipelined_ms`: `--burst` calls back to back and one sync, divided by `--burst`: the larger
 //!   of the host's and the device's time per call.
 //!
-//! The floor (`"impl":"floor"`) is one elementwise kernel (`x * 2`) timed the same three ways.
+//! The floor (`"impl":"floor"`) is one elementwise kernel (`x * 2`) timed the same way.
 //!
 //! ```text
 //! cargo build --release -p dilated-attention-kernels --features test-cuda --example call_overhead
@@ -68,8 +69,8 @@ fn parse_args() -> Args {
                     other => panic!("unknown dtype {other}"),
                 }
             }
-            "--repeats" => args.repeats = value.parse().unwrap(),
-            "--burst" => args.burst = value.parse().unwrap(),
+            "--repeats" => args.repeats = value.parse::<usize>().unwrap().max(1),
+            "--burst" => args.burst = value.parse::<usize>().unwrap().max(1),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -81,8 +82,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// The three medians of one call, in milliseconds: synced, enqueue (with the sync after it) and
-/// pipelined. `call` returns what must stay alive until the sync.
+/// The medians of one call, in milliseconds.
 struct Timings {
     synced: f64,
     enqueue: f64,
@@ -90,6 +90,7 @@ struct Timings {
     pipelined: f64,
 }
 
+/// Times `call` (which returns what must stay alive until the sync) the three ways.
 fn time_call<B: Backend, T>(
     device: &B::Device,
     repeats: usize,
@@ -156,7 +157,7 @@ fn config(mode: DilationMode) -> DilatedAttentionConfig {
 fn mode_name(mode: DilationMode) -> &'static str {
     match mode {
         DilationMode::HeadGrouped => "head_grouped",
-        _ => "longnet",
+        DilationMode::LongNet => "longnet",
     }
 }
 

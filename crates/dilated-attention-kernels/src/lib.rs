@@ -31,19 +31,19 @@ mod attention;
 mod backend;
 mod backends;
 mod custom_attention;
-#[cfg(any(feature = "cubecl", feature = "fusion"))]
-mod dispatch;
 mod functional;
 #[cfg(feature = "cubecl")]
 mod fused;
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
+mod submit;
 
 pub use attention::*;
 pub use backend::*;
 pub use custom_attention::*;
-#[cfg(any(feature = "cubecl", feature = "fusion"))]
-pub use dispatch::DISPATCH_ENV;
 pub use functional::*;
 #[cfg(feature = "cuda")]
 pub use fused::compile_options::NVRTC_OPTIONS_ENV;
 #[cfg(feature = "cubecl")]
 pub use fused::launch::KERNEL_VARIANT_ENV;
+#[cfg(any(feature = "cubecl", feature = "fusion"))]
+pub use submit::SUBMIT_ENV;

@@ -57,8 +57,10 @@ impl<B: DilatedAttentionBackend> FusedState<B> {
             &self.config,
             self.order.as_ref(),
         );
-        // The forward ran on these very tensors and config, so the checks cannot fail here.
-        let gradients = result.expect("fused backward on inputs the fused forward accepted");
+        // The forward ran on these very tensors and config, so the checks cannot fail here:
+        // only the device can (`DilatedAttentionError::Device`), and a backward step cannot
+        // return an error.
+        let gradients = result.unwrap_or_else(|e| panic!("fused backward: {e}"));
         register_gradients::<B>(parents, grads, gradients);
     }
 }

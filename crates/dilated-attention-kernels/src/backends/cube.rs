@@ -6,12 +6,14 @@ use burn::tensor::{DType, FloatDType, TensorMetadata};
 use burn_cubecl::cubecl::prelude::ComputeClient;
 use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result, SequenceOrder,
+};
 
 use crate::DilatedAttentionBackend;
 use crate::backend::{fused_or_reference, untracked_backend_items};
-use crate::dispatch::{self, Dispatch};
 use crate::fused::launch::{self, BackwardInputs};
+use crate::submit::Submit;
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -63,7 +65,7 @@ where
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
         let client = query.client.clone();
         let outputs = launch::forward(query, key, value, padding, config, order)?;
-        start_queued_launches(&client);
+        submit_queued_launches(&client, "the fused forward")?;
         Ok(outputs)
     }
 
@@ -98,17 +100,29 @@ where
         };
         let client = query.client.clone();
         let gradients = launch::backward(query, key, value, padding, inputs, config, order)?;
-        start_queued_launches(&client);
+        submit_queued_launches(&client, "the fused backward")?;
         Ok(gradients)
     }
 }
 
-/// Unless dispatch is lazy ([`crate::DISPATCH_ENV`]), hands the launches queued so far to the
+/// Unless submission is lazy ([`crate::SUBMIT_ENV`]), hands the launches queued so far to the
 /// device (CubeCL's queue otherwise holds them until the caller's next sync). CubeCL 0.10 has no
-/// public flush that does not wait for its device thread. A failed flush is left to that sync
-/// to report: the launches are queued either way.
-fn start_queued_launches<R: CubeRuntime>(client: &ComputeClient<R>) {
-    if dispatch::dispatch() != Dispatch::Lazy {
-        let _ = client.flush();
+/// public flush that does not wait for its device thread.
+///
+/// # Errors
+/// [`DilatedAttentionError::Device`] when the flush returns the stream's errors: CubeCL hands
+/// them to whoever flushes, so the caller's next sync would no longer see them.
+fn submit_queued_launches<R: CubeRuntime>(
+    client: &ComputeClient<R>,
+    operation: &'static str,
+) -> Result<()> {
+    if Submit::from_env() == Submit::Lazy {
+        return Ok(());
     }
+    client
+        .flush()
+        .map_err(|error| DilatedAttentionError::Device {
+            operation,
+            reason: error.to_string(),
+        })
 }

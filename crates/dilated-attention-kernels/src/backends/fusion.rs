@@ -16,7 +16,7 @@ use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, Seq
 
 use crate::DilatedAttentionBackend;
 use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
-use crate::dispatch::{self, Dispatch};
+use crate::submit::Submit;
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -37,16 +37,17 @@ fn check_eagerly<R: FusionRuntime>(
     )
 }
 
-/// Unless dispatch is lazy ([`crate::DISPATCH_ENV`]), has the fusion thread run the stream's
-/// queued operations, ours last, now: our operation's launches then reach the device (the inner
-/// backend flushes its own queue) instead of waiting for the caller's next sync. Eager waits for
-/// the fusion thread; background only flushes its queue. Our operation is a fusion barrier, so
-/// the operations before it could not have been fused with later ones.
-fn run_queued_operations<R: FusionRuntime>(client: &GlobalFusionClient<R>) {
-    match dispatch::dispatch() {
-        Dispatch::Eager => client.sync(|| ()),
-        Dispatch::Background => client.flush_queue(),
-        Dispatch::Lazy => {}
+/// Unless submission is lazy ([`crate::SUBMIT_ENV`]), hands the stream's queued operations,
+/// ours last, to the fusion thread now, so that our operation's launches reach the device (the
+/// inner backend flushes its own queue when it runs them) instead of waiting for the caller's
+/// next sync. Eager waits until the fusion thread has run them; background only flushes its
+/// queue and returns. Our operation is a fusion barrier, so the operations before it could not
+/// have been fused with later ones.
+fn submit_queued_operations<R: FusionRuntime>(client: &GlobalFusionClient<R>) {
+    match Submit::from_env() {
+        Submit::Eager => client.sync(|| ()),
+        Submit::Background => client.flush_queue(),
+        Submit::Lazy => {}
     }
 }
 
@@ -77,8 +78,10 @@ impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for
             &self.config,
             self.order.as_ref(),
         );
-        // `check_eagerly` ran the launcher's checks on these shapes before queueing.
-        let (output, lse) = result.expect("fused forward on inputs checked before queueing");
+        // `check_eagerly` ran the launcher's checks on these shapes before queueing, so what
+        // can fail here is the device (`DilatedAttentionError::Device`); an operation cannot
+        // return an error to Fusion.
+        let (output, lse) = result.unwrap_or_else(|e| panic!("fused forward: {e}"));
         handles.register_float_tensor::<B>(&self.desc.outputs[0].id, output);
         handles.register_float_tensor::<B>(&self.desc.outputs[1].id, lse);
     }
@@ -130,7 +133,8 @@ impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for
             &self.config,
             self.order.as_ref(),
         );
-        let gradients = result.expect("fused backward on inputs checked before queueing");
+        // As in the forward: only the device can fail here.
+        let gradients = result.unwrap_or_else(|e| panic!("fused backward: {e}"));
         for (out, gradient) in self.desc.outputs.iter().zip(gradients) {
             handles.register_float_tensor::<B>(&out.id, gradient);
         }
@@ -210,7 +214,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             backend: PhantomData,
         };
         let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
-        run_queued_operations(&client);
+        submit_queued_operations(&client);
         let lse = outputs.pop().expect("two outputs");
         let output = outputs.pop().expect("two outputs");
         Ok((output, lse))
@@ -266,7 +270,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             backend: PhantomData,
         };
         let outputs = client.register(streams, OperationIr::Custom(desc), op);
-        run_queued_operations(&client);
+        submit_queued_operations(&client);
         let [dq, dk, dv]: [FusionTensor<_>; 3] = outputs
             .try_into()
             .unwrap_or_else(|_| unreachable!("three outputs registered"));
