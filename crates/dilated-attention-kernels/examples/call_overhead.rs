@@ -169,11 +169,7 @@ fn forward_layer<B: DilatedAttentionBackend>(layer: &str, args: &Args, device: &
         print_line(layer, "floor", "-", "fwd", seq, &t);
         for &mode in &args.modes {
             let cfg = config(mode);
-            let (q, k, v) = (
-                input::<B>(seq, args.dtype, device),
-                input::<B>(seq, args.dtype, device),
-                input::<B>(seq, args.dtype, device),
-            );
+            let [q, k, v] = [0; 3].map(|_| input::<B>(seq, args.dtype, device));
             let t = time_call::<B, _>(device, args.repeats, args.burst, || {
                 dilated_attention_with_lse(q.clone(), k.clone(), v.clone(), &cfg).expect("call")
             });
@@ -191,11 +187,7 @@ fn backward_layer<B: AutodiffBackend + DilatedAttentionBackend>(
     for &seq in &args.seqs {
         for &mode in &args.modes {
             let cfg = config(mode);
-            let (q, k, v) = (
-                input::<B>(seq, args.dtype, device),
-                input::<B>(seq, args.dtype, device),
-                input::<B>(seq, args.dtype, device),
-            );
+            let [q, k, v] = [0; 3].map(|_| input::<B>(seq, args.dtype, device));
             let t = time_call::<B, _>(device, args.repeats, args.burst, || {
                 let (out, _lse) = dilated_attention_with_lse(
                     q.clone().require_grad(),
