@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
-# Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench}(.gz), built as in
-# benches/gpu/fused_run.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench,call_overhead,submit_probe}(.gz),
+# built and packed by benches/gpu/package_device_bin.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
