@@ -21,11 +21,15 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{DType, Distribution, Tensor};
+use burn::tensor::{DType, Tensor};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl::cuda::CudaRuntime;
 use dilated_attention_core::{DilatedAttentionConfig, DilationMode};
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse};
+
+#[path = "common/bench_inputs.rs"]
+mod bench_inputs;
+use bench_inputs::{median, random_input};
 
 /// burn's `Cuda` without fusion.
 type Cube = CubeBackend<CudaRuntime, f32, i32, u8>;
@@ -75,11 +79,6 @@ fn parse_args() -> Args {
         }
     }
     args
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// The medians of one call, in milliseconds.
@@ -145,7 +144,7 @@ fn print_line(layer: &str, what: &str, mode: &str, pass: &str, seq: usize, t: &T
 }
 
 fn input<B: Backend>(seq: usize, dtype: DType, device: &B::Device) -> Tensor<B, 4> {
-    Tensor::<B, 4>::random([1, seq, 8, 64], Distribution::Normal(0.0, 1.0), device).cast(dtype)
+    random_input::<B>([1, seq, 8, 64], dtype, device)
 }
 
 fn config(mode: DilationMode) -> DilatedAttentionConfig {

@@ -22,12 +22,16 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Distribution, ElementConversion, Tensor};
+use burn::tensor::{DType, ElementConversion};
 use burn_cubecl::cubecl::Runtime;
 use dilated_attention_core::{
     AttentionImplementation, DilatedAttentionConfig, DilatedIndexPlan, DilationMode,
 };
 use dilated_attention_kernels::dilated_attention_with_lse;
+
+#[path = "common/bench_inputs.rs"]
+mod bench_inputs;
+use bench_inputs::{median, random_input};
 
 #[cfg(feature = "test-cuda")]
 type Bench = burn::backend::Cuda;
@@ -149,15 +153,6 @@ fn reserved_bytes(device: &burn::tensor::Device<Bench>) -> u64 {
         .unwrap_or(0)
 }
 
-/// A standard-normal input of `shape` in `dtype` (`Tensor::random` makes `f32`, then a cast).
-fn random_input(
-    shape: [usize; 4],
-    dtype: DType,
-    device: &burn::tensor::Device<Bench>,
-) -> Tensor<Autodiff<Bench>, 4> {
-    Tensor::<Autodiff<Bench>, 4>::random(shape, Distribution::Normal(0.0, 1.0), device).cast(dtype)
-}
-
 /// The median of `repeats` host-timed calls of `run`, in seconds.
 fn median_of_runs(repeats: usize, mut run: impl FnMut()) -> f64 {
     let times = (0..repeats)
@@ -170,18 +165,13 @@ fn median_of_runs(repeats: usize, mut run: impl FnMut()) -> f64 {
     median(times)
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// The per-call floor of this harness and runtime: one elementwise kernel over a `[b, n, h, d]`
 /// input (`x * 2`, fused by Burn), timed like an attention call (median of `repeats` host-timed
 /// calls, each ending with a device sync). Printed as `"impl":"floor"` lines.
 fn floor_line(args: &Args, device: &burn::tensor::Device<Bench>, dtype_name: &str, dtype: DType) {
     for &n in &args.seqs {
         let shape = [args.batch, n, args.heads, args.head_dim];
-        let x = random_input(shape, dtype, device);
+        let x = random_input::<Autodiff<Bench>>(shape, dtype, device);
         Bench::sync(device).expect("sync");
         let run = || {
             let doubled = x.clone() * 2.0;
@@ -237,7 +227,7 @@ fn main() {
                     let shape = [args.batch, n, args.heads, args.head_dim];
                     let client = BenchRuntime::client(&device);
                     client.memory_cleanup();
-                    let make = || random_input(shape, dtype, &device);
+                    let make = || random_input::<Autodiff<Bench>>(shape, dtype, &device);
                     let (q, k, v) = (make(), make(), make());
                     Bench::sync(&device).expect("sync");
                     let base = reserved_bytes(&device);
