@@ -246,18 +246,18 @@ suite_parallel)
   tail -n +1 $L/*.log | gzip > "$OUT/suite_parallel_logs.gz"
   ;;
 submit_ab)
-  echo "== when launches are submitted (SUBMIT_MODES, default eager background lazy; DILATED_ATTENTION_SUBMIT), SUBMIT_ROUNDS rounds (default 1) of alternating processes, then PyTorch: the table's configs, bf16; submit_probe on CUDA"
+  echo "== when launches are submitted (SUBMIT_MODES, default background eager lazy; DILATED_ATTENTION_SUBMIT), SUBMIT_ROUNDS rounds (default 1) of alternating processes, then PyTorch: the table's configs, bf16; submit_probe on CUDA"
   J="$OUT/submit_ab.jsonl"; : > "$J"; : > "$OUT/call_overhead.jsonl"; : > "$OUT/submit_probe.jsonl"
   for i in $(seq 1 ${SUBMIT_ROUNDS:-1}); do
-    for D in ${SUBMIT_MODES:-eager background lazy}; do
+    for D in ${SUBMIT_MODES:-background eager lazy}; do
       TAG="s/^{/{\"submit\":\"$D\",\"round\":$i,/"
       DILATED_ATTENTION_SUBMIT=$D timeout 60 ./.device-bin/call_overhead --seqs 64,8192 --repeats 30 --burst 50 | sed "$TAG" >> "$OUT/call_overhead.jsonl"
       DILATED_ATTENTION_SUBMIT=$D timeout 100 $B --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "$TAG" >> "$J"
       DILATED_ATTENTION_SUBMIT=$D timeout 40 $B --seqs 4096 --batch 2 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 7 --warmup 2 | sed "$TAG" >> "$J"
-      [ -x ./.device-bin/submit_probe ] && DILATED_ATTENTION_SUBMIT=$D timeout 30 ./.device-bin/submit_probe --seq 131072 --wait-ms 200 | sed "s/^{/{\"round\":$i,/" >> "$OUT/submit_probe.jsonl"
+      [ -x ./.device-bin/submit_probe ] && DILATED_ATTENTION_SUBMIT=$D timeout 30 ./.device-bin/submit_probe --seq 131072 --wait-ms 200 | sed "s/^{/{\"process_round\":$i,/" >> "$OUT/submit_probe.jsonl"
     done
   done
-  DILATED_ATTENTION_SUBMIT=eager timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed "s/^{/{\"submit\":\"eager\",\"round\":1,/" >> "$J"
+  DILATED_ATTENTION_SUBMIT=background timeout 120 $B --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 3 --warmup 1 | sed "s/^{/{\"submit\":\"background\",\"round\":1,/" >> "$J"
   echo "ours: $(grep -c '^{' "$J") lines; call_overhead: $(grep -c '^{' "$OUT/call_overhead.jsonl")"
   P="python3 benches/pytorch/dilated_baseline.py"
   K="$OUT/submit_pytorch.jsonl"; : > "$K"

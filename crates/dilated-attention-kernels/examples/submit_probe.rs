@@ -43,7 +43,7 @@ fn main() {
             other => panic!("unknown flag {other}"),
         }
     }
-    let submit = std::env::var(SUBMIT_ENV).unwrap_or_else(|_| "eager".into());
+    let submit = std::env::var(SUBMIT_ENV).unwrap_or_else(|_| "background".into());
     let device = Default::default();
     let cfg = DilatedAttentionConfig::new(vec![1024], vec![1]);
     let q = Tensor::<Probe, 4>::random([1, seq, 8, 32], Distribution::Normal(0.0, 1.0), &device);
