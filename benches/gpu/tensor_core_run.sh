@@ -2,7 +2,7 @@
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
 # Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench,call_overhead,submit_probe}(.gz),
-# built and packed by benches/gpu/package_device_bin.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# built and packed by benches/gpu/package_device_bin.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|atomic_dq|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -231,6 +231,10 @@ breakdown)
     done
     echo "-- $M"; grep -v "^==PROF==" "$OUT/kernels_$M.csv" | grep -E "dilated|delta|gpu__time" | cut -c1-220 | head -40
   done
+  ;;
+atomic_dq)
+  echo "== what a one-kernel backward's f32 dQ atomics would cost: Triton, the fused backward's add pattern on the head-grouped config (benches/gpu/atomic_dq_probe.py)"
+  timeout 300 python3 benches/gpu/atomic_dq_probe.py ${ATOMIC_ARGS:-} | tee "$OUT/atomic_dq.jsonl"
   ;;
 suite_parallel)
   echo "== every CUDA test in its own process, all at once (SUITE_TIMEOUT, PROPTEST_CASES): one process's tests share one CubeCL device thread, which also compiles, so a single process runs them one after another"

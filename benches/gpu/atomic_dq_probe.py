@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""What a one-kernel backward's dQ atomics would cost (issue 3, docs/kernels-plan.md item 0).
+
+FlashAttention-2's backward has one kernel per key block that adds each query tile's dQ into
+an f32 buffer with atomics, instead of a second kernel that recomputes S and dP. Before writing
+that kernel in CubeCL, this measures the atomics alone, with the fused backward's pattern on the
+head-grouped config (8 heads x 64; pairs (2048,1),(4096,2),(8192,4); heads split 3/3/2 among the
+pairs): one program per (head, segment and offset, block of `--key-block` keys) walks every
+query tile of `--query-tile` rows of its segment and adds a `query_tile x 64` f32 tile into the
+dilated rows of dQ ([seq, heads, 64], row `start + offset + t r`).
+
+Variants, each timed alone (median of `--repeats` after a warm-up):
+  atomic : tl.atomic_add (relaxed) of every element, the fused kernel's adds;
+  store  : tl.store of the same tiles (the bytes without the read-modify-write), a floor.
+Prints one JSON line per (seq, variant, key_block) with the adds issued and their rate.
+"""
+import argparse, json
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def dq_tiles(dq, seq, r, m, heads_first, stride_row, ATOMIC: tl.constexpr,
+             QUERY_TILE: tl.constexpr, D: tl.constexpr):
+    key_block = tl.program_id(0)
+    group = tl.program_id(1)  # segment * r + offset
+    head = heads_first + tl.program_id(2)
+    segment = group // r
+    offset = group % r
+    start = segment * m * r  # segment length s = m r
+    cols = tl.arange(0, D)
+    for qt in range(0, tl.cdiv(m, QUERY_TILE)):
+        t = qt * QUERY_TILE + tl.arange(0, QUERY_TILE)
+        pos = start + offset + t * r
+        live = (t < m) & (pos < seq)
+        ptr = dq + pos[:, None] * stride_row + head * D + cols[None, :]
+        val = (t[:, None] + cols[None, :] + key_block).to(tl.float32) * 1e-6
+        if ATOMIC:
+            tl.atomic_add(ptr, val, mask=live[:, None], sem="relaxed")
+        else:
+            tl.store(ptr, val, mask=live[:, None])
+
+
+def head_groups(h, g):
+    base, extra = divmod(h, g)
+    out, start = [], 0
+    for i in range(g):
+        n = base + (1 if i < extra else 0)
+        out.append((start, n))
+        start += n
+    return out
+
+
+def run(seq, heads, d, pairs, atomic, key_block, query_tile):
+    dq = torch.zeros(seq, heads, d, device="cuda", dtype=torch.float32)
+    adds = 0
+    launches = []
+    for (first, count), (s, r) in zip(head_groups(heads, len(pairs)), pairs):
+        s = min(s, seq)
+        m = s // r
+        groups = (seq // s) * r
+        key_blocks = triton.cdiv(m, key_block)
+        launches.append((key_blocks, groups, count, r, m, first))
+        adds += key_blocks * groups * count * m * d
+    def once():
+        for key_blocks, groups, count, r, m, first in launches:
+            dq_tiles[(key_blocks, groups, count)](dq, seq, r, m, first, heads * d, ATOMIC=atomic,
+                                                 QUERY_TILE=query_tile, D=d)
+    return once, adds
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seqs", default="32768,131072,1048576")
+    ap.add_argument("--key-blocks", default="64,128")
+    ap.add_argument("--query-tile", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    pairs = [(2048, 1), (4096, 2), (8192, 4)]
+    print(json.dumps({"device": torch.cuda.get_device_name(), "triton": triton.__version__}))
+    for seq in [int(x) for x in args.seqs.split(",")]:
+        for key_block in [int(x) for x in args.key_blocks.split(",")]:
+            for atomic in (True, False):
+                once, adds = run(seq, 8, 64, pairs, atomic, key_block, args.query_tile)
+                once()
+                torch.cuda.synchronize()
+                times = []
+                for _ in range(args.repeats):
+                    a = torch.cuda.Event(enable_timing=True)
+                    b = torch.cuda.Event(enable_timing=True)
+                    a.record()
+                    once()
+                    b.record()
+                    torch.cuda.synchronize()
+                    times.append(a.elapsed_time(b))
+                ms = sorted(times)[len(times) // 2]
+                print(json.dumps({
+                    "seq": seq, "variant": "atomic" if atomic else "store", "key_block": key_block,
+                    "query_tile": args.query_tile, "adds": adds, "median_ms": round(ms, 4),
+                    "g_adds_per_s": round(adds / ms / 1e6, 1),
+                    "gb_per_s": round(adds * 4 / ms / 1e6, 1),
+                }), flush=True)
+
+
+if __name__ == "__main__":
+    main()
