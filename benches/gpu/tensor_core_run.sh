@@ -233,7 +233,7 @@ breakdown)
   done
   ;;
 atomic_dq)
-  echo "== what a one-kernel backward's f32 dQ atomics would cost: Triton, the fused backward's add pattern on the head-grouped config (benches/gpu/atomic_dq_probe.py)"
+  echo "== what a one-kernel backward's f32 dQ atomics would cost: Triton, the fused backward's add pattern, head-grouped and LongNet (benches/gpu/atomic_dq_probe.py)"
   timeout 300 python3 benches/gpu/atomic_dq_probe.py ${ATOMIC_ARGS:-} | tee "$OUT/atomic_dq.jsonl"
   ;;
 suite_parallel)
