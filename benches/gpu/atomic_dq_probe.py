@@ -16,11 +16,15 @@ Variants, each timed alone (median of `--repeats` after a warm-up):
   store  : tl.store of the same tiles (the bytes without the read-modify-write), a floor.
 Prints one JSON line per (seq, variant, key_block) with the adds issued and their rate.
 """
-import argparse, json
+import argparse, json, os, sys
 
 import torch
 import triton
 import triton.language as tl
+
+# The PyTorch baseline's split of heads among pairs (the head-grouped mode's groups).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pytorch"))
+from dilated_baseline import head_groups  # noqa: E402
 
 
 @triton.jit
@@ -45,16 +49,6 @@ def dq_tiles(dq, seq, r, m, heads_first, group_offset, stride_row, ATOMIC: tl.co
             tl.atomic_add(ptr, val, mask=live[:, None], sem="relaxed")
         else:
             tl.store(ptr, val, mask=live[:, None])
-
-
-def head_groups(h, g):
-    base, extra = divmod(h, g)
-    out, start = [], 0
-    for i in range(g):
-        n = base + (1 if i < extra else 0)
-        out.append((start, n))
-        start += n
-    return out
 
 
 def run(seq, heads, d, pairs, mode, atomic, key_block, query_tile):
