@@ -17,7 +17,7 @@
 
 use burn::config::Config;
 
-use crate::{DilatedAttentionError, Result, ensure_probability};
+use crate::{DilatedAttentionError, KernelStrategy, Result, ensure_probability};
 
 /// How the heads use the (segment length, dilation rate) pairs.
 #[derive(Config, Debug, Copy, PartialEq, Eq, Hash)]
@@ -31,17 +31,6 @@ pub enum DilationMode {
     /// rows a head's dilation does not select are 0. Unlike the PyTorch library, the output is not
     /// divided by the number of groups.
     HeadGrouped,
-}
-
-/// Which implementation runs the attention.
-#[derive(Config, Debug, Copy, PartialEq, Eq, Hash)]
-pub enum AttentionImplementation {
-    /// The backend's fused kernels where it has them (CUDA, WGPU through CubeCL), else the
-    /// reference path. Configs with `dropout > 0` run the reference path while training.
-    Auto,
-    /// Always the reference path built from the backend's tensor ops (for debugging and for
-    /// checking the kernels).
-    Reference,
 }
 
 /// Configuration of dilated attention.
@@ -68,15 +57,17 @@ pub struct DilatedAttentionConfig {
     /// backend tracks gradients, as Burn's `Dropout` does). Default: 0.
     #[config(default = 0.0)]
     pub dropout: f64,
-    /// Fused kernels or the reference path. Default: [`AttentionImplementation::Auto`].
-    #[config(default = "AttentionImplementation::Auto")]
-    pub implementation: AttentionImplementation,
+    /// Which kernel family runs the attention: the fastest available (default), the reference
+    /// path, or one family forced (an error where it cannot run the call). The environment
+    /// variable `DILATED_ATTENTION_KERNEL` overrides it. Default: [`KernelStrategy::Auto`].
+    #[config(default = "KernelStrategy::Auto")]
+    pub kernel_strategy: KernelStrategy,
     /// Lets the fused CUDA kernels (forward and backward) run `f32` inputs on one TF32 tensor-core
     /// product each, like PyTorch's `allow_tf32`: the products take inputs rounded to a 10-bit
     /// mantissa, while accumulation, the softmax and the outputs stay `f32`. About 2x faster than
     /// the default, which splits every product into three TF32 products for `f32`-level accuracy;
     /// on an H100 the output's relative L2 error went from at most 2.5e-6 to at most 4.6e-4, the
-    /// gradients' to at most 5.3e-3 (`docs/results/tf32-h100.md`). Other dtypes and backends are
+    /// gradients' to at most 5.3e-3 (`docs/performance.md`). Other dtypes and backends are
     /// unaffected. Default: false.
     #[config(default = false)]
     pub allow_tf32: bool,

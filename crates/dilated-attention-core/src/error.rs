@@ -285,6 +285,25 @@ pub enum DilatedAttentionError {
         /// The device's message.
         reason: String,
     },
+    /// The kernel strategy asked for (in the config or through `DILATED_ATTENTION_KERNEL`)
+    /// cannot run this call on this backend and device.
+    #[error("kernel strategy {strategy:?} cannot run this call: {reason}")]
+    KernelUnavailable {
+        /// The strategy asked for.
+        strategy: crate::KernelStrategy,
+        /// What the call or the device lacks, with the values.
+        reason: String,
+    },
+    /// An environment variable of this library holds a value it does not know.
+    #[error("environment variable {variable} is {value:?}; expected one of: {expected}")]
+    InvalidEnvironment {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// The values it takes.
+        expected: &'static str,
+    },
 }
 
 /// Result alias of this library.

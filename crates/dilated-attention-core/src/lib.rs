@@ -19,6 +19,7 @@ mod config;
 mod error;
 mod field_check;
 mod index_tensor;
+mod kernel_strategy;
 mod lse_merge;
 #[cfg(feature = "test-oracle")]
 pub mod oracle;
@@ -32,6 +33,7 @@ pub use config::*;
 pub use error::*;
 pub use field_check::*;
 pub use index_tensor::*;
+pub use kernel_strategy::*;
 pub use lse_merge::*;
 pub use plan::*;
 pub use reference::*;

@@ -25,9 +25,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, ElementConversion};
 use burn_cubecl::cubecl::Runtime;
 use dilated_attention_core::{
-    AttentionImplementation, DilatedAttentionConfig, DilatedIndexPlan, DilationMode,
+    DilatedAttentionConfig, DilatedIndexPlan, DilationMode, KernelChoice, KernelStrategy,
 };
-use dilated_attention_kernels::dilated_attention_with_lse;
+use dilated_attention_kernels::{dilated_attention_with_lse, kernel_choice};
 
 #[path = "common/bench_inputs.rs"]
 mod bench_inputs;
@@ -220,11 +220,14 @@ fn main() {
             cfg.causal = args.causal;
             cfg.allow_tf32 = dtype_name == "tf32";
             if args.reference {
-                cfg.implementation = AttentionImplementation::Reference;
+                cfg.kernel_strategy = KernelStrategy::Reference;
             }
             for &n in &args.seqs {
                 for pass in &args.passes {
                     let shape = [args.batch, n, args.heads, args.head_dim];
+                    let KernelChoice { family, precision } =
+                        kernel_choice::<Autodiff<Bench>>(shape, dtype, &device, &cfg)
+                            .expect("a kernel for the call");
                     let client = BenchRuntime::client(&device);
                     client.memory_cleanup();
                     let make = || random_input::<Autodiff<Bench>>(shape, dtype, &device);
@@ -289,7 +292,7 @@ fn main() {
                     let flops = useful_flops(&cfg, args.batch, n, args.heads, args.head_dim)
                         * if backward { 3.5 } else { 1.0 };
                     println!(
-                        "{{\"runtime\":\"{RUNTIME}\",\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"held_after_forward_mb\":{:.1},\"output_and_lse_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"repeats\":{}}}",
+                        "{{\"runtime\":\"{RUNTIME}\",\"impl\":\"{}\",\"mode\":\"{mode_name}\",\"dtype\":\"{dtype_name}\",\"batch\":{},\"seq\":{n},\"heads\":{},\"head_dim\":{},\"causal\":{},\"pass\":\"{pass}\",\"median_ms\":{:.3},\"tokens_per_s\":{:.0},\"tflops\":{:.2},\"extra_reserved_mb\":{:.1},\"held_after_forward_mb\":{:.1},\"output_and_lse_mb\":{:.1},\"first_call_s\":{:.2},\"output_mean_abs\":{output_mean_abs:.4},\"family\":\"{family:?}\",\"precision\":\"{precision:?}\",\"repeats\":{}}}",
                         if args.reference {
                             "burn_reference"
                         } else if std::env::var("DILATED_ATTENTION_KERNEL")

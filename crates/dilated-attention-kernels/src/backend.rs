@@ -28,19 +28,21 @@
 use std::sync::Arc;
 
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{Bool, Device, Tensor, TensorMetadata, TensorPrimitive, backend::Backend};
+use burn::tensor::{
+    Bool, DType, Device, Tensor, TensorMetadata, TensorPrimitive, backend::Backend,
+};
 use dilated_attention_core::{
-    DilatedAttentionConfig, DilatedAttentionError, Result, SequenceOrder, index_tensor,
-    reference_dilated_attention,
+    DilatedAttentionConfig, DilatedAttentionError, KernelChoice, KernelStrategy, Result,
+    SequenceOrder, index_tensor, reference_dilated_attention,
 };
 
-use crate::CustomAttention;
+use crate::{CustomAttention, kernel_strategy};
 
 /// A Burn backend that can run dilated attention.
 ///
 /// Implemented for `NdArray` (feature `ndarray`), `CubeBackend` (feature `cubecl`), `Fusion<B>`
 /// (feature `fusion`) and `Autodiff<B>`. The default bodies run the reference path; `CubeBackend`
-/// and `Fusion` run the fused kernels where [`Self::fused_dilated_attention_available`] says so,
+/// and `Fusion` run the fused kernels where [`Self::dilated_attention_kernel`] says so,
 /// and `Autodiff` over such a backend differentiates through the fused backward kernels.
 pub trait DilatedAttentionBackend: Backend {
     /// The backend without gradient tracking: `Self`, or `B` for `Autodiff<B>`. A
@@ -110,15 +112,25 @@ pub trait DilatedAttentionBackend: Backend {
         reference_along_order::<Self>(query, key, value, key_padding_mask, config, order)
     }
 
-    /// Whether this backend's fused kernels take a call with inputs of shape `dims`
-    /// (`[batch, seq, heads, head_dim]`) and `config`. False for backends without kernels and
-    /// when the config forces the reference path.
-    fn fused_dilated_attention_available(
+    /// Which kernel family, with which product precision, runs a call with inputs of shape
+    /// `dims` (`[batch, seq, heads, head_dim]`) and `dtype` on `device` with `config`: the
+    /// config's `kernel_strategy` (or the `DILATED_ATTENTION_KERNEL` override) resolved against
+    /// what the backend and the device can run. Every call of this trait's attention methods
+    /// runs what this answers. The default body (backends without kernels) answers the
+    /// reference path.
+    ///
+    /// # Errors
+    /// [`DilatedAttentionError::KernelUnavailable`] when the strategy forces a family that
+    /// cannot run the call; [`DilatedAttentionError::InvalidEnvironment`] for an unknown value of
+    /// the override.
+    fn dilated_attention_kernel(
         dims: [usize; 4],
+        dtype: DType,
+        device: &Device<Self>,
         config: &DilatedAttentionConfig,
-    ) -> bool {
-        let _ = (dims, config);
-        false
+    ) -> Result<KernelChoice> {
+        let _ = (dims, dtype, device);
+        without_kernels(config)
     }
 
     /// The fused forward: the output in the query's dtype and the log-sum-exp in `f32` (the
@@ -127,7 +139,7 @@ pub trait DilatedAttentionBackend: Backend {
     ///
     /// # Errors
     /// [`DilatedAttentionError::Unsupported`] when the backend has no kernels for the call (see
-    /// [`Self::fused_dilated_attention_available`]); shape and config errors.
+    /// [`Self::dilated_attention_kernel`]); shape and config errors.
     fn fused_dilated_attention_forward(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,
@@ -203,6 +215,24 @@ macro_rules! untracked_backend_items {
 }
 #[allow(unused_imports)]
 pub(crate) use untracked_backend_items;
+
+/// The answer of a backend without kernels: the reference path, unless the strategy forces a
+/// fused family.
+///
+/// # Errors
+/// [`DilatedAttentionError::KernelUnavailable`] for a forced fused family;
+/// [`DilatedAttentionError::InvalidEnvironment`] as [`kernel_strategy`].
+pub(crate) fn without_kernels(config: &DilatedAttentionConfig) -> Result<KernelChoice> {
+    match kernel_strategy(config)? {
+        KernelStrategy::Auto | KernelStrategy::Reference => Ok(KernelChoice::REFERENCE),
+        forced => Err(DilatedAttentionError::KernelUnavailable {
+            strategy: forced,
+            reason: "this backend has no fused kernels (they run on burn's CubeCL backends: \
+                     Cuda, Wgpu)"
+                .into(),
+        }),
+    }
+}
 
 fn no_kernels() -> DilatedAttentionError {
     DilatedAttentionError::Unsupported {
@@ -295,8 +325,8 @@ pub(crate) fn dims4(tensor: &impl TensorMetadata) -> Option<[usize; 4]> {
 
 /// The body of `dilated_attention_with_lse` (and `_along_order`) for backends with kernels: the
 /// fused forward (its `f32` LSE cast to the query's dtype) when
-/// [`DilatedAttentionBackend::fused_dilated_attention_available`] says so, else the reference
-/// path (gathering along `order`, when given).
+/// [`DilatedAttentionBackend::dilated_attention_kernel`] picks a fused family, else the
+/// reference path (gathering along `order`, when given).
 #[cfg(any(feature = "cubecl", feature = "fusion"))]
 pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
     query: FloatTensor<B>,
@@ -306,31 +336,40 @@ pub(crate) fn fused_or_reference<B: DilatedAttentionBackend>(
     config: &DilatedAttentionConfig,
     order: Option<&SequenceOrder>,
 ) -> Result<(FloatTensor<B>, FloatTensor<B>)> {
-    match dims4(&query) {
-        Some(dims) if B::fused_dilated_attention_available(dims, config) => {
-            use burn::tensor::{DType, FloatDType};
-            let dtype = query.dtype();
-            let (output, lse) = B::fused_dilated_attention_forward(
-                query,
-                key,
-                value,
-                key_padding_mask,
-                config,
-                order,
-            )?;
-            let lse = if dtype == DType::F32 {
-                lse
-            } else {
-                B::float_cast(lse, FloatDType::from(dtype))
-            };
-            Ok((output, lse))
-        }
-        _ => match order {
+    if kernel_of::<B>(&query, config)?.is_fused() {
+        let dtype = query.dtype();
+        let (output, lse) =
+            B::fused_dilated_attention_forward(query, key, value, key_padding_mask, config, order)?;
+        let lse = if dtype == DType::F32 {
+            lse
+        } else {
+            B::float_cast(lse, burn::tensor::FloatDType::from(dtype))
+        };
+        Ok((output, lse))
+    } else {
+        match order {
             Some(order) => {
                 reference_along_order::<B>(query, key, value, key_padding_mask, config, order)
             }
             None => reference_with_lse::<B>(query, key, value, key_padding_mask, config),
-        },
+        }
+    }
+}
+
+/// [`DilatedAttentionBackend::dilated_attention_kernel`] for a call with `query`; the reference
+/// path (which reports the rank error) for a query that is not of rank 4.
+///
+/// # Errors
+/// As [`DilatedAttentionBackend::dilated_attention_kernel`].
+pub(crate) fn kernel_of<B: DilatedAttentionBackend>(
+    query: &FloatTensor<B>,
+    config: &DilatedAttentionConfig,
+) -> Result<KernelChoice> {
+    match dims4(query) {
+        Some(dims) => {
+            B::dilated_attention_kernel(dims, query.dtype(), &B::float_device(query), config)
+        }
+        None => Ok(KernelChoice::REFERENCE),
     }
 }
 

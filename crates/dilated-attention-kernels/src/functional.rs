@@ -15,8 +15,10 @@
 //! # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
 //! ```
 
-use burn::tensor::{Bool, Tensor, TensorPrimitive};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
+use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, KernelChoice, Result, SequenceOrder,
+};
 
 use crate::DilatedAttentionBackend;
 
@@ -128,4 +130,48 @@ pub fn dilated_attention_along_order<B: DilatedAttentionBackend>(
         Tensor::from_primitive(TensorPrimitive::Float(out)),
         Tensor::from_primitive(TensorPrimitive::Float(lse)),
     ))
+}
+
+/// Which kernel family, with which product precision, runs a call with inputs of shape `dims`
+/// (`[batch, seq, heads, head_dim]`) and `dtype` on `device` with `config`: what
+/// [`dilated_attention_with_lse`] and every module of this library run for such a call
+/// (see [`DilatedAttentionBackend::dilated_attention_kernel`]; the strategies are in
+/// [`KernelStrategy`](dilated_attention_core::KernelStrategy)).
+///
+/// ```
+/// use burn::backend::NdArray;
+/// use burn::tensor::DType;
+/// use dilated_attention_core::{
+///     DilatedAttentionConfig, DilatedAttentionError, KernelChoice, KernelStrategy,
+/// };
+/// use dilated_attention_kernels::kernel_choice;
+///
+/// let device = Default::default();
+/// let cfg = DilatedAttentionConfig::new(vec![64], vec![1]);
+/// # if std::env::var_os(dilated_attention_kernels::KERNEL_ENV).is_none() {
+/// // The CPU backend has no fused kernels: the reference path runs...
+/// let choice = kernel_choice::<NdArray>([1, 128, 4, 64], DType::F32, &device, &cfg)?;
+/// assert_eq!(choice, KernelChoice::REFERENCE);
+/// // ...and forcing a family is an error, not a silent detour.
+/// let forced = cfg.with_kernel_strategy(KernelStrategy::Portable);
+/// assert!(matches!(
+///     kernel_choice::<NdArray>([1, 128, 4, 64], DType::F32, &device, &forced),
+///     Err(DilatedAttentionError::KernelUnavailable { .. })
+/// ));
+/// # }
+/// # Ok::<(), DilatedAttentionError>(())
+/// ```
+///
+/// # Errors
+/// [`KernelUnavailable`](dilated_attention_core::DilatedAttentionError::KernelUnavailable)
+/// when the strategy forces a family that cannot run the call;
+/// [`InvalidEnvironment`](dilated_attention_core::DilatedAttentionError::InvalidEnvironment)
+/// for an unknown value of [`KERNEL_ENV`](crate::KERNEL_ENV).
+pub fn kernel_choice<B: DilatedAttentionBackend>(
+    dims: [usize; 4],
+    dtype: DType,
+    device: &B::Device,
+    config: &DilatedAttentionConfig,
+) -> Result<KernelChoice> {
+    B::dilated_attention_kernel(dims, dtype, device, config)
 }

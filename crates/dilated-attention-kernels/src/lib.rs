@@ -5,9 +5,9 @@
 //! `CubeBackend` (feature `cubecl`), `Fusion` (feature `fusion`) and `Autodiff` over them run the
 //! fused CubeCL kernels of the `fused` module (flash attention over the dilated rows, every pair
 //! in one launch; FlashAttention-2 style backward); `NdArray` and every call the kernels do not
-//! take (see [`DilatedAttentionBackend::fused_dilated_attention_available`]) run core's reference
-//! path through the trait's default bodies. Set
-//! `config.implementation = AttentionImplementation::Reference` to force the reference path.
+//! take (see [`DilatedAttentionBackend::dilated_attention_kernel`], or the public
+//! [`kernel_choice`]) run core's reference path through the trait's default bodies. Set
+//! `config.kernel_strategy = KernelStrategy::Reference` to force the reference path.
 //!
 //! ```
 //! use burn::backend::{Autodiff, NdArray};
@@ -34,16 +34,10 @@ mod custom_attention;
 mod functional;
 #[cfg(feature = "cubecl")]
 mod fused;
-#[cfg(any(feature = "cubecl", feature = "fusion"))]
-mod submit;
+mod overrides;
 
 pub use attention::*;
 pub use backend::*;
 pub use custom_attention::*;
 pub use functional::*;
-#[cfg(feature = "cuda")]
-pub use fused::compile_options::NVRTC_OPTIONS_ENV;
-#[cfg(feature = "cubecl")]
-pub use fused::launch::KERNEL_VARIANT_ENV;
-#[cfg(any(feature = "cubecl", feature = "fusion"))]
-pub use submit::SUBMIT_ENV;
+pub use overrides::{KERNEL_ENV, NVRTC_OPTIONS_ENV, SUBMIT_ENV, kernel_strategy};

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use dilated_attention_core::oracle::OracleCase;
-use dilated_attention_core::{AttentionImplementation, DilationMode};
+use dilated_attention_core::{DilationMode, KernelStrategy};
 
 /// Odd shapes: primes, seq 1, heads not a multiple of groups, batch > 1, partial segments.
 fn cases() -> Vec<OracleCase> {
@@ -81,7 +81,7 @@ fn dispatch_gradients_match_oracle_on_odd_shapes() {
 #[test]
 fn reference_path_output_and_lse_match_oracle_on_odd_shapes() {
     for c in cases() {
-        check_forward_with::<TestBackend>(&c, AttentionImplementation::Reference, None);
+        check_forward_with::<TestBackend>(&c, KernelStrategy::Reference, None);
     }
 }
 
@@ -107,7 +107,7 @@ fn fused_kernel_gradients_on_the_raw_cube_backend_match_oracle() {
 fn dispatch_along_an_order_matches_the_gathered_oracle() {
     for (i, c) in cases().into_iter().enumerate() {
         let order = random_order(c.shape[1], 100 + i as u64);
-        check_forward_with::<TestBackend>(&c, AttentionImplementation::Auto, Some(&order));
+        check_forward_with::<TestBackend>(&c, KernelStrategy::Auto, Some(&order));
         check_gradients::<TestBackend>(&c, Some(&order));
     }
 }
@@ -117,7 +117,7 @@ fn dispatch_along_an_order_matches_the_gathered_oracle() {
 fn reference_path_along_an_order_matches_the_gathered_oracle() {
     for (i, c) in cases().into_iter().enumerate() {
         let order = random_order(c.shape[1], 200 + i as u64);
-        check_forward_with::<TestBackend>(&c, AttentionImplementation::Reference, Some(&order));
+        check_forward_with::<TestBackend>(&c, KernelStrategy::Reference, Some(&order));
     }
 }
 
@@ -126,7 +126,7 @@ fn reference_path_along_an_order_matches_the_gathered_oracle() {
 fn fused_kernels_along_an_order_on_the_raw_cube_backend_match_oracle() {
     for (i, c) in cases().into_iter().enumerate() {
         let order = random_order(c.shape[1], 300 + i as u64);
-        check_forward_with::<RawCube>(&c, AttentionImplementation::Auto, Some(&order));
+        check_forward_with::<RawCube>(&c, KernelStrategy::Auto, Some(&order));
         check_gradients::<RawCube>(&c, Some(&order));
     }
 }

@@ -9,7 +9,7 @@ mod common;
 
 use burn::tensor::DType;
 use common::*;
-use dilated_attention_core::AttentionImplementation;
+use dilated_attention_core::KernelStrategy;
 use dilated_attention_core::oracle::arbitrary_case;
 use proptest::prelude::*;
 
@@ -76,7 +76,7 @@ proptest! {
     ) {
         if c.valid() {
             let order = random_order(c.shape[1], order_seed);
-            check_forward_with::<TestBackend>(&c, AttentionImplementation::Auto, Some(&order));
+            check_forward_with::<TestBackend>(&c, KernelStrategy::Auto, Some(&order));
             check_gradients::<TestBackend>(&c, Some(&order));
         }
     }

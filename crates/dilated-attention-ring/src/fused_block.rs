@@ -18,9 +18,7 @@
 use core::ops::Range;
 
 use burn::tensor::{Bool, DType, IndexingUpdateOp, Tensor, TensorPrimitive, backend::Backend};
-use dilated_attention_core::{
-    AttentionImplementation, DilatedAttentionConfig, Result, merge_by_lse,
-};
+use dilated_attention_core::{DilatedAttentionConfig, KernelStrategy, Result, merge_by_lse};
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
 use crate::block::{narrow_to, wide};
@@ -196,12 +194,12 @@ fn hidden_keys<B: Backend>(
 }
 
 /// What every fused call of a block shares: the dtype the kernels run in, the softmax scale and
-/// the implementation switch (a forced reference path has no fused calls).
+/// the kernel strategy (a forced reference path has no fused calls).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FusedCall {
     pub dtype: DType,
     pub scale: f64,
-    pub implementation: AttentionImplementation,
+    pub kernel_strategy: KernelStrategy,
 }
 
 impl FusedCall {
@@ -210,7 +208,7 @@ impl FusedCall {
         DilatedAttentionConfig::new(vec![len], vec![1])
             .with_causal(causal)
             .with_scale(Some(self.scale))
-            .with_implementation(self.implementation)
+            .with_kernel_strategy(self.kernel_strategy)
     }
 
     /// `t` in the kernels' dtype.
@@ -229,7 +227,9 @@ fn fused_forward<B: DilatedAttentionBackend>(
     hidden: Option<Tensor<B, 2, Bool>>,
     config: &DilatedAttentionConfig,
 ) -> Result<Option<(Tensor<B, 4>, Tensor<B, 3>)>> {
-    if !B::fused_dilated_attention_available(query.dims(), config) {
+    if !B::dilated_attention_kernel(query.dims(), query.dtype(), &query.device(), config)?
+        .is_fused()
+    {
         return Ok(None);
     }
     let (out, lse) = B::fused_dilated_attention_forward(
@@ -367,7 +367,9 @@ fn fused_backward<B: DilatedAttentionBackend>(
     grad_lse: Option<Tensor<B, 3>>,
     config: &DilatedAttentionConfig,
 ) -> Result<Option<[Tensor<B, 4>; 3]>> {
-    if !B::fused_dilated_attention_available(query.dims(), config) {
+    if !B::dilated_attention_kernel(query.dims(), query.dtype(), &query.device(), config)?
+        .is_fused()
+    {
         return Ok(None);
     }
     let grads = B::fused_dilated_attention_backward(

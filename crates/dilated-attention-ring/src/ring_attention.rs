@@ -424,7 +424,9 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             ..shape
         };
         let sharded = !local.iter().all(|&l| l);
-        let path = if B::fused_dilated_attention_available(worst.dims(), attention) {
+        let fused = B::dilated_attention_kernel(worst.dims(), dtype, device, attention)
+            .is_ok_and(|choice| choice.is_fused());
+        let path = if fused {
             CallPath::Fused
         } else if B::ad_enabled(device) {
             CallPath::ReferenceTraining

@@ -128,7 +128,7 @@ impl<B: Backend> ShardedAttention<B> {
         FusedCall {
             dtype,
             scale: self.scale(),
-            implementation: self.config.implementation,
+            kernel_strategy: self.config.kernel_strategy,
         }
     }
 

@@ -3,8 +3,9 @@
 //! ring), multihead modules, transformer layers, a LongNet language model and a factory, on any
 //! Burn backend.
 //!
-//! Backends are cargo features: `ndarray` (default, CPU), `wgpu`, `cuda`. Autodiff is always
-//! available: wrap the backend in `Autodiff<_>` to train.
+//! Backends are cargo features: `ndarray` (default, CPU), `wgpu`, `cuda` (and `nccl`, and the
+//! opt-in `nvrtc-options`; see `docs/configuration.md`). Autodiff is always available: wrap the
+//! backend in `Autodiff<_>` to train. [`kernel_choice`] tells which kernel family a call runs.
 //!
 //! ```
 //! use dilated_attention::prelude::*;
@@ -43,16 +44,17 @@ pub use dilated_attention_multihead as multihead;
 pub use dilated_attention_ring as ring;
 
 pub use dilated_attention_core::{
-    AttentionImplementation, AttentionShape, DilatedAttentionConfig, DilatedAttentionError,
-    DilatedIndexPlan, DilationMode, merge_by_lse, reference_dilated_attention,
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, DilationMode,
+    KernelChoice, KernelFamily, KernelStrategy, ProductPrecision, merge_by_lse,
+    reference_dilated_attention,
 };
 pub use dilated_attention_hilbert::{
     HilbertDilatedAttention, HilbertDilatedAttentionConfig, HilbertOrder, MAX_POINT_GRID_CELLS,
     hilbert_2d, hilbert_3d,
 };
 pub use dilated_attention_kernels::{
-    DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit, dilated_attention_with_lse,
-    dilated_attention_with_lse_masked,
+    DilatedAttention, DilatedAttentionBackend, DilatedAttentionInit, KERNEL_ENV, NVRTC_OPTIONS_ENV,
+    SUBMIT_ENV, dilated_attention_with_lse, dilated_attention_with_lse_masked, kernel_choice,
 };
 pub use dilated_attention_multihead::{
     DilatedTransformerLayer, DilatedTransformerLayerConfig, FeedForward, FeedForwardConfig,
@@ -66,14 +68,15 @@ pub use dilated_attention_ring::{
 /// Everything a model file needs: `use dilated_attention::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        AnyAttention, AttentionImplementation, AttentionKind, Communicator, DilatedAttention,
-        DilatedAttentionBackend, DilatedAttentionConfig, DilatedAttentionError,
-        DilatedAttentionInit, DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode,
-        HilbertDilatedAttention, HilbertDilatedAttentionConfig, InProcessCommunicator, LongNetLm,
-        LongNetLmConfig, MultiheadDilatedAttention, MultiheadDilatedAttentionConfig,
-        RingDilatedAttention, RingDilatedAttentionConfig, ShardLayout, ShardOrder, StandardConfig,
-        all_reduce_gradients, create_attention, create_ring_attention, dilated_attention_with_lse,
-        dilated_attention_with_lse_masked,
+        AnyAttention, AttentionKind, Communicator, DilatedAttention, DilatedAttentionBackend,
+        DilatedAttentionConfig, DilatedAttentionError, DilatedAttentionInit,
+        DilatedTransformerLayer, DilatedTransformerLayerConfig, DilationMode,
+        HilbertDilatedAttention, HilbertDilatedAttentionConfig, InProcessCommunicator,
+        KernelChoice, KernelFamily, KernelStrategy, LongNetLm, LongNetLmConfig,
+        MultiheadDilatedAttention, MultiheadDilatedAttentionConfig, RingDilatedAttention,
+        RingDilatedAttentionConfig, ShardLayout, ShardOrder, StandardConfig, all_reduce_gradients,
+        create_attention, create_ring_attention, dilated_attention_with_lse,
+        dilated_attention_with_lse_masked, kernel_choice,
     };
 }
 

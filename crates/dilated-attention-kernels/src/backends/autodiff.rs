@@ -17,10 +17,16 @@ use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::{Autodiff, NodeId};
-use dilated_attention_core::{DilatedAttentionConfig, Result, SequenceOrder};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, KernelChoice, KernelStrategy, Result,
+    SequenceOrder,
+};
 
-use crate::backend::dims4;
-use crate::{CustomAttention, DilatedAttentionBackend, reference_along_order, reference_with_lse};
+use crate::backend::kernel_of;
+use crate::{
+    CustomAttention, DilatedAttentionBackend, kernel_strategy, reference_along_order,
+    reference_with_lse,
+};
 
 /// What the backward kernels need, saved by the forward.
 #[derive(Debug, Clone)]
@@ -246,11 +252,28 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
         tracked_attention::<B, C>(query, key, value, key_padding_mask, config, Some(order))
     }
 
-    fn fused_dilated_attention_available(
+    /// As the inner backend's, except that dropout while training runs on the reference path
+    /// (the kernels have no dropout).
+    fn dilated_attention_kernel(
         dims: [usize; 4],
+        dtype: DType,
+        device: &Device<Self>,
         config: &DilatedAttentionConfig,
-    ) -> bool {
-        config.dropout == 0.0 && B::fused_dilated_attention_available(dims, config)
+    ) -> Result<KernelChoice> {
+        if config.dropout == 0.0 {
+            return B::dilated_attention_kernel(dims, dtype, device, config);
+        }
+        match kernel_strategy(config)? {
+            KernelStrategy::Auto | KernelStrategy::Reference => Ok(KernelChoice::REFERENCE),
+            forced => Err(DilatedAttentionError::KernelUnavailable {
+                strategy: forced,
+                reason: format!(
+                    "dropout {} while training runs on the reference path only (the kernels \
+                     have no dropout)",
+                    config.dropout
+                ),
+            }),
+        }
     }
 }
 
@@ -271,9 +294,7 @@ fn tracked_attention<B: DilatedAttentionBackend, C: CheckpointStrategy>(
     config: &DilatedAttentionConfig,
     order: Option<&SequenceOrder>,
 ) -> Result<TrackedOutputs<B, C>> {
-    let fused = dims4(&query)
-        .is_some_and(|dims| Tracked::<B, C>::fused_dilated_attention_available(dims, config));
-    if !fused {
+    if !kernel_of::<Tracked<B, C>>(&query, config)?.is_fused() {
         return match order {
             Some(order) => reference_along_order::<Tracked<B, C>>(
                 query,

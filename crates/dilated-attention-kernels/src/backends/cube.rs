@@ -7,13 +7,15 @@ use burn_cubecl::cubecl::prelude::ComputeClient;
 use burn_cubecl::kernel::cast;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime, FloatElement, IntElement};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result, SequenceOrder,
+    DilatedAttentionConfig, DilatedAttentionError, KernelChoice, Result, SequenceOrder,
 };
 
 use crate::DilatedAttentionBackend;
 use crate::backend::{fused_or_reference, untracked_backend_items};
-use crate::fused::launch::{self, BackwardInputs};
-use crate::submit::Submit;
+use crate::fused::backward::{BackwardInputs, backward};
+use crate::fused::forward::forward;
+use crate::fused::strategy::select;
+use crate::overrides::Submit;
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -45,12 +47,13 @@ where
         fused_or_reference::<Self>(query, key, value, key_padding_mask, config, Some(order))
     }
 
-    fn fused_dilated_attention_available(
+    fn dilated_attention_kernel(
         dims: [usize; 4],
+        dtype: DType,
+        device: &burn::tensor::Device<Self>,
         config: &DilatedAttentionConfig,
-    ) -> bool {
-        AttentionShape::from_dims("query", &dims)
-            .is_ok_and(|shape| launch::fused_supported(&shape, config, false))
+    ) -> Result<KernelChoice> {
+        Ok(select(&R::client(device), dims, dtype, config)?.choice())
     }
 
     fn fused_dilated_attention_forward(
@@ -64,8 +67,9 @@ where
         let dtype = FloatDType::from(query.dtype);
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
         let client = query.client.clone();
-        let outputs = launch::forward(query, key, value, padding, config, order)?;
-        submit_queued_launches(&client, "the fused forward")?;
+        let submit = Submit::from_env()?;
+        let outputs = forward(query, key, value, padding, config, order)?;
+        submit_queued_launches(&client, submit, "the fused forward")?;
         Ok(outputs)
     }
 
@@ -99,13 +103,14 @@ where
             grad_lse,
         };
         let client = query.client.clone();
-        let gradients = launch::backward(query, key, value, padding, inputs, config, order)?;
-        submit_queued_launches(&client, "the fused backward")?;
+        let submit = Submit::from_env()?;
+        let gradients = backward(query, key, value, padding, inputs, config, order)?;
+        submit_queued_launches(&client, submit, "the fused backward")?;
         Ok(gradients)
     }
 }
 
-/// Unless submission is lazy ([`crate::SUBMIT_ENV`]), hands the launches queued so far to the
+/// Unless `submit` is lazy ([`crate::SUBMIT_ENV`]), hands the launches queued so far to the
 /// device (CubeCL's queue otherwise holds them until the caller's next sync). CubeCL 0.10 has no
 /// public flush that does not wait for its device thread.
 ///
@@ -114,9 +119,10 @@ where
 /// them to whoever flushes, so the caller's next sync would no longer see them.
 fn submit_queued_launches<R: CubeRuntime>(
     client: &ComputeClient<R>,
+    submit: Submit,
     operation: &'static str,
 ) -> Result<()> {
-    if Submit::from_env() == Submit::Lazy {
+    if submit == Submit::Lazy {
         return Ok(());
     }
     client

@@ -12,11 +12,13 @@ use burn_fusion::client::GlobalFusionClient;
 use burn_fusion::stream::{Operation, OperationStreams};
 use burn_fusion::{Fusion, FusionBackend, FusionRuntime, FusionTensor};
 use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, KernelChoice, Result, SequenceOrder,
+};
 
 use crate::DilatedAttentionBackend;
 use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
-use crate::submit::Submit;
+use crate::overrides::Submit;
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -37,14 +39,14 @@ fn check_eagerly<R: FusionRuntime>(
     )
 }
 
-/// Unless submission is lazy ([`crate::SUBMIT_ENV`]), hands the stream's queued operations,
+/// Unless `submit` is lazy ([`crate::SUBMIT_ENV`]), hands the stream's queued operations,
 /// ours last, to the fusion thread now, so that our operation's launches reach the device (the
 /// inner backend flushes its own queue when it runs them) instead of waiting for the caller's
 /// next sync. Eager waits until the fusion thread has run them; background only flushes its
 /// queue and returns. Our operation is a fusion barrier, so the operations before it could not
 /// have been fused with later ones.
-fn submit_queued_operations<R: FusionRuntime>(client: &GlobalFusionClient<R>) {
-    match Submit::from_env() {
+fn submit_queued_operations<R: FusionRuntime>(client: &GlobalFusionClient<R>, submit: Submit) {
+    match submit {
         Submit::Eager => client.sync(|| ()),
         Submit::Background => client.flush_queue(),
         Submit::Lazy => {}
@@ -165,11 +167,13 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
         fused_or_reference::<Self>(query, key, value, key_padding_mask, config, Some(order))
     }
 
-    fn fused_dilated_attention_available(
+    fn dilated_attention_kernel(
         dims: [usize; 4],
+        dtype: DType,
+        device: &burn::tensor::Device<Self>,
         config: &DilatedAttentionConfig,
-    ) -> bool {
-        B::fused_dilated_attention_available(dims, config)
+    ) -> Result<KernelChoice> {
+        B::dilated_attention_kernel(dims, dtype, device, config)
     }
 
     fn fused_dilated_attention_forward(
@@ -188,6 +192,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             config,
             order,
         )?;
+        let submit = Submit::from_env()?;
         let client = query.client.clone();
         let dtype = query.dtype;
         let mut inputs = vec![query, key, value];
@@ -214,7 +219,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             backend: PhantomData,
         };
         let mut outputs = client.register(streams, OperationIr::Custom(desc), op);
-        submit_queued_operations(&client);
+        submit_queued_operations(&client, submit);
         let lse = outputs.pop().expect("two outputs");
         let output = outputs.pop().expect("two outputs");
         Ok((output, lse))
@@ -240,6 +245,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             config,
             order,
         )?;
+        let submit = Submit::from_env()?;
         let client = query.client.clone();
         let dtype = query.dtype;
         let has_mask = key_padding_mask.is_some();
@@ -270,7 +276,7 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
             backend: PhantomData,
         };
         let outputs = client.register(streams, OperationIr::Custom(desc), op);
-        submit_queued_operations(&client);
+        submit_queued_operations(&client, submit);
         let [dq, dk, dv]: [FusionTensor<_>; 3] = outputs
             .try_into()
             .unwrap_or_else(|_| unreachable!("three outputs registered"));

@@ -1,446 +1,129 @@
-//! The fused backward kernels (FlashAttention-2, with recomputation of the probabilities from
-//! the forward's `f32` LSE; nothing of size `n x n` is stored).
-//!
-//! - [`attention_delta`]: `delta_i = sum_d dO_i * O_i - dLSE_i`, [`DELTA_PARTS`] units per
-//!   (batch, row, head);
-//! - [`dilated_flash_backward_query`]: `dQ`, cubes over query rows as in the forward, walking the
-//!   same key tiles;
-//! - [`dilated_flash_backward_key_value`]: `dK` and `dV`, cubes over key rows, walking the query
-//!   tiles of each segment that see them.
-//!
-//! With `P = exp(S - LSE)` (the merged LSE: LongNet's pairs share one softmax) and
-//! `dP = dO V^T`: `dS = P (dP - delta)`, `dQ = scale dS K`, `dK = scale dS^T Q`, `dV = P^T dO`.
-//! The LSE's own gradient enters through `delta` (`d LSE_i / d S_ij = P_ij`).
+//! The fused backward: the delta pass every family shares, then the family's `dQ` and `dK`/`dV`
+//! kernels.
 
-use burn_cubecl::cubecl;
+use burn_cubecl::CubeRuntime;
 use burn_cubecl::cubecl::prelude::*;
+use burn_cubecl::tensor::CubeTensor;
+use dilated_attention_core::{DilatedAttentionConfig, Result, SequenceOrder};
 
-use super::rows::{
-    first_selected_at_or_after, memory_row, pair_view, row_block, rows_selected, segment_key_count,
-};
-use super::tiles::{MASKED, load_row_values, load_rows_tile, load_visibility};
+use super::call::Call;
+use super::delta::{DELTA_PARTS, attention_delta};
+use super::forward::reference_call;
+use super::strategy::{Family, select};
+use super::{cmma, mma, portable};
 
-/// Units that share one row in [`attention_delta`]: each sums every `DELTA_PARTS`-th value of
-/// the row, so the units of a plane read 4 rows' 8 consecutive values per load (coalesced), and
-/// the parts meet in shared memory.
-pub(crate) const DELTA_PARTS: usize = 8;
-
-/// `delta_i = sum_d dO_i * O_i - dLSE_i` for the rows `(batch, row, head)` of a cube: the cube's
-/// units are `rows_per_cube * DELTA_PARTS`, unit `u` adds the products of values
-/// `u % DELTA_PARTS + k DELTA_PARTS` of its row (`u / DELTA_PARTS`), and the first part of each
-/// row adds the parts. The earlier layout, one unit per row, made each warp load touch 32 rows'
-/// lines: on an H100 it moved 0.4 TB/s (0.68 ms at 131K tokens, 8 x 64, bf16, under `ncu`).
-#[cube(launch_unchecked)]
-pub(crate) fn attention_delta<F: Float>(
-    output: &Tensor<F>,
-    grad_output: &Tensor<F>,
-    grad_lse: &Tensor<f32>,
-    delta: &mut Tensor<f32>,
-    #[comptime] head_dim: usize,
-    #[comptime] rows_per_cube: usize,
-    #[comptime] has_grad_lse: bool,
-    #[define(F)] _dtype: StorageType,
-) {
-    let mut parts = SharedMemory::<f32>::new(rows_per_cube * DELTA_PARTS);
-    let unit = UNIT_POS as usize;
-    let part = unit % DELTA_PARTS;
-    let index = CUBE_POS * rows_per_cube + unit / DELTA_PARTS;
-    let valid = index < delta.len();
-    let heads = delta.shape(2);
-    let seq_len = delta.shape(1);
-    let head = index % heads;
-    let row = (index / heads) % seq_len;
-    let batch = index / (heads * seq_len);
-    let mut sum = 0.0f32;
-    if valid {
-        let o_base = batch * output.stride(0) + row * output.stride(1) + head * output.stride(2);
-        let g_base = batch * grad_output.stride(0)
-            + row * grad_output.stride(1)
-            + head * grad_output.stride(2);
-        let mut i = part;
-        while i < head_dim {
-            sum += f32::cast_from(output[o_base + i * output.stride(3)])
-                * f32::cast_from(grad_output[g_base + i * grad_output.stride(3)]);
-            i += DELTA_PARTS;
-        }
-    }
-    parts[unit] = sum;
-    sync_cube();
-    if valid && part == 0 {
-        let mut total = 0.0f32;
-        #[unroll]
-        for p in 0..DELTA_PARTS {
-            total += parts[unit + p];
-        }
-        if has_grad_lse {
-            total -= grad_lse
-                [batch * grad_lse.stride(0) + row * grad_lse.stride(1) + head * grad_lse.stride(2)];
-        }
-        delta[batch * delta.stride(0) + row * delta.stride(1) + head * delta.stride(2)] = total;
-    }
+/// The inputs of the fused backward besides the forward's.
+pub(crate) struct BackwardInputs<R: CubeRuntime> {
+    /// The forward's output.
+    pub output: CubeTensor<R>,
+    /// The forward's LSE, `f32`.
+    pub lse: CubeTensor<R>,
+    /// Gradient of the output (inputs' dtype).
+    pub grad_output: CubeTensor<R>,
+    /// Gradient of the LSE, `f32`, when the LSE was used.
+    pub grad_lse: Option<CubeTensor<R>>,
 }
 
-/// Reads `head_dim` values of one row as `f32`, times `factor` (zeros when `!valid`).
-#[cube]
-fn load_row<F: Float>(
-    tensor: &Tensor<F>,
-    registers: &mut Array<f32>,
-    batch: usize,
-    row: usize,
-    head: usize,
-    valid: bool,
-    factor: f32,
-    #[comptime] head_dim: usize,
-) {
-    let base = batch * tensor.stride(0) + row * tensor.stride(1) + head * tensor.stride(2);
-    for i in 0..head_dim {
-        registers[i] = 0.0;
-        if valid {
-            registers[i] = f32::cast_from(tensor[base + i * tensor.stride(3)]) * factor;
-        }
+/// The fused backward: `[dQ, dK, dV]` in the inputs' dtype, along `order` when given (as in
+/// [`super::forward::forward`]). The delta kernel runs on the tensors' own layout, which every
+/// other kernel reads through the order like the rest.
+///
+/// # Errors
+/// As [`super::forward::forward`].
+pub(crate) fn backward<R: CubeRuntime>(
+    query: CubeTensor<R>,
+    key: CubeTensor<R>,
+    value: CubeTensor<R>,
+    padding: Option<CubeTensor<R>>,
+    inputs: BackwardInputs<R>,
+    config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
+) -> Result<[CubeTensor<R>; 3]> {
+    #[cfg(feature = "nvrtc-options")]
+    mma::compile_options::install();
+    let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
+    let family = select(&call.client, call.shape.dims(), call.dtype, config)?;
+    if family == Family::Reference {
+        return Err(reference_call());
     }
-}
-
-/// Writes `head_dim` registers times `factor` to one row (nothing when `!valid`).
-#[cube]
-fn store_row<F: Float>(
-    tensor: &mut Tensor<F>,
-    registers: &Array<f32>,
-    batch: usize,
-    row: usize,
-    head: usize,
-    valid: bool,
-    factor: f32,
-    #[comptime] head_dim: usize,
-) {
-    if valid {
-        let base = batch * tensor.stride(0) + row * tensor.stride(1) + head * tensor.stride(2);
-        for i in 0..head_dim {
-            tensor[base + i * tensor.stride(3)] = F::cast_from(registers[i] * factor);
-        }
-    }
-}
-
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn dilated_flash_backward_query<F: Float>(
-    query: &Tensor<F>,
-    key: &Tensor<F>,
-    value: &Tensor<F>,
-    padding: &Tensor<F>,
-    grad_output: &Tensor<F>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    table: &Array<u32>,
-    order: &Array<u32>,
-    grad_query: &mut Tensor<F>,
-    scale: f32,
-    #[comptime] block_rows: usize,
-    #[comptime] key_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
-    #[define(F)] _dtype: StorageType,
-) {
-    let seq_len = query.shape(1);
-    let batch = CUBE_POS_Z as usize;
-    let head = CUBE_POS_Y as usize;
-    let lane = UNIT_POS_X as usize;
-    let rows = row_block(table, head, CUBE_POS_X as usize, lane, seq_len, block_rows);
-    let row = rows.row;
-    let row_valid = row < seq_len;
-    let at = memory_row(order, row, ordered);
-
-    let mut row_lse = f32::new(MASKED);
-    let mut row_delta = 0.0f32;
-    if row_valid {
-        row_lse = lse[batch * lse.stride(0) + at * lse.stride(1) + head * lse.stride(2)];
-        row_delta = delta[batch * delta.stride(0) + at * delta.stride(1) + head * delta.stride(2)];
-    }
-    // A row that saw no key (LSE -inf) has zero gradients.
-    let row_active = row_lse > f32::new(MASKED);
-
-    let mut q = Array::<f32>::new(head_dim);
-    let mut d_o = Array::<f32>::new(head_dim);
-    let mut dq = Array::<f32>::new(head_dim);
-    load_row(query, &mut q, batch, at, head, row_valid, scale, head_dim);
-    load_row(
+    let BackwardInputs {
+        output,
+        lse,
         grad_output,
-        &mut d_o,
-        batch,
-        at,
-        head,
-        row_valid,
-        1.0,
-        head_dim,
-    );
-    for i in 0..head_dim {
-        dq[i] = 0.0;
+        grad_lse,
+    } = inputs;
+    let delta = call.empty_rows_f32();
+    launch_delta(&call, [&output, &grad_output], grad_lse, &lse, &delta);
+    let grads = [(); 3].map(|()| call.empty_like_input());
+    let padding = padding.unwrap_or_else(|| query.clone());
+    let inputs = [query, key, value, grad_output];
+    let rows = [&lse, &delta];
+    let [grad_query, grad_key, grad_value] = &grads;
+    let outputs = [grad_query, grad_key, grad_value];
+    match family {
+        Family::Reference => return Err(reference_call()),
+        Family::Portable => portable::launch_backward(&call, inputs, padding, rows, outputs),
+        // SAFETY: as in the forward.
+        Family::Cmma {
+            key_tile,
+            query_tile,
+        } => unsafe {
+            cmma::launch_backward(
+                &call,
+                inputs,
+                padding,
+                rows,
+                outputs,
+                [key_tile, query_tile],
+            )
+        },
+        // SAFETY: as in the forward.
+        Family::Mma {
+            key_tile,
+            query_tile,
+            inputs: products,
+        } => unsafe {
+            mma::launch_backward(
+                &call,
+                inputs,
+                padding,
+                rows,
+                outputs,
+                ([key_tile, query_tile], products),
+            )?
+        },
     }
-
-    let mut key_smem = SharedMemory::<f32>::new(key_tile * head_dim);
-    let mut value_smem = SharedMemory::<f32>::new(key_tile * head_dim);
-    let mut visible_smem = SharedMemory::<f32>::new(key_tile);
-
-    let num_pairs = table[0] as usize;
-    for pair in 0..num_pairs {
-        let view = pair_view(table, &rows, pair, seq_len);
-        if !view.skip {
-            let segment_lo = rows.first_row / view.segment;
-            let segment_hi = rows.last_row / view.segment;
-            for seg_index in segment_lo..segment_hi + 1 {
-                let seg_start = seg_index * view.segment;
-                let key_count = segment_key_count(&view, &rows, seg_index, seq_len, causal);
-                let key_start = seg_start + view.offset;
-                let row_here = row_active && view.selected && view.row_segment == seg_index;
-                for tile in 0..key_count.div_ceil(key_tile) {
-                    let key0 = tile * key_tile;
-                    sync_cube();
-                    load_rows_tile(
-                        key,
-                        order,
-                        &mut key_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_rows_tile(
-                        value,
-                        order,
-                        &mut value_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_visibility(
-                        padding,
-                        order,
-                        &mut visible_smem,
-                        batch,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        has_padding,
-                        ordered,
-                    );
-                    sync_cube();
-                    if row_here {
-                        for j in 0..key_tile {
-                            let mut keep = visible_smem[j] > 0.5;
-                            if causal {
-                                keep = keep && key0 + j <= view.t;
-                            }
-                            if keep {
-                                let mut score = 0.0f32;
-                                let mut d_p = 0.0f32;
-                                for i in 0..head_dim {
-                                    score += q[i] * key_smem[j * head_dim + i];
-                                    d_p += d_o[i] * value_smem[j * head_dim + i];
-                                }
-                                let d_s = (score - row_lse).exp() * (d_p - row_delta);
-                                for i in 0..head_dim {
-                                    dq[i] += d_s * key_smem[j * head_dim + i];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    store_row(grad_query, &dq, batch, at, head, row_valid, scale, head_dim);
+    Ok(grads)
 }
 
-#[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn dilated_flash_backward_key_value<F: Float>(
-    query: &Tensor<F>,
-    key: &Tensor<F>,
-    value: &Tensor<F>,
-    padding: &Tensor<F>,
-    grad_output: &Tensor<F>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    table: &Array<u32>,
-    order: &Array<u32>,
-    grad_key: &mut Tensor<F>,
-    grad_value: &mut Tensor<F>,
-    scale: f32,
-    #[comptime] block_rows: usize,
-    #[comptime] query_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
-    #[define(F)] _dtype: StorageType,
+/// Launches the delta pass into `delta`: `delta_i = sum_d dO_i * O_i - dLSE_i`, with
+/// `DELTA_PARTS` units per (batch, row, head) and 32 rows per cube.
+fn launch_delta<R: CubeRuntime>(
+    call: &Call<R>,
+    [output, grad_output]: [&CubeTensor<R>; 2],
+    grad_lse: Option<CubeTensor<R>>,
+    lse: &CubeTensor<R>,
+    delta: &CubeTensor<R>,
 ) {
-    let seq_len = query.shape(1);
-    let batch = CUBE_POS_Z as usize;
-    let head = CUBE_POS_Y as usize;
-    let lane = UNIT_POS_X as usize;
-    let rows = row_block(table, head, CUBE_POS_X as usize, lane, seq_len, block_rows);
-    let row = rows.row;
-    let row_valid = row < seq_len;
-    let at = memory_row(order, row, ordered);
-    let mut key_active = row_valid;
-    if has_padding && row_valid {
-        key_active =
-            f32::cast_from(padding[batch * padding.stride(0) + at * padding.stride(1)]) < 0.5;
-    }
-
-    let mut k = Array::<f32>::new(head_dim);
-    let mut v = Array::<f32>::new(head_dim);
-    let mut dk = Array::<f32>::new(head_dim);
-    let mut dv = Array::<f32>::new(head_dim);
-    load_row(key, &mut k, batch, at, head, row_valid, scale, head_dim);
-    load_row(value, &mut v, batch, at, head, row_valid, 1.0, head_dim);
-    for i in 0..head_dim {
-        dk[i] = 0.0;
-        dv[i] = 0.0;
-    }
-
-    let mut query_smem = SharedMemory::<f32>::new(query_tile * head_dim);
-    let mut grad_smem = SharedMemory::<f32>::new(query_tile * head_dim);
-    let mut lse_smem = SharedMemory::<f32>::new(query_tile);
-    let mut delta_smem = SharedMemory::<f32>::new(query_tile);
-
-    let num_pairs = table[0] as usize;
-    for pair in 0..num_pairs {
-        let view = pair_view(table, &rows, pair, seq_len);
-        if !view.skip {
-            let segment_lo = rows.first_row / view.segment;
-            let segment_hi = rows.last_row / view.segment;
-            for seg_index in segment_lo..segment_hi + 1 {
-                let seg_start = seg_index * view.segment;
-                let seg_len = min(view.segment, seq_len - seg_start);
-                let query_count = rows_selected(view.offset, seg_len, view.dilation);
-                let mut first_tile = 0usize;
-                if causal {
-                    // Queries before the cube's first key see none of its keys.
-                    first_tile = first_selected_at_or_after(
-                        max(rows.first_row, seg_start),
-                        seg_start,
-                        view.offset,
-                        view.dilation,
-                    ) / query_tile;
-                }
-                let query_start = seg_start + view.offset;
-                let key_here = key_active && view.selected && view.row_segment == seg_index;
-                for tile in first_tile..query_count.div_ceil(query_tile) {
-                    let query0 = tile * query_tile;
-                    sync_cube();
-                    load_rows_tile(
-                        query,
-                        order,
-                        &mut query_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        block_rows,
-                        query_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_rows_tile(
-                        grad_output,
-                        order,
-                        &mut grad_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        block_rows,
-                        query_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_row_values(
-                        lse,
-                        order,
-                        &mut lse_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        f32::new(MASKED),
-                        block_rows,
-                        query_tile,
-                        ordered,
-                    );
-                    load_row_values(
-                        delta,
-                        order,
-                        &mut delta_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        0.0,
-                        block_rows,
-                        query_tile,
-                        ordered,
-                    );
-                    sync_cube();
-                    if key_here {
-                        for j in 0..query_tile {
-                            let mut keep = lse_smem[j] > f32::new(MASKED);
-                            if causal {
-                                keep = keep && query0 + j >= view.t;
-                            }
-                            if keep {
-                                let mut score = 0.0f32;
-                                let mut d_p = 0.0f32;
-                                for i in 0..head_dim {
-                                    score += k[i] * query_smem[j * head_dim + i];
-                                    d_p += v[i] * grad_smem[j * head_dim + i];
-                                }
-                                let p = (score - lse_smem[j]).exp();
-                                let d_s = p * (d_p - delta_smem[j]);
-                                for i in 0..head_dim {
-                                    dv[i] += p * grad_smem[j * head_dim + i];
-                                    dk[i] += d_s * query_smem[j * head_dim + i];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-    store_row(grad_key, &dk, batch, at, head, row_valid, scale, head_dim);
-    store_row(grad_value, &dv, batch, at, head, row_valid, 1.0, head_dim);
+    let rows = call.shape.batch * call.shape.seq_len * call.shape.num_heads;
+    let rows_per_cube = 32;
+    let has_grad_lse = grad_lse.is_some();
+    // The LSE stands in (never read) for an unused LSE gradient.
+    let grad_lse = grad_lse.unwrap_or_else(|| lse.clone());
+    // SAFETY: `DELTA_PARTS` units per (batch, row, head); rows past `delta.len()` write nothing.
+    unsafe {
+        attention_delta::launch_unchecked::<R>(
+            &call.client,
+            CubeCount::Static(rows.div_ceil(rows_per_cube) as u32, 1, 1),
+            CubeDim::new_1d((rows_per_cube * DELTA_PARTS) as u32),
+            output.clone().into_tensor_arg(),
+            grad_output.clone().into_tensor_arg(),
+            grad_lse.into_tensor_arg(),
+            delta.clone().into_tensor_arg(),
+            call.shape.head_dim,
+            rows_per_cube,
+            has_grad_lse,
+            call.dtype.into(),
+        )
+    };
 }

@@ -5,8 +5,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::KEY_MASKED;
 use super::launch_plan::NOT_IN_PAIR;
+use super::tensor_core::KEY_MASKED;
 use super::tiles::MASKED;
 
 /// The rows one cube owns (see [`super::launch_plan`]) and the row of this unit.

@@ -9,9 +9,7 @@ use burn::tensor::Tolerance;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, Tensor, TensorData};
 use dilated_attention_core::oracle::{OracleCase, oracle_dilated_attention, seeded_normal};
-use dilated_attention_core::{
-    AttentionImplementation, DilatedAttentionConfig, SequenceOrder, index_tensor,
-};
+use dilated_attention_core::{DilatedAttentionConfig, KernelStrategy, SequenceOrder, index_tensor};
 use dilated_attention_kernels::{
     DilatedAttentionBackend, dilated_attention_along_order, dilated_attention_with_lse_masked,
 };
@@ -77,7 +75,7 @@ pub fn finite(data: TensorData) -> TensorData {
 }
 
 pub fn check_forward<BB: DilatedAttentionBackend>(c: &OracleCase) {
-    check_forward_with::<BB>(c, AttentionImplementation::Auto, None);
+    check_forward_with::<BB>(c, KernelStrategy::Auto, None);
 }
 
 /// A random permutation of `0..len` from `seed` (Fisher-Yates on splitmix64).
@@ -134,12 +132,12 @@ pub fn attend<B: DilatedAttentionBackend>(
 
 pub fn check_forward_with<BB: DilatedAttentionBackend>(
     c: &OracleCase,
-    implementation: AttentionImplementation,
+    strategy: KernelStrategy,
     order: Option<&SequenceOrder>,
 ) {
     let device: BB::Device = Default::default();
     let mut config = c.config();
-    config.implementation = implementation;
+    config.kernel_strategy = strategy;
     let [q, k, v] = c.inputs::<Oracle>(&Default::default());
     let mask = c.padding_mask::<Oracle>(&Default::default());
     let (want_out, want_lse) = oracle_along(

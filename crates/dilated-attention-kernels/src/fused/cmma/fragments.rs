@@ -3,21 +3,15 @@
 //! products against shared-memory tiles, and accumulators written out row by row.
 //!
 //! Every kernel that uses them is 4 planes of 32 units over 64 rows of one (batch, head): plane
-//! `p` owns rows `16 p .. 16 p + 16` (see [`super::forward_tensor_core`]). Shared tiles hold rows
+//! `p` owns rows `16 p .. 16 p + 16` (see [`crate::fused::cmma::forward`]). Shared tiles hold rows
 //! of `head_dim` values at a padded row stride; per-plane scratch holds `16` rows of `f32`.
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::RowBlock;
-use super::tiles::stage_cube_chunk;
-
-/// Rows per cube of the tensor-core kernels (4 planes of 16 rows).
-pub(crate) const TENSOR_CORE_BLOCK_ROWS: usize = 64;
-/// Planes per cube.
-pub(crate) const TENSOR_CORE_PLANES: usize = 4;
-/// Units per cube.
-pub(crate) const TENSOR_CORE_UNITS: usize = 32 * TENSOR_CORE_PLANES;
+use crate::fused::rows::RowBlock;
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use crate::fused::tiles::stage_cube_chunk;
 
 /// `count` input fragments (`A`, row-major), uninitialised.
 #[cube]

@@ -1,4 +1,4 @@
-//! The register-resident tensor-core forward: the walk of [`super::forward_tensor_core`] with
+//! The register-resident tensor-core forward: the walk of [`crate::fused::cmma::forward`] with
 //! FlashAttention-2's data flow. Products run as `mma.sync` m16n8k16 (`f16`/`bf16` in, `f32`
 //! accumulation) through CubeCL's manual MMA (`cmma::MmaDefinition`), where each unit knows which
 //! elements of a tile it holds, so scores, probabilities and the output never leave registers:
@@ -16,7 +16,7 @@
 //! The output goes through shared memory at the end for 16-byte stores. Requirements (checked by
 //! the launcher): `f16`/`bf16`, head dim a multiple of 16 up to 128, 32-unit planes, the device's
 //! manual MMA m16n8k16 for the dtype and `ldmatrix`. With `tf32` the inputs are `f32` and the
-//! products run on TF32 m16n8k8 ([`super::tf32_tiles`]; `split`: three products each, about `f32`
+//! products run on TF32 m16n8k8 ([`crate::fused::mma::tf32`]; `split`: three products each, about `f32`
 //! accuracy), which needs the manual MMA m16n8k8 TF32 instead; the walk and softmax are the same.
 //! The backward kernels take the same two switches.
 
@@ -25,15 +25,16 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, RESCALE_MARGIN, key_bias};
-use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::mma_operands::{plane_accumulate, plane_scores, stage_plane_rows};
-use super::mma_tiles::{
+use super::MmaBlueprint;
+use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
+use crate::fused::mma::tiles::{
     Pair, copy_memory_rows_async, copy_tile_async, mask_scores, memory_row_slots, row_sources,
     shared_memory_rows, store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
-use super::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
-use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use crate::fused::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
+use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD, RESCALE_MARGIN, key_bias};
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 
 /// One query row's state in the walk: where it sits in the current pair and its online softmax.
 #[derive(CubeType)]
@@ -63,15 +64,16 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     lse: &mut Tensor<f32>,
     scale: f32,
     neg_inf: f32,
-    #[comptime] key_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
-    #[comptime] tf32: bool,
-    #[comptime] split: bool,
+    #[comptime] blueprint: MmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let key_tile = blueprint.tile;
+    let head_dim = blueprint.head_dim;
+    let causal = blueprint.causal;
+    let has_padding = blueprint.has_padding;
+    let ordered = blueprint.ordered;
+    let tf32 = blueprint.tf32;
+    let split = blueprint.split;
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;

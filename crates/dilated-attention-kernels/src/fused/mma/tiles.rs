@@ -1,4 +1,4 @@
-//! What the register-resident kernels share ([`super::forward_mma`] and the `mma` backward
+//! What the register-resident kernels share ([`crate::fused::mma::forward`] and the `mma` backward
 //! kernels): `mma.sync` m16n8k16 through CubeCL's manual MMA (`f16`/`bf16` in, `f32`
 //! accumulation), operands from shared memory by `ldmatrix`, tiles copied by `cp.async`.
 //!
@@ -14,11 +14,11 @@ use burn_cubecl::cubecl::cmma::{MatrixIdent, MmaDefinition};
 use burn_cubecl::cubecl::prelude::barrier::{copy_async, copy_async_checked};
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::KEY_MASKED;
-use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::rows::{RowBlock, memory_row};
-use super::tf32_tiles::{column_pair, key_of_column};
-use super::tile_walk::KeyTile;
+use crate::fused::mma::tf32::{column_pair, key_of_column};
+use crate::fused::rows::{RowBlock, memory_row};
+use crate::fused::tensor_core::KEY_MASKED;
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use crate::fused::tile_walk::KeyTile;
 
 /// Two values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
 pub(crate) type Pair<E> = Vector<E, Const<2>>;
@@ -521,8 +521,8 @@ fn copy_row_async<F: Float, N: Size>(
 /// (config validation rejects non-positive and non-finite scales), and a scale above about
 /// `1e-27`, so that masked scores stay far below any row's max once scaled. Returns this unit's
 /// max of rows `a` and `b` (of raw scores with `raw`). With `pairs_swapped` the scores come
-/// from [`super::tf32_tiles::tile_scores_tf32`]: the two keys of each pair in a block's upper
-/// half are swapped ([`super::tf32_tiles::key_of_column`]).
+/// from [`crate::fused::mma::tf32::tile_scores_tf32`]: the two keys of each pair in a block's upper
+/// half are swapped ([`crate::fused::mma::tf32::key_of_column`]).
 #[cube]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn mask_scores(

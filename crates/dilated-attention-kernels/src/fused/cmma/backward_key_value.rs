@@ -1,6 +1,6 @@
 //! `dK` and `dV` on tensor cores: a cube owns 64 key rows (4 planes x 16, the launch plan's rows
 //! read as keys) and walks the tiles of selected queries that see them (the mirror walk of
-//! [`super::tile_walk`]). `K` and `V` of the cube's rows are held in fragments. Per query tile
+//! [`crate::fused::tile_walk`]). `K` and `V` of the cube's rows are held in fragments. Per query tile
 //! and plane, transposed so that the plane's key rows are the rows of every product:
 //! 1. `S^T = K Q^T` into the plane's `f32` scratch; `P^T = exp(scale S^T + mask - LSE_q)` into
 //!    registers and, in the inputs' dtype, into shared memory;
@@ -15,15 +15,19 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD};
-use super::fragments::{
-    TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS, accumulate_product,
-    accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
-    store_accumulators, write_four,
+use super::CmmaBlueprint;
+use crate::fused::cmma::forward::{PROBABILITY_PAD, SCRATCH_PAD};
+use crate::fused::cmma::fragments::{
+    accumulate_product, accumulator_fragments, input_fragments, read_four, scores_into_scratch,
+    stage_cube_rows, store_accumulators, write_four,
 };
-use super::rows::{cube_row_count, key_live, live_lse, memory_row, pair_view, row_block, with_row};
-use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
-use super::tiles::{load_rows_registers, store_rows_registers};
+use crate::fused::rows::{
+    cube_row_count, key_live, live_lse, memory_row, pair_view, row_block, with_row,
+};
+use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS};
+use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use crate::fused::tiles::{load_rows_registers, store_rows_registers};
 
 #[cube(
     launch_unchecked,
@@ -43,13 +47,14 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     grad_key: &mut Tensor<Vector<F, N>>,
     grad_value: &mut Tensor<Vector<F, N>>,
     scale: f32,
-    #[comptime] query_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
+    #[comptime] blueprint: CmmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query_tile = blueprint.tile;
+    let head_dim = blueprint.head_dim;
+    let causal = blueprint.causal;
+    let has_padding = blueprint.has_padding;
+    let ordered = blueprint.ordered;
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;

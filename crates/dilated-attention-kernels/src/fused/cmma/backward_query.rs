@@ -1,6 +1,6 @@
 //! `dQ` on tensor cores: the forward's cube (4 planes x 16 query rows) and walk over key tiles,
 //! with the probabilities recomputed from the forward's LSE (FlashAttention-2's backward; see
-//! [`super::backward`] for the algebra). Per key tile and plane:
+//! [`crate::fused::portable::backward`] for the algebra). Per key tile and plane:
 //! 1. `S = Q K^T` into the plane's `f32` scratch; `P = exp(scale S + mask - LSE)` into registers
 //!    (two units per row, as in the forward);
 //! 2. `dP = dO V^T` into the scratch; `dS = P (dP - delta)` into shared memory in the inputs'
@@ -15,15 +15,19 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD, PROBABILITY_PAD, SCRATCH_PAD};
-use super::fragments::{
-    TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS, accumulate_product,
-    accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
-    store_accumulators, write_four,
+use super::CmmaBlueprint;
+use crate::fused::cmma::forward::{PROBABILITY_PAD, SCRATCH_PAD};
+use crate::fused::cmma::fragments::{
+    accumulate_product, accumulator_fragments, input_fragments, read_four, scores_into_scratch,
+    stage_cube_rows, store_accumulators, write_four,
 };
-use super::rows::{cube_row_count, memory_row, pair_view, row_block, row_statistics, with_row};
-use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
-use super::tiles::{load_rows_registers, store_rows_registers};
+use crate::fused::rows::{
+    cube_row_count, memory_row, pair_view, row_block, row_statistics, with_row,
+};
+use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS};
+use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use crate::fused::tiles::{load_rows_registers, store_rows_registers};
 
 #[cube(
     launch_unchecked,
@@ -42,13 +46,14 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     order: &Array<u32>,
     grad_query: &mut Tensor<Vector<F, N>>,
     scale: f32,
-    #[comptime] key_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
+    #[comptime] blueprint: CmmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let key_tile = blueprint.tile;
+    let head_dim = blueprint.head_dim;
+    let causal = blueprint.causal;
+    let has_padding = blueprint.has_padding;
+    let ordered = blueprint.ordered;
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;

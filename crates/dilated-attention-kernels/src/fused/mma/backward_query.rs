@@ -1,6 +1,6 @@
-//! `dQ` with scores in registers: the cube, walk and data flow of [`super::forward_mma`]
+//! `dQ` with scores in registers: the cube, walk and data flow of [`crate::fused::mma::forward`]
 //! (`mma.sync` m16n8k16, `ldmatrix`, two `cp.async` stages), with the probabilities recomputed
-//! from the forward's LSE (FlashAttention-2's backward; the algebra is in [`super::backward`]).
+//! from the forward's LSE (FlashAttention-2's backward; the algebra is in [`crate::fused::portable::backward`]).
 //! Per key tile and plane: `S = Q K^T` and `P = exp(scale S + mask - LSE)`, `dP = dO V^T` and
 //! `dS = P (dP - delta)` in registers, then `dQ += dS K` with `dS`'s registers as the `A` operand
 //! (`K` by `ldmatrix.trans`). `Q` and `dO` are held in registers for the whole walk; `scale` is
@@ -11,16 +11,17 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_mma::{enter_pair, mma_row};
-use super::forward_tensor_core::{KEY_PAD, key_bias};
-use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::mma_operands::{plane_accumulate, plane_scores, stage_plane_rows};
-use super::mma_tiles::{
+use super::MmaBlueprint;
+use crate::fused::mma::forward::{enter_pair, mma_row};
+use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
+use crate::fused::mma::tiles::{
     Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
     store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
-use super::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
-use super::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use crate::fused::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
+use crate::fused::tensor_core::{KEY_PAD, key_bias};
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
 
 #[cube(
     launch_unchecked,
@@ -39,15 +40,16 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     order: &Array<u32>,
     grad_query: &mut Tensor<Vector<F, N>>,
     scale: f32,
-    #[comptime] key_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
-    #[comptime] tf32: bool,
-    #[comptime] split: bool,
+    #[comptime] blueprint: MmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let key_tile = blueprint.tile;
+    let head_dim = blueprint.head_dim;
+    let causal = blueprint.causal;
+    let has_padding = blueprint.has_padding;
+    let ordered = blueprint.ordered;
+    let tf32 = blueprint.tf32;
+    let split = blueprint.split;
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;

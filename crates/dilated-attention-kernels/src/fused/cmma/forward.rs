@@ -1,4 +1,4 @@
-//! The tensor-core forward kernel: the same walk as [`super::forward`] (every pair in one launch,
+//! The tensor-core forward kernel: the same walk as [`crate::fused::portable::forward`] (every pair in one launch,
 //! dilated rows read through strides, pairs merged in registers), with `Q K^T` and `P V` on tensor
 //! cores (`cmma` 16x16x16, `f16`/`bf16` in, `f32` accumulation) and row statistics in plane
 //! (warp) shuffles.
@@ -6,7 +6,7 @@
 //! A cube is 4 planes of 32 units and owns 64 query rows of one (batch, head), the rows the launch
 //! plan gives it (`first_row + i * row_stride`); plane `p` owns rows `16 p .. 16 p + 16`. The
 //! queries are staged once through shared memory into `head_dim / 16` fragments per plane. The
-//! cube walks its list of key tiles ([`super::tile_walk`]); for each (`key_tile` selected rows of
+//! cube walks its list of key tiles ([`crate::fused::tile_walk`]); for each (`key_tile` selected rows of
 //! a segment, loaded once into shared memory by the cube, 16 bytes per load):
 //! 1. `S = Q K^T`, one 16-key block at a time through one accumulator fragment, each block
 //!    stored to the plane's `f32` scratch;
@@ -29,31 +29,26 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::fragments::{
-    TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS, accumulate_product,
-    accumulator_fragments, input_fragments, read_four, scores_into_scratch, stage_cube_rows,
-    store_accumulators, write_four,
+use super::CmmaBlueprint;
+use crate::fused::cmma::fragments::{
+    accumulate_product, accumulator_fragments, input_fragments, read_four, scores_into_scratch,
+    stage_cube_rows, store_accumulators, write_four,
 };
-use super::rows::{cube_row_count, memory_row, pair_view, row_block, with_row};
-use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
-use super::tiles::{MASKED, load_rows_registers, store_rows_registers};
-/// How far (in natural-log units) a row's tile max may exceed its reference max before the
-/// accumulator is rescaled: probabilities stay `<= e^8 ~ 2981` between rescales.
-pub(crate) const RESCALE_MARGIN: f32 = 8.0;
-
+use crate::fused::rows::{cube_row_count, memory_row, pair_view, row_block, with_row};
+use crate::fused::tensor_core::{
+    KEY_MASKED, KEY_PAD, RESCALE_MARGIN, TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES,
+    TENSOR_CORE_UNITS, key_bias,
+};
+use crate::fused::tile_walk::{
+    FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile,
+};
+use crate::fused::tiles::{MASKED, load_rows_registers, store_rows_registers};
 /// Padding of a row of the per-plane `f32` scratch (scores, accumulator spills): with 8 floats,
 /// the 16-byte reads of the softmax (two units per row, alternate groups of 4 columns) and the
 /// `cmma` stores are free of bank conflicts.
 pub(crate) const SCRATCH_PAD: usize = 8;
-/// Additive score of a masked key: finite (fast math assumes no infinities), far below every
-/// real score, and twice of it still finite in `f32`.
-pub(crate) const KEY_MASKED: f32 = -1.0e30;
 /// Padding of a row of the per-plane probability tile (8 halves: 16-byte rows for `cmma` loads).
 pub(crate) const PROBABILITY_PAD: usize = 8;
-
-/// Padding of a row of the key and value tiles (8 halves) so that the 16 rows a `cmma` load
-/// reads start on different banks.
-pub(crate) const KEY_PAD: usize = 8;
 
 /// A row's running softmax state: the reference max the probabilities are taken against and
 /// the sum of those probabilities.
@@ -81,13 +76,14 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     lse: &mut Tensor<f32>,
     scale: f32,
     neg_inf: f32,
-    #[comptime] key_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
+    #[comptime] blueprint: CmmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let key_tile = blueprint.tile;
+    let head_dim = blueprint.head_dim;
+    let causal = blueprint.causal;
+    let has_padding = blueprint.has_padding;
+    let ordered = blueprint.ordered;
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;
@@ -357,33 +353,6 @@ fn load_tile<F: Float, N: Size>(
         head_dim,
         ordered,
     );
-}
-
-/// Additive mask of key `unit` of `tile`: 0 when it exists and is not padded, else
-/// [`KEY_MASKED`] (for `unit < key_tile`).
-#[cube]
-pub(crate) fn key_bias<F: Float>(
-    padding: &Tensor<F>,
-    order: &Array<u32>,
-    tile: &KeyTile,
-    batch: usize,
-    unit: usize,
-    #[comptime] key_tile: usize,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
-) -> f32 {
-    let t = tile.tile * key_tile + unit;
-    let mut bias = f32::new(KEY_MASKED);
-    if tile.valid && unit < key_tile && t < tile.key_count {
-        bias = 0.0;
-        if has_padding {
-            let pos = memory_row(order, tile.key_start + t * tile.dilation, ordered);
-            let padded =
-                f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
-            bias = select(padded > 0.5, f32::new(KEY_MASKED), 0.0f32);
-        }
-    }
-    bias
 }
 
 /// One plane's work on one loaded key tile: scores, masked online softmax with conditional

@@ -1,4 +1,4 @@
-//! The products of the register-resident forward ([`super::forward_mma`]) for `f32` inputs on
+//! The products of the register-resident forward ([`crate::fused::mma::forward`]) for `f32` inputs on
 //! TF32 tensor cores: `mma.sync` m16n8k8 (`tf32` in, `f32` accumulation) through CubeCL's manual
 //! MMA. Inputs are rounded to TF32 (10-bit mantissa, round to nearest) as they are read from
 //! shared memory; accumulation, the softmax and the output stay `f32`.
@@ -8,7 +8,7 @@
 //! first): only `a_small b_small`, about `2^-22` of the product, is dropped, which is `f32`'s
 //! own rounding level (CUTLASS's "3xTF32").
 //!
-//! The accumulator layout of m16n8k8 is that of m16n8k16 ([`super::mma_tiles`]): unit
+//! The accumulator layout of m16n8k8 is that of m16n8k16 ([`crate::fused::mma::tiles`]): unit
 //! `(g, t) = (lane / 4, lane % 4)` holds rows `g`, `g + 8` at columns `2t, 2t + 1` of every
 //! 8-column block, as two [`Pair`]s. Operands (PTX, tf32 m16n8k8): `A` registers are
 //! `(g, t), (g + 8, t), (g, t + 4), (g + 8, t + 4)`, `B` registers `(k = t, n = g)`,
@@ -29,7 +29,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::cmma::MmaDefinition;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::mma_tiles::Pair;
+use crate::fused::mma::tiles::Pair;
 
 /// One TF32 operand register.
 pub(crate) type Tf32 = Vector<tf32, Const<1>>;

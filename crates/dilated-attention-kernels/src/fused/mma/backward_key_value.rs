@@ -1,6 +1,6 @@
 //! `dK` and `dV` with scores in registers: a cube owns 64 key rows (4 planes x 16, the launch
 //! plan's rows read as keys) and walks the query tiles that see them (the mirror walk of
-//! [`super::tile_walk`]), with the data flow of [`super::forward_mma`] (`mma.sync` m16n8k16,
+//! [`crate::fused::tile_walk`]), with the data flow of [`crate::fused::mma::forward`] (`mma.sync` m16n8k16,
 //! `ldmatrix`, two `cp.async` stages of queries and output gradients). `K` and `V` of the cube's
 //! rows are held in registers. Per query tile and plane, transposed so that the plane's keys are
 //! the rows of every product:
@@ -17,18 +17,21 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::forward_mma::{enter_pair, mma_row};
-use super::forward_tensor_core::{KEY_MASKED, KEY_PAD};
-use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::mma_operands::{plane_accumulate, plane_scores, stage_plane_rows};
-use super::mma_tiles::{
+use super::MmaBlueprint;
+use crate::fused::mma::forward::{enter_pair, mma_row};
+use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
+use crate::fused::mma::tf32::column_pair;
+use crate::fused::mma::tiles::{
     Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
     store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
-use super::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
-use super::tf32_tiles::column_pair;
-use super::tile_walk::{FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile};
-use super::tiles::MASKED;
+use crate::fused::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
+use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use crate::fused::tile_walk::{
+    FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile,
+};
+use crate::fused::tiles::MASKED;
 
 #[cube(
     launch_unchecked,
@@ -48,16 +51,17 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     grad_key: &mut Tensor<Vector<F, N>>,
     grad_value: &mut Tensor<Vector<F, N>>,
     scale: f32,
-    #[comptime] key_tile: usize,
-    #[comptime] sub_tiles: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] causal: bool,
-    #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
-    #[comptime] tf32: bool,
-    #[comptime] split: bool,
+    #[comptime] blueprint: MmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let key_tile = blueprint.tile;
+    let sub_tiles = blueprint.sub_tiles;
+    let head_dim = blueprint.head_dim;
+    let causal = blueprint.causal;
+    let has_padding = blueprint.has_padding;
+    let ordered = blueprint.ordered;
+    let tf32 = blueprint.tf32;
+    let split = blueprint.split;
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;

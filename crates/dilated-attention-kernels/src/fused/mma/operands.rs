@@ -1,22 +1,22 @@
 //! The register-resident kernels' products behind one switch: `f16`/`bf16` inputs on
-//! `mma.sync` m16n8k16 with `ldmatrix` operands ([`super::mma_tiles`]), or `f32` inputs on TF32
-//! m16n8k8 ([`super::tf32_tiles`]), once (`allow_tf32`) or split into three products (`split`:
+//! `mma.sync` m16n8k16 with `ldmatrix` operands ([`crate::fused::mma::tiles`]), or `f32` inputs on TF32
+//! m16n8k8 ([`crate::fused::mma::tf32`]), once (`allow_tf32`) or split into three products (`split`:
 //! about `f32` accuracy). Both give scores and accumulators in the same register layout;
 //! on TF32 each 8-column block of scores holds its keys in
-//! [`super::tf32_tiles::key_of_column`] order, which [`super::mma_tiles::mask_scores`] (with
+//! [`crate::fused::mma::tf32::key_of_column`] order, which [`crate::fused::mma::tiles::mask_scores`] (with
 //! `pairs_swapped`) and per-column values read by column
-//! ([`super::tf32_tiles::column_pair`]) follow.
+//! ([`crate::fused::mma::tf32::column_pair`]) follow.
 
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::fragments::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use super::mma_tiles::{Pair, accumulate_weighted_rows, load_plane_rows_mma, tile_scores};
-use super::rows::RowBlock;
-use super::tf32_tiles::{
+use crate::fused::mma::tf32::{
     Tf32, accumulate_weighted_rows_tf32, load_plane_rows_tf32, tile_scores_tf32,
 };
-use super::tiles::stage_cube_chunk;
+use crate::fused::mma::tiles::{Pair, accumulate_weighted_rows, load_plane_rows_mma, tile_scores};
+use crate::fused::rows::RowBlock;
+use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
+use crate::fused::tiles::stage_cube_chunk;
 
 /// A plane's 16 rows as the `A` operand of its products, held for a whole walk: `ldmatrix`
 /// registers for `f16`/`bf16`, TF32 registers on TF32 (with `split`: the rounded values, then
