@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a one-kernel backward's dQ atomics would cost (issue 3, docs/kernels-plan.md item 0).
+"""What a one-kernel backward's dQ atomics would cost (issue 3, benches/results/kernels-plan.md item 0).
 
 FlashAttention-2's backward has one kernel per key block that adds each query tile's dQ into
 an f32 buffer with atomics, instead of a second kernel that recomputes S and dP. Before writing
