@@ -153,14 +153,14 @@ ncu)
   for f in "$OUT"/ncu_[mcb]*.txt; do echo "-- $f"; grep -E "^  [a-z_]+.*\(|Duration|Registers Per|Theoretical Occ|Achieved Occ|Compute \(SM\) Thr|Memory Thr|Block Limit Reg|Block Limit Shared|Dynamic Shared|Static Shared" "$f" | head -40; done
   ;;
 ab)
-  echo "== the previous kernels (.device-bin/fused_bench_prev) and the new ones, alternating processes, same inputs"
+  echo "== builds against each other (AB_VARIANTS, default: the previous fused_bench and this one), alternating processes, same inputs, AB_ROUNDS rounds"
   J="$OUT/ab.jsonl"; : > "$J"
-  for i in 1 2; do
-    # AB_VARIANTS: binary[:environment setting], e.g. fused_bench:DILATED_ATTENTION_EXP2=power
+  for i in $(seq 1 ${AB_ROUNDS:-2}); do
+    # AB_VARIANTS: binary[:environment setting], e.g. fused_bench:DILATED_ATTENTION_NVRTC=none
     for V in ${AB_VARIANTS:-fused_bench_prev fused_bench}; do
       BIN=${V%%:*}; SET=""; [ "$BIN" != "$V" ] && SET=${V#*:}
       env $SET timeout 120 ./.device-bin/$BIN --seqs 8192,32768,131072 --dtypes bf16 --modes head_grouped,longnet --passes fwd,fwd_bwd --repeats 5 --warmup 2 | sed "s/^{/{\"binary\":\"$V\",\"round\":$i,/" >> "$J"
-      env $SET timeout 120 ./.device-bin/$BIN --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes fwd --repeats 3 --warmup 1 | sed "s/^{/{\"binary\":\"$V\",\"round\":$i,/" >> "$J"
+      env $SET timeout 120 ./.device-bin/$BIN --seqs 1048576 --dtypes bf16 --modes head_grouped,longnet --passes ${AB_LONG_PASSES:-fwd} --repeats 3 --warmup 1 | sed "s/^{/{\"binary\":\"$V\",\"round\":$i,/" >> "$J"
     done
   done
   grep -c '^{' "$J"

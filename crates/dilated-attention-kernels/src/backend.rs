@@ -154,27 +154,40 @@ pub trait DilatedAttentionBackend: Backend {
 
     /// The fused backward (FlashAttention-2 with recomputation): the gradients of `query`, `key`
     /// and `value` from the forward's inputs, its output and `f32` LSE, the output's gradient and,
-    /// when the LSE was used, the LSE's gradient; along the forward's `order`.
+    /// when the LSE was used, the LSE's gradient (all in `inputs`); along the forward's `order`.
     ///
     /// # Errors
     /// As [`Self::fused_dilated_attention_forward`].
-    #[allow(clippy::too_many_arguments)]
     fn fused_dilated_attention_backward(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-        key_padding_mask: Option<BoolTensor<Self>>,
-        output: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        grad_output: Option<FloatTensor<Self>>,
-        grad_lse: Option<FloatTensor<Self>>,
+        inputs: FusedBackwardInputs<Self>,
         config: &DilatedAttentionConfig,
         order: Option<&SequenceOrder>,
     ) -> Result<[FloatTensor<Self>; 3]> {
-        let _ = (query, key, value, key_padding_mask, output, lse);
-        let _ = (grad_output, grad_lse, config, order);
+        let _ = (inputs, config, order);
         Err(no_kernels())
     }
+}
+
+/// What the fused backward takes: the forward's inputs and results, and the gradients that
+/// reach them. Shapes as in [`DilatedAttentionBackend::dilated_attention_with_lse`].
+#[derive(Debug, Clone)]
+pub struct FusedBackwardInputs<B: Backend> {
+    /// The forward's query.
+    pub query: FloatTensor<B>,
+    /// The forward's key.
+    pub key: FloatTensor<B>,
+    /// The forward's value.
+    pub value: FloatTensor<B>,
+    /// The forward's key padding mask (true = padded).
+    pub key_padding_mask: Option<BoolTensor<B>>,
+    /// The forward's output.
+    pub output: FloatTensor<B>,
+    /// The forward's log-sum-exp, `f32`.
+    pub lse: FloatTensor<B>,
+    /// The output's gradient (`None`: zero).
+    pub grad_output: Option<FloatTensor<B>>,
+    /// The log-sum-exp's gradient, when the LSE was used.
+    pub grad_lse: Option<FloatTensor<B>>,
 }
 
 /// The [`DilatedAttentionBackend`] items of a backend without gradient tracking: it is its own

@@ -130,3 +130,99 @@ fn fused_kernels_along_an_order_on_the_raw_cube_backend_match_oracle() {
         check_gradients::<RawCube>(&c, Some(&order));
     }
 }
+
+/// What [`kernel_choice`] answers on the backend under test, for the families each backend has:
+/// the reference path on NdArray, the portable kernels on WGPU, the register-resident kernels on
+/// CUDA (an Ampere or later GPU). Calls no kernel takes go to the reference path under `Auto`,
+/// and a forced family that cannot run is an error.
+#[test]
+fn kernel_choice_names_the_family_each_backend_runs() {
+    use burn::tensor::DType;
+    use dilated_attention_core::{
+        DilatedAttentionConfig, DilatedAttentionError, KernelChoice, KernelFamily, ProductPrecision,
+    };
+    use dilated_attention_kernels::kernel_choice;
+
+    if std::env::var_os(dilated_attention_kernels::KERNEL_ENV).is_some() {
+        println!(
+            "skipped: {} overrides every strategy",
+            dilated_attention_kernels::KERNEL_ENV
+        );
+        return;
+    }
+    let device = Default::default();
+    let cfg = DilatedAttentionConfig::new(vec![64, 128], vec![1, 2]);
+    let choice = |dims, dtype, cfg: &DilatedAttentionConfig| {
+        kernel_choice::<TestBackend>(dims, dtype, &device, cfg)
+    };
+    let f32_call = choice([2, 97, 3, 64], DType::F32, &cfg).expect("auto always chooses");
+    let expected = if cfg!(feature = "test-cuda") {
+        KernelChoice {
+            family: KernelFamily::Mma,
+            precision: ProductPrecision::Tf32x3,
+        }
+    } else if cfg!(feature = "test-wgpu") {
+        KernelChoice {
+            family: KernelFamily::Portable,
+            precision: ProductPrecision::F32,
+        }
+    } else {
+        KernelChoice::REFERENCE
+    };
+    assert_eq!(f32_call, expected);
+    // A head dimension above every family's: the reference path under `Auto`...
+    let wide = choice([1, 8, 2, 320], DType::F32, &cfg).expect("auto always chooses");
+    assert_eq!(wide, KernelChoice::REFERENCE);
+    // ...and an error when a fused family is forced.
+    let forced = cfg.clone().with_kernel_strategy(KernelStrategy::Portable);
+    assert!(matches!(
+        choice([1, 8, 2, 320], DType::F32, &forced),
+        Err(DilatedAttentionError::KernelUnavailable { .. })
+    ));
+    // The reference path forced is the reference path everywhere.
+    let reference = cfg.clone().with_kernel_strategy(KernelStrategy::Reference);
+    assert_eq!(
+        choice([2, 97, 3, 64], DType::F32, &reference).unwrap(),
+        KernelChoice::REFERENCE
+    );
+    // `cmma` takes f16/bf16 only, and no family of WGPU or NdArray has it.
+    let cmma = cfg.with_kernel_strategy(KernelStrategy::Cmma);
+    assert!(matches!(
+        choice([2, 97, 3, 64], DType::F32, &cmma),
+        Err(DilatedAttentionError::KernelUnavailable { .. })
+    ));
+}
+
+/// A forced family that cannot run the call reaches the caller of the public API as the typed
+/// error (on CUDA: `cmma` for `f32` inputs; elsewhere: `cmma` at all).
+#[test]
+fn a_forced_family_that_cannot_run_is_an_error_from_the_call() {
+    use dilated_attention_core::{DilatedAttentionConfig, DilatedAttentionError};
+    use dilated_attention_kernels::dilated_attention_with_lse;
+
+    if std::env::var_os(dilated_attention_kernels::KERNEL_ENV).is_some() {
+        println!(
+            "skipped: {} overrides every strategy",
+            dilated_attention_kernels::KERNEL_ENV
+        );
+        return;
+    }
+    let c = &cases()[1];
+    let device = Default::default();
+    let [q, k, v] = c
+        .inputs::<Oracle>(&Default::default())
+        .map(|t| to::<TestBackend, 4>(&t, &device));
+    let cfg = DilatedAttentionConfig::new(c.segments.clone(), c.rates.clone())
+        .with_kernel_strategy(KernelStrategy::Cmma);
+    let error = dilated_attention_with_lse(q, k, v, &cfg).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            DilatedAttentionError::KernelUnavailable {
+                strategy: KernelStrategy::Cmma,
+                ..
+            }
+        ),
+        "{error}"
+    );
+}

@@ -19,7 +19,9 @@ use core::ops::Range;
 
 use burn::tensor::{Bool, DType, IndexingUpdateOp, Tensor, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{DilatedAttentionConfig, KernelStrategy, Result, merge_by_lse};
-use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
+use dilated_attention_kernels::{
+    DilatedAttentionBackend, FusedBackwardInputs, dilated_attention_with_lse_masked,
+};
 
 use crate::block::{narrow_to, wide};
 use crate::shard_plan::{GroupShard, Row};
@@ -372,18 +374,17 @@ fn fused_backward<B: DilatedAttentionBackend>(
     {
         return Ok(None);
     }
-    let grads = B::fused_dilated_attention_backward(
-        query.clone().into_primitive().tensor(),
-        key.clone().into_primitive().tensor(),
-        value.clone().into_primitive().tensor(),
-        hidden.map(Tensor::into_primitive),
-        output.clone().into_primitive().tensor(),
-        lse.into_primitive().tensor(),
-        Some(grad_output.clone().into_primitive().tensor()),
-        grad_lse.map(|g| g.into_primitive().tensor()),
-        config,
-        None,
-    )?;
+    let inputs = FusedBackwardInputs {
+        query: query.clone().into_primitive().tensor(),
+        key: key.clone().into_primitive().tensor(),
+        value: value.clone().into_primitive().tensor(),
+        key_padding_mask: hidden.map(Tensor::into_primitive),
+        output: output.clone().into_primitive().tensor(),
+        lse: lse.into_primitive().tensor(),
+        grad_output: Some(grad_output.clone().into_primitive().tensor()),
+        grad_lse: grad_lse.map(|g| g.into_primitive().tensor()),
+    };
+    let grads = B::fused_dilated_attention_backward(inputs, config, None)?;
     Ok(Some(grads.map(|t| {
         wide(Tensor::<B, 4>::from_primitive(TensorPrimitive::Float(t)))
     })))

@@ -20,9 +20,12 @@ mod layout;
 mod memory_guard;
 #[cfg(feature = "nccl")]
 pub mod nccl;
+mod pair_results;
 mod ring_attention;
+mod shard_exchange;
 mod shard_plan;
 mod sharded_attention;
+mod sharded_backward;
 mod traffic;
 
 pub use communicator::*;

@@ -6,9 +6,8 @@
 //! - the reference path holds gathered rows and one chunk of scores (inference), or every
 //!   chunk's scores and weights (under autodiff);
 //! - the sharded path adds its running and per-pair f32 results, one group's gathered rows with
-//!   their f32 output, and one chunk of scores. Checked on two H200s at 8,388,606 uneven tokens
-//!   in bf16: 43.9 GB estimated, 56.8 GB with the inputs, 58.9 GB reserved per GPU in the
-//!   forward.
+//!   their f32 output, and one chunk of scores (the estimate against measured peaks:
+//!   `benches/results/ring-h200x2.md`).
 //!
 //! Batch elements are independent, so a call over too large a batch runs as several calls over
 //! batch chunks. A call whose single batch element is already over the limit is refused with

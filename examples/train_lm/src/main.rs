@@ -3,7 +3,7 @@
 //! attending `lag - 1` positions back. With the default lag 9 the loss falls from the chance level
 //! (ln 16 = 2.77) to ~0.15 in 300 steps on a CPU; a lag of 65 (the needed key 64 positions away,
 //! beyond the dense pair's segment of 32) learns far more slowly: it only began to leave the chance
-//! level near step 280 (`docs/results/train-lm-cpu.md`).
+//! level near step 280 (`benches/results/train-lm-cpu.md`).
 //!
 //! ```text
 //! cargo run --release -p train_lm                       # CPU

@@ -24,8 +24,8 @@ use dilated_attention_core::{
 
 use crate::backend::kernel_of;
 use crate::{
-    CustomAttention, DilatedAttentionBackend, kernel_strategy, reference_along_order,
-    reference_with_lse,
+    CustomAttention, DilatedAttentionBackend, FusedBackwardInputs, kernel_strategy,
+    reference_along_order, reference_with_lse,
 };
 
 /// What the backward kernels need, saved by the forward.
@@ -51,18 +51,17 @@ impl<B: DilatedAttentionBackend> FusedState<B> {
         grad_output: Option<FloatTensor<B>>,
         grad_lse: Option<FloatTensor<B>>,
     ) {
-        let result = B::fused_dilated_attention_backward(
-            self.query,
-            self.key,
-            self.value,
-            self.key_padding_mask,
-            self.output,
-            self.lse,
+        let inputs = FusedBackwardInputs {
+            query: self.query,
+            key: self.key,
+            value: self.value,
+            key_padding_mask: self.key_padding_mask,
+            output: self.output,
+            lse: self.lse,
             grad_output,
             grad_lse,
-            &self.config,
-            self.order.as_ref(),
-        );
+        };
+        let result = B::fused_dilated_attention_backward(inputs, &self.config, self.order.as_ref());
         // The forward ran on these very tensors and config, so the checks cannot fail here:
         // only the device can (`DilatedAttentionError::Device`), and a backward step cannot
         // return an error.

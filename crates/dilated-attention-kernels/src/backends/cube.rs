@@ -10,12 +10,12 @@ use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, KernelChoice, Result, SequenceOrder,
 };
 
-use crate::DilatedAttentionBackend;
 use crate::backend::{fused_or_reference, untracked_backend_items};
 use crate::fused::backward::{BackwardInputs, backward};
 use crate::fused::forward::forward;
 use crate::fused::strategy::select;
 use crate::overrides::Submit;
+use crate::{DilatedAttentionBackend, FusedBackwardInputs};
 
 impl<R, F, I, BT> DilatedAttentionBackend for CubeBackend<R, F, I, BT>
 where
@@ -74,17 +74,20 @@ where
     }
 
     fn fused_dilated_attention_backward(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-        key_padding_mask: Option<BoolTensor<Self>>,
-        output: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        grad_output: Option<FloatTensor<Self>>,
-        grad_lse: Option<FloatTensor<Self>>,
+        inputs: FusedBackwardInputs<Self>,
         config: &DilatedAttentionConfig,
         order: Option<&SequenceOrder>,
     ) -> Result<[FloatTensor<Self>; 3]> {
+        let FusedBackwardInputs {
+            query,
+            key,
+            value,
+            key_padding_mask,
+            output,
+            lse,
+            grad_output,
+            grad_lse,
+        } = inputs;
         let dtype = FloatDType::from(query.dtype);
         let padding = key_padding_mask.map(|mask| Self::bool_into_float(mask, dtype));
         let grad_output =

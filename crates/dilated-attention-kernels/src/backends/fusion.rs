@@ -16,9 +16,9 @@ use dilated_attention_core::{
     AttentionShape, DilatedAttentionConfig, KernelChoice, Result, SequenceOrder,
 };
 
-use crate::DilatedAttentionBackend;
 use crate::backend::{check_fused_call, fused_or_reference, untracked_backend_items};
 use crate::overrides::Submit;
+use crate::{DilatedAttentionBackend, FusedBackwardInputs};
 
 /// The checks the kernels' launchers make, run before the operation is queued.
 fn check_eagerly<R: FusionRuntime>(
@@ -123,18 +123,17 @@ impl<B: FusionBackend + DilatedAttentionBackend> Operation<B::FusionRuntime> for
         let grad_lse = self
             .has_grad_lse
             .then(|| handles.get_float_tensor::<B>(rest.next().expect("grad lse input")));
-        let result = B::fused_dilated_attention_backward(
+        let inputs = FusedBackwardInputs {
             query,
             key,
             value,
-            mask,
+            key_padding_mask: mask,
             output,
             lse,
             grad_output,
             grad_lse,
-            &self.config,
-            self.order.as_ref(),
-        );
+        };
+        let result = B::fused_dilated_attention_backward(inputs, &self.config, self.order.as_ref());
         // As in the forward: only the device can fail here.
         let gradients = result.unwrap_or_else(|e| panic!("fused backward: {e}"));
         for (out, gradient) in self.desc.outputs.iter().zip(gradients) {
@@ -226,17 +225,20 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
     }
 
     fn fused_dilated_attention_backward(
-        query: FloatTensor<Self>,
-        key: FloatTensor<Self>,
-        value: FloatTensor<Self>,
-        key_padding_mask: Option<BoolTensor<Self>>,
-        output: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        grad_output: Option<FloatTensor<Self>>,
-        grad_lse: Option<FloatTensor<Self>>,
+        inputs: FusedBackwardInputs<Self>,
         config: &DilatedAttentionConfig,
         order: Option<&SequenceOrder>,
     ) -> Result<[FloatTensor<Self>; 3]> {
+        let FusedBackwardInputs {
+            query,
+            key,
+            value,
+            key_padding_mask,
+            output,
+            lse,
+            grad_output,
+            grad_lse,
+        } = inputs;
         let shape = check_eagerly(
             &query,
             &key,

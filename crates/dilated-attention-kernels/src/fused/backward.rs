@@ -40,7 +40,7 @@ pub(crate) fn backward<R: CubeRuntime>(
     order: Option<&SequenceOrder>,
 ) -> Result<[CubeTensor<R>; 3]> {
     #[cfg(feature = "nvrtc-options")]
-    mma::compile_options::install();
+    mma::compile_options::install()?;
     let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
     let family = select(&call.client, call.shape.dims(), call.dtype, config)?;
     if family == Family::Reference {

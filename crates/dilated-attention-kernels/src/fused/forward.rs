@@ -31,7 +31,7 @@ pub(crate) fn forward<R: CubeRuntime>(
     order: Option<&SequenceOrder>,
 ) -> Result<(CubeTensor<R>, CubeTensor<R>)> {
     #[cfg(feature = "nvrtc-options")]
-    mma::compile_options::install();
+    mma::compile_options::install()?;
     let call = Call::new(&query, &key, &value, padding.as_ref(), config, order)?;
     let family = select(&call.client, call.shape.dims(), call.dtype, config)?;
     let output = call.empty_like_input();

@@ -160,8 +160,8 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     };
 
     // The walk over key tiles: each is loaded (all loads issued, then stored) at the top of its
-    // iteration. Loading the next tile during the compute (a register prefetch) was measured
-    // slower: its registers stay live across the MMAs and cut the cubes per SM.
+    // iteration. No register prefetch of the next tile during the compute: its registers would
+    // stay live across the MMAs and cut the cubes per SM.
     let mut job = seek_key_tile(
         table,
         &rows,
