@@ -152,7 +152,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     );
 
     let walk = comptime!(TileWalk {
-        key_tile: key_tile,
+        key_tile,
         causal,
         queries_of_keys: false,
     });

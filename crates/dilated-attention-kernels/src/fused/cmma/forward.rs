@@ -132,7 +132,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         probability_stride: p_stride,
     });
     let shape = comptime!(TileShape {
-        units: units,
+        units,
         tile_rows: key_tile,
         head_dim,
         smem_stride: k_stride,
@@ -181,7 +181,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     // iteration. Loading the next tile during the compute (a register prefetch) was measured
     // slower: its registers stay live across the MMAs and cut the cubes per SM.
     let walk = comptime!(TileWalk {
-        key_tile: key_tile,
+        key_tile,
         causal,
         queries_of_keys: false,
     });

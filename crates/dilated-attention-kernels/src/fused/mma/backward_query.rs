@@ -128,7 +128,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
 
     let mut grad_query_acc = zero_pairs(comptime!(2 * dim_blocks));
     let walk = comptime!(TileWalk {
-        key_tile: key_tile,
+        key_tile,
         causal,
         queries_of_keys: false,
     });

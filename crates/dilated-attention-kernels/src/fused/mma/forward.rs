@@ -149,7 +149,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
 
     let mut out = zero_pairs(comptime!(2 * dim_blocks));
     let walk = comptime!(TileWalk {
-        key_tile: key_tile,
+        key_tile,
         causal,
         queries_of_keys: false,
     });
