@@ -226,9 +226,10 @@ pub(crate) fn store_rows_registers<F: Float, N: Size>(
     }
 }
 
-/// Stages the rows of `run` (the cube's own rows `rows.first_row + i * rows.stride` from
-/// `i = chunk * tile_rows` on, zeros from `cube_row_count` on) into `smem` from element 0 (row
-/// stride `smem_stride`), through `registers`; every unit of the cube takes part and the tile is
+/// Stages the rows of `run` (a chunk of the cube's own rows: `first` and `dilation` are the
+/// cube's first row and stride, `tile_start` is `chunk * tile_rows`, `count` the cube's rows
+/// inside the sequence, zeros from there on) into `smem` from element 0 (row stride
+/// `shape.smem_stride`), through `registers`; every unit of the cube takes part and the tile is
 /// visible to all on return.
 #[cube]
 pub(crate) fn stage_cube_chunk<F: Float, N: Size>(

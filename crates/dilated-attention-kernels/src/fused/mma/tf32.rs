@@ -166,6 +166,7 @@ pub(crate) fn load_plane_rows_tf32<F: Float>(
 /// ([`stage_cube_rows_tf32`]), the tile at `base` holds `tile_rows` rows of `head_dim` (row
 /// stride `stride`), the columns of `B`. `scores` gets `2 tile_rows / 8` pairs, each 8-column
 /// block's keys in [`key_of_column`] order.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s (with its `split`).
 #[cube]
 pub(crate) fn tile_scores_tf32<F: Float>(
     a: &Array<Tf32>,
@@ -215,6 +216,7 @@ pub(crate) fn tile_scores_tf32<F: Float>(
 /// (`scores` layout, keys in [`key_of_column`] order, rounded to TF32 as the `A` operand), `T`
 /// is the tile at `base` (`tile_rows` rows of `head_dim`, row stride `stride`), read by scalar
 /// shared loads as `B`. `out` holds `2 head_dim / 8` pairs.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s (with its `split`).
 #[cube]
 pub(crate) fn accumulate_weighted_rows_tf32<F: Float>(
     weights: &Array<Pair<f32>>,

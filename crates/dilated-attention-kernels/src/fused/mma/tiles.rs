@@ -87,6 +87,7 @@ pub(crate) struct TileProduct {
 /// pairs), the tile at `base` holds `tile_rows` rows of `head_dim` (row stride `stride`), read as
 /// the columns of `B` by `ldmatrix` (two 16-deep blocks per load). `scores` gets `2 tile_rows / 8`
 /// pairs.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s.
 #[cube]
 pub(crate) fn tile_scores<F: Float>(
     a: &Array<Pair<F>>,
@@ -165,6 +166,7 @@ fn multiply_block<F: Float>(
 /// layout, cast to the inputs' dtype as the `A` operand), `T` is the tile at `base` (`tile_rows`
 /// rows of `head_dim`, row stride `stride`), loaded by `ldmatrix.trans` as `B`. `out` holds
 /// `2 head_dim / 8` pairs.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s.
 #[cube]
 pub(crate) fn accumulate_weighted_rows<F: Float>(
     weights: &Array<Pair<f32>>,
