@@ -36,11 +36,21 @@ pub(crate) struct KeyTile {
     pub key_count: usize,
 }
 
+/// The comptime settings of a walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TileWalk {
+    /// Selected keys (queries, for `queries_of_keys`) per tile.
+    pub key_tile: usize,
+    /// Keys after the query are hidden.
+    pub causal: bool,
+    /// The key/value backward's mirror walk: the tiles of queries that see the cube's rows.
+    pub queries_of_keys: bool,
+}
+
 /// The first tile of the walk at or after (`pair`, `segment_index`, `tile`) for the cube
 /// `rows`; [`FIRST_SEGMENT`] starts a pair at its first segment. With `queries_of_keys` the
 /// walk is the key/value backward's: the tiles of queries that see the cube's rows as keys.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn seek_key_tile(
     table: &Array<u32>,
     rows: &RowBlock,
@@ -48,10 +58,11 @@ pub(crate) fn seek_key_tile(
     start_pair: usize,
     start_segment: usize,
     start_tile: usize,
-    #[comptime] key_tile: usize,
-    #[comptime] causal: bool,
-    #[comptime] queries_of_keys: bool,
+    #[comptime] walk: TileWalk,
 ) -> KeyTile {
+    let key_tile = walk.key_tile;
+    let causal = walk.causal;
+    let queries_of_keys = walk.queries_of_keys;
     let num_pairs = table[0] as usize;
     let mut found = KeyTile {
         valid: false,
@@ -121,10 +132,9 @@ pub(crate) fn next_key_tile(
     rows: &RowBlock,
     seq_len: usize,
     job: &KeyTile,
-    #[comptime] key_tile: usize,
-    #[comptime] causal: bool,
-    #[comptime] queries_of_keys: bool,
+    #[comptime] walk: TileWalk,
 ) -> KeyTile {
+    let key_tile = walk.key_tile;
     let mut next = KeyTile {
         valid: job.valid,
         pair: job.pair,
@@ -142,9 +152,7 @@ pub(crate) fn next_key_tile(
             job.pair,
             job.segment_index,
             job.tile + 1,
-            key_tile,
-            causal,
-            queries_of_keys,
+            walk,
         );
         assign_key_tile(&mut next, &found);
     }
@@ -196,24 +204,19 @@ mod tests {
         let slot = (head * CUBE_COUNT_X as usize + block) * (1 + 3 * MAX_TILES);
         out[slot] = 0;
         let rows = row_block(table, head, block, 0usize, seq_len, ROWS);
-        let mut job = seek_key_tile(
-            table,
-            &rows,
-            seq_len,
-            0usize,
-            FIRST_SEGMENT,
-            0usize,
-            tile,
+        let walk = comptime!(TileWalk {
+            key_tile: tile,
             causal,
             queries_of_keys,
-        );
+        });
+        let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
         let mut count = 0usize;
         while job.valid && count < MAX_TILES {
             out[slot + 1 + 3 * count] = job.pair as u32;
             out[slot + 2 + 3 * count] = job.segment_index as u32;
             out[slot + 3 + 3 * count] = job.tile as u32;
             count += 1;
-            let next = next_key_tile(table, &rows, seq_len, &job, tile, causal, queries_of_keys);
+            let next = next_key_tile(table, &rows, seq_len, &job, walk);
             assign_key_tile(&mut job, &next);
         }
         out[slot] = count as u32;

@@ -4,45 +4,97 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use super::rows::{RowBlock, memory_row};
+use super::rows::memory_row;
 
 /// Score of a masked key. Finite, because WGSL has no infinity literal and fast-math CUDA may
 /// not honour one; `exp(MASKED - m)` is 0 for every finite running max `m`. The `-inf` the LSE
 /// of an empty row needs arrives as a runtime argument.
 pub(crate) const MASKED: f32 = -3.0e38;
 
-/// Loads rows `first + t * dilation` for `t` in `tile_start .. tile_start + tile_rows` of
-/// (`batch`, `head`) into `smem` (`tile_rows x head_dim`, row-major), as `S` (`f32` for the
-/// portable kernels, the inputs' dtype for the tensor-core one); rows at `t >= count` are zero.
-/// Every unit of the cube takes part.
+/// The selected rows a tile covers: rows `first + t * dilation` of (`batch`, `head`) for `t` in
+/// `tile_start .. tile_start + tile_rows`, of which those at `t >= count` do not exist; and the
+/// unit of the cube that takes its share of the load.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct RowRun {
+    /// Batch of the rows.
+    pub batch: usize,
+    /// Head of the rows.
+    pub head: usize,
+    /// Position of the run's first selected row (`t = 0`).
+    pub first: usize,
+    /// Step between selected rows.
+    pub dilation: usize,
+    /// Index `t` of the tile's first row.
+    pub tile_start: usize,
+    /// Number of selected rows: rows at `t >= count` are past the run.
+    pub count: usize,
+    /// This unit's index in the cube.
+    pub unit: usize,
+}
+
+/// The cube's own rows `first_row + i * stride` (`i < count`) of (`batch`, `head`), as the
+/// tensor-core kernels stage and store them, and this unit's place in the cube.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct OwnRows {
+    /// Batch of the rows.
+    pub batch: usize,
+    /// Head of the rows.
+    pub head: usize,
+    /// The cube's first row.
+    pub first_row: usize,
+    /// Step between the cube's rows (the head's row stride).
+    pub stride: usize,
+    /// Rows of the cube inside the sequence ([`super::rows::cube_row_count`]).
+    pub count: usize,
+    /// This unit's index in the cube.
+    pub unit: usize,
+    /// This unit's lane in its plane.
+    pub lane: usize,
+    /// This unit's plane.
+    pub plane: usize,
+}
+
+/// The comptime shape of a cube's tile load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TileShape {
+    /// Units of the cube that share the load.
+    pub units: usize,
+    /// Rows per tile.
+    pub tile_rows: usize,
+    /// Values per row.
+    pub head_dim: usize,
+    /// Row stride of the tile in shared memory when staged through registers
+    /// ([`store_rows_registers`]); the direct loads ([`load_rows_tile`]) pack rows at
+    /// `head_dim`.
+    pub smem_stride: usize,
+    /// Rows are read through the call's sequence order.
+    pub ordered: bool,
+}
+
+/// Loads the rows of `run` (see [`RowRun`]) into `smem` (`tile_rows x head_dim`, row-major), as
+/// `S` (`f32` for the portable kernels, the inputs' dtype for the tensor-core one); rows at
+/// `t >= count` are zero. Every unit of the cube takes part.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_rows_tile<F: Float, S: Float>(
     tensor: &Tensor<F>,
     order: &Array<u32>,
     smem: &mut SharedMemory<S>,
-    batch: usize,
-    head: usize,
-    first: usize,
-    dilation: usize,
-    tile_start: usize,
-    count: usize,
-    lane: usize,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] ordered: bool,
+    run: &RowRun,
+    #[comptime] shape: TileShape,
 ) {
-    let base = batch * tensor.stride(0) + head * tensor.stride(2);
+    let units = shape.units;
+    let tile_rows = shape.tile_rows;
+    let head_dim = shape.head_dim;
+    let base = run.batch * tensor.stride(0) + run.head * tensor.stride(2);
     let rounds = comptime!((tile_rows * head_dim).div_ceil(units));
     for round in 0..rounds {
-        let element = lane + round * units;
+        let element = run.unit + round * units;
         if element < tile_rows * head_dim {
-            let t = tile_start + element / head_dim;
+            let t = run.tile_start + element / head_dim;
             let col = element % head_dim;
             let mut val = S::new(0.0);
-            if t < count {
-                let pos = memory_row(order, first + t * dilation, ordered);
+            if t < run.count {
+                let pos = memory_row(order, run.first + t * run.dilation, shape.ordered);
                 val = S::cast_from(tensor[base + pos * tensor.stride(1) + col * tensor.stride(3)]);
             }
             smem[element] = val;
@@ -50,34 +102,29 @@ pub(crate) fn load_rows_tile<F: Float, S: Float>(
     }
 }
 
-/// Writes 1 for the keys of the tile that exist and are not padded, else 0.
+/// Writes 1 for the keys of the tile of `run` that exist and are not padded, else 0.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_visibility<F: Float>(
     padding: &Tensor<F>,
     order: &Array<u32>,
     smem: &mut SharedMemory<f32>,
-    batch: usize,
-    first: usize,
-    dilation: usize,
-    tile_start: usize,
-    count: usize,
-    lane: usize,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
+    run: &RowRun,
+    #[comptime] shape: TileShape,
     #[comptime] has_padding: bool,
-    #[comptime] ordered: bool,
 ) {
-    let mut key_row = lane;
+    let units = shape.units;
+    let tile_rows = shape.tile_rows;
+    let mut key_row = run.unit;
     while key_row < tile_rows {
-        let t = tile_start + key_row;
+        let t = run.tile_start + key_row;
         let mut visible = 0.0f32;
-        if t < count {
+        if t < run.count {
             visible = 1.0;
             if has_padding {
-                let pos = memory_row(order, first + t * dilation, ordered);
-                let padded =
-                    f32::cast_from(padding[batch * padding.stride(0) + pos * padding.stride(1)]);
+                let pos = memory_row(order, run.first + t * run.dilation, shape.ordered);
+                let padded = f32::cast_from(
+                    padding[run.batch * padding.stride(0) + pos * padding.stride(1)],
+                );
                 visible = 1.0 - padded;
             }
         }
@@ -86,75 +133,62 @@ pub(crate) fn load_visibility<F: Float>(
     }
 }
 
-/// Loads the `f32` per-row values (`[b, n, h]`: LSE, delta) of rows `first + t * dilation` for
-/// `t` in the tile into `smem`; rows at `t >= count` get `fill`.
+/// Loads the `f32` per-row values (`[b, n, h]`: LSE, delta) of the rows of `run` into `smem`;
+/// rows at `t >= count` get `fill`.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_row_values(
     values: &Tensor<f32>,
     order: &Array<u32>,
     smem: &mut SharedMemory<f32>,
-    batch: usize,
-    head: usize,
-    first: usize,
-    dilation: usize,
-    tile_start: usize,
-    count: usize,
-    lane: usize,
+    run: &RowRun,
     fill: f32,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] ordered: bool,
+    #[comptime] shape: TileShape,
 ) {
-    let mut row = lane;
+    let units = shape.units;
+    let tile_rows = shape.tile_rows;
+    let mut row = run.unit;
     while row < tile_rows {
-        let t = tile_start + row;
+        let t = run.tile_start + row;
         let mut val = fill;
-        if t < count {
-            let pos = memory_row(order, first + t * dilation, ordered);
-            val =
-                values[batch * values.stride(0) + pos * values.stride(1) + head * values.stride(2)];
+        if t < run.count {
+            let pos = memory_row(order, run.first + t * run.dilation, shape.ordered);
+            val = values[run.batch * values.stride(0)
+                + pos * values.stride(1)
+                + run.head * values.stride(2)];
         }
         smem[row] = val;
         row += units;
     }
 }
 
-/// Loads rows `first + t * dilation` for `t` in `tile_start .. tile_start + tile_rows` of
-/// (`batch`, `head`) into this unit's registers, `N` values per load, zeros at `t >= count`; its
-/// share of the tile is the vectors `unit + round * units`. The tensor's last dimension is
-/// contiguous and its other strides are multiples of `N` (checked by the launcher). Nothing is
-/// waited for here: the loads complete when [`store_rows_registers`] reads them.
+/// Loads the rows of `run` (see [`RowRun`]) into this unit's registers, `N` values per load,
+/// zeros at `t >= count`; its share of the tile is the vectors `unit + round * units`. The
+/// tensor's last dimension is contiguous and its other strides are multiples of `N` (checked by
+/// the launcher). Nothing is waited for here: the loads complete when [`store_rows_registers`]
+/// reads them.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn load_rows_registers<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
     order: &Array<u32>,
     registers: &mut Array<Vector<F, N>>,
-    batch: usize,
-    head: usize,
-    first: usize,
-    dilation: usize,
-    tile_start: usize,
-    count: usize,
-    unit: usize,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] ordered: bool,
+    run: &RowRun,
+    #[comptime] shape: TileShape,
 ) {
+    let units = shape.units;
+    let tile_rows = shape.tile_rows;
+    let head_dim = shape.head_dim;
     let width = tensor.vector_size();
     let per_row = comptime!(head_dim / width);
     let total = comptime!(tile_rows * per_row);
     let rounds = comptime!(total.div_ceil(units));
-    let base = batch * tensor.stride(0) + head * tensor.stride(2);
+    let base = run.batch * tensor.stride(0) + run.head * tensor.stride(2);
     #[unroll]
     for round in 0..rounds {
-        let element = unit + round * units;
-        let t = tile_start + element / per_row;
+        let element = run.unit + round * units;
+        let t = run.tile_start + element / per_row;
         let mut val = Vector::<F, N>::zeroed();
-        if element < total && t < count {
-            let pos = memory_row(order, first + t * dilation, ordered);
+        if element < total && t < run.count {
+            let pos = memory_row(order, run.first + t * run.dilation, shape.ordered);
             val = tensor[(base + pos * tensor.stride(1) + (element % per_row) * width) / width];
         }
         registers[round] = val;
@@ -164,16 +198,16 @@ pub(crate) fn load_rows_registers<F: Float, N: Size>(
 /// Stores the registers [`load_rows_registers`] filled into `smem` (`tile_rows` rows of
 /// `head_dim` values at row stride `smem_stride`, a multiple of `N`), one vector per store.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn store_rows_registers<F: Float, N: Size>(
     registers: &Array<Vector<F, N>>,
     smem: &mut SharedMemory<F>,
     unit: usize,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] smem_stride: usize,
+    #[comptime] shape: TileShape,
 ) {
+    let units = shape.units;
+    let tile_rows = shape.tile_rows;
+    let head_dim = shape.head_dim;
+    let smem_stride = shape.smem_stride;
     let width = N::value();
     let per_row = comptime!(head_dim / width);
     let total = comptime!(tile_rows * per_row);
@@ -192,54 +226,23 @@ pub(crate) fn store_rows_registers<F: Float, N: Size>(
     }
 }
 
-/// Stages rows `chunk * tile_rows ..` of the cube's own rows (`rows.first_row + i * rows.stride`,
-/// zeros from `cube_row_count` on) into `smem` from element 0 (row stride `smem_stride`), through
-/// `registers`; every unit of the cube takes part and the tile is visible to all on return.
+/// Stages the rows of `run` (a chunk of the cube's own rows: `first` and `dilation` are the
+/// cube's first row and stride, `tile_start` is `chunk * tile_rows`, `count` the cube's rows
+/// inside the sequence, zeros from there on) into `smem` from element 0 (row stride
+/// `shape.smem_stride`), through `registers`; every unit of the cube takes part and the tile is
+/// visible to all on return.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_cube_chunk<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
     order: &Array<u32>,
     registers: &mut Array<Vector<F, N>>,
     smem: &mut SharedMemory<F>,
-    rows: &RowBlock,
-    cube_row_count: usize,
-    batch: usize,
-    head: usize,
-    unit: usize,
-    #[comptime] chunk: usize,
-    #[comptime] units: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] smem_stride: usize,
-    #[comptime] ordered: bool,
+    run: &RowRun,
+    #[comptime] shape: TileShape,
 ) {
-    load_rows_registers(
-        tensor,
-        order,
-        registers,
-        batch,
-        head,
-        rows.first_row,
-        rows.stride,
-        chunk * tile_rows,
-        cube_row_count,
-        unit,
-        units,
-        tile_rows,
-        head_dim,
-        ordered,
-    );
+    load_rows_registers(tensor, order, registers, run, shape);
     // The previous chunk's readers are done before it is overwritten.
     sync_cube();
-    store_rows_registers(
-        registers,
-        smem,
-        unit,
-        units,
-        tile_rows,
-        head_dim,
-        smem_stride,
-    );
+    store_rows_registers(registers, smem, run.unit, shape);
     sync_cube();
 }

@@ -18,16 +18,18 @@ use burn_cubecl::cubecl::prelude::*;
 use super::CmmaBlueprint;
 use crate::fused::cmma::forward::{PROBABILITY_PAD, SCRATCH_PAD};
 use crate::fused::cmma::fragments::{
-    accumulate_product, accumulator_fragments, input_fragments, read_four, scores_into_scratch,
-    stage_cube_rows, store_accumulators, write_four,
+    AccumulatorStore, PlaneLayout, accumulate_product, accumulator_fragments, input_fragments,
+    read_four, scores_into_scratch, stage_cube_rows, store_accumulators, write_four,
 };
 use crate::fused::rows::{
     cube_row_count, key_live, live_lse, memory_row, pair_view, row_block, with_row,
 };
 use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS};
-use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
-use crate::fused::tiles::{load_rows_registers, store_rows_registers};
+use crate::fused::tile_walk::{
+    FIRST_SEGMENT, TileWalk, assign_key_tile, next_key_tile, seek_key_tile,
+};
+use crate::fused::tiles::{OwnRows, RowRun, TileShape, load_rows_registers, store_rows_registers};
 
 #[cube(
     launch_unchecked,
@@ -73,6 +75,20 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     let s_stride = comptime!(query_tile + SCRATCH_PAD);
     let p_stride = comptime!(query_tile + PROBABILITY_PAD);
     let q_stride = comptime!(head_dim + KEY_PAD);
+    let layout = comptime!(PlaneLayout {
+        tile_rows: query_tile,
+        head_dim,
+        tile_stride: q_stride,
+        scratch_stride: s_stride,
+        probability_stride: p_stride,
+    });
+    let shape = comptime!(TileShape {
+        units: TENSOR_CORE_UNITS,
+        tile_rows: query_tile,
+        head_dim,
+        smem_stride: q_stride,
+        ordered,
+    });
 
     // This unit's key row: units 2r and 2r + 1 of a plane share row r.
     let row_in_plane = lane / 2;
@@ -82,6 +98,16 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     let my_rows = with_row(&rows, my_row);
     let my_memory_row = memory_row(order, my_row, ordered);
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let own = OwnRows {
+        batch,
+        head,
+        first_row: rows.first_row,
+        stride: rows.stride,
+        count: cube_row_count,
+        unit,
+        lane,
+        plane,
+    };
     let live = key_live(padding, batch, my_row, seq_len, order, has_padding, ordered);
 
     let mut query_smem = SharedMemory::<F>::new_aligned(query_tile * q_stride, 16usize);
@@ -105,16 +131,8 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         &mut key_frags,
         &mut query_regs,
         &mut query_smem,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        plane,
-        query_tile,
-        head_dim,
-        q_stride,
-        ordered,
+        &own,
+        shape,
     );
     let mut value_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
@@ -123,16 +141,8 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         &mut value_frags,
         &mut query_regs,
         &mut query_smem,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        plane,
-        query_tile,
-        head_dim,
-        q_stride,
-        ordered,
+        &own,
+        shape,
     );
     let mut grad_key_frags = accumulator_fragments(dim_tiles);
     let mut grad_value_frags = accumulator_fragments(dim_tiles);
@@ -145,17 +155,12 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
         0.0,
     );
 
-    let mut job = seek_key_tile(
-        table,
-        &rows,
-        seq_len,
-        0usize,
-        FIRST_SEGMENT,
-        0usize,
-        query_tile,
+    let walk = comptime!(TileWalk {
+        key_tile: query_tile,
         causal,
-        true,
-    );
+        queries_of_keys: true,
+    });
+    let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
     let first_view = pair_view(table, &my_rows, job.pair, seq_len);
     let mut row_selected = first_view.selected;
     let mut row_segment = first_view.row_segment;
@@ -163,38 +168,17 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
     while job.valid {
         sync_cube();
         let query0 = job.tile * query_tile;
-        load_rows_registers(
-            query,
-            order,
-            &mut query_regs,
+        let run = RowRun {
             batch,
             head,
-            job.key_start,
-            job.dilation,
-            query0,
-            job.key_count,
+            first: job.key_start,
+            dilation: job.dilation,
+            tile_start: query0,
+            count: job.key_count,
             unit,
-            TENSOR_CORE_UNITS,
-            query_tile,
-            head_dim,
-            ordered,
-        );
-        load_rows_registers(
-            grad_output,
-            order,
-            &mut grad_output_regs,
-            batch,
-            head,
-            job.key_start,
-            job.dilation,
-            query0,
-            job.key_count,
-            unit,
-            TENSOR_CORE_UNITS,
-            query_tile,
-            head_dim,
-            ordered,
-        );
+        };
+        load_rows_registers(query, order, &mut query_regs, &run, shape);
+        load_rows_registers(grad_output, order, &mut grad_output_regs, &run, shape);
         if unit < query_tile {
             let t = query0 + unit;
             // Missing queries: LSE +1e30, so their probabilities are 0.
@@ -211,24 +195,8 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
             lse_smem[unit] = query_lse;
             delta_smem[unit] = query_delta;
         }
-        store_rows_registers(
-            &query_regs,
-            &mut query_smem,
-            unit,
-            TENSOR_CORE_UNITS,
-            query_tile,
-            head_dim,
-            q_stride,
-        );
-        store_rows_registers(
-            &grad_output_regs,
-            &mut grad_output_smem,
-            unit,
-            TENSOR_CORE_UNITS,
-            query_tile,
-            head_dim,
-            q_stride,
-        );
+        store_rows_registers(&query_regs, &mut query_smem, unit, shape);
+        store_rows_registers(&grad_output_regs, &mut grad_output_smem, unit, shape);
         sync_cube();
         let row_here = live && row_selected && row_segment == job.segment_index;
         let mut row_sees_tile = row_here;
@@ -264,7 +232,7 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
                 causal,
             );
         }
-        let next = next_key_tile(table, &rows, seq_len, &job, query_tile, causal, true);
+        let next = next_key_tile(table, &rows, seq_len, &job, walk);
         if next.valid && next.pair != job.pair {
             let view = pair_view(table, &my_rows, next.pair, seq_len);
             row_selected = view.selected;
@@ -276,35 +244,27 @@ pub(crate) fn dilated_flash_backward_key_value_tensor_core<F: Float, N: Size>(
 
     let key_base =
         batch * grad_key.stride(0) + my_memory_row * grad_key.stride(1) + head * grad_key.stride(2);
-    store_accumulators(
-        &grad_key_frags,
-        &mut scratch,
+    let target = AccumulatorStore {
         scratch_base,
-        grad_key,
-        key_base,
+        row_base: key_base,
         row_valid,
         row_in_plane,
         half,
-        scale,
-        head_dim,
-        s_stride,
-    );
+        factor: scale,
+    };
+    store_accumulators(&grad_key_frags, &mut scratch, grad_key, &target, layout);
     let value_base = batch * grad_value.stride(0)
         + my_memory_row * grad_value.stride(1)
         + head * grad_value.stride(2);
-    store_accumulators(
-        &grad_value_frags,
-        &mut scratch,
+    let target = AccumulatorStore {
         scratch_base,
-        grad_value,
-        value_base,
+        row_base: value_base,
         row_valid,
         row_in_plane,
         half,
-        1.0f32,
-        head_dim,
-        s_stride,
-    );
+        factor: 1.0f32,
+    };
+    store_accumulators(&grad_value_frags, &mut scratch, grad_value, &target, layout);
 }
 
 /// One plane's `dK`/`dV` work on one loaded query tile.
@@ -337,22 +297,19 @@ fn plane_key_value_tile<F: Float>(
     let s_stride = comptime!(query_tile + SCRATCH_PAD);
     let p_stride = comptime!(query_tile + PROBABILITY_PAD);
     let q_stride = comptime!(head_dim + KEY_PAD);
+    let layout = comptime!(PlaneLayout {
+        tile_rows: query_tile,
+        head_dim,
+        tile_stride: q_stride,
+        scratch_stride: s_stride,
+        probability_stride: p_stride,
+    });
     let groups = comptime!(query_tile / 8);
     let row_scores = scratch_base + row_in_plane * s_stride;
     let p_row = p_base + row_in_plane * p_stride;
 
     // 1. P^T = exp(scale K Q^T + mask - LSE_q), in registers and in the inputs' dtype.
-    scores_into_scratch(
-        key_frags,
-        block,
-        query_smem,
-        scratch,
-        scratch_base,
-        query_tile,
-        head_dim,
-        q_stride,
-        s_stride,
-    );
+    scores_into_scratch(key_frags, block, query_smem, scratch, scratch_base, layout);
     sync_plane();
     let mut kept = Array::<f32>::new(comptime!(query_tile / 2));
     #[unroll]
@@ -381,10 +338,7 @@ fn plane_key_value_tile<F: Float>(
         probabilities,
         p_base,
         grad_output_smem,
-        query_tile,
-        head_dim,
-        p_stride,
-        q_stride,
+        layout,
     );
 
     // 3. dS^T = P^T (V dO^T - delta_q), over P^T.
@@ -394,10 +348,7 @@ fn plane_key_value_tile<F: Float>(
         grad_output_smem,
         scratch,
         scratch_base,
-        query_tile,
-        head_dim,
-        q_stride,
-        s_stride,
+        layout,
     );
     sync_plane();
     #[unroll]
@@ -415,15 +366,6 @@ fn plane_key_value_tile<F: Float>(
     sync_plane();
 
     // 4. dK += dS^T Q.
-    accumulate_product(
-        grad_key_frags,
-        probabilities,
-        p_base,
-        query_smem,
-        query_tile,
-        head_dim,
-        p_stride,
-        q_stride,
-    );
+    accumulate_product(grad_key_frags, probabilities, p_base, query_smem, layout);
     sync_plane();
 }

@@ -18,16 +18,18 @@ use burn_cubecl::cubecl::prelude::*;
 use super::CmmaBlueprint;
 use crate::fused::cmma::forward::{PROBABILITY_PAD, SCRATCH_PAD};
 use crate::fused::cmma::fragments::{
-    accumulate_product, accumulator_fragments, input_fragments, read_four, scores_into_scratch,
-    stage_cube_rows, store_accumulators, write_four,
+    AccumulatorStore, PlaneLayout, accumulate_product, accumulator_fragments, input_fragments,
+    read_four, scores_into_scratch, stage_cube_rows, store_accumulators, write_four,
 };
 use crate::fused::rows::{
     cube_row_count, memory_row, pair_view, row_block, row_statistics, with_row,
 };
 use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_PLANES, TENSOR_CORE_UNITS};
-use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
-use crate::fused::tiles::{load_rows_registers, store_rows_registers};
+use crate::fused::tile_walk::{
+    FIRST_SEGMENT, TileWalk, assign_key_tile, next_key_tile, seek_key_tile,
+};
+use crate::fused::tiles::{OwnRows, RowRun, TileShape, load_rows_registers, store_rows_registers};
 
 #[cube(
     launch_unchecked,
@@ -72,6 +74,20 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     let s_stride = comptime!(key_tile + SCRATCH_PAD);
     let p_stride = comptime!(key_tile + PROBABILITY_PAD);
     let k_stride = comptime!(head_dim + KEY_PAD);
+    let layout = comptime!(PlaneLayout {
+        tile_rows: key_tile,
+        head_dim,
+        tile_stride: k_stride,
+        scratch_stride: s_stride,
+        probability_stride: p_stride,
+    });
+    let shape = comptime!(TileShape {
+        units: TENSOR_CORE_UNITS,
+        tile_rows: key_tile,
+        head_dim,
+        smem_stride: k_stride,
+        ordered,
+    });
 
     let row_in_plane = lane / 2;
     let half = lane % 2;
@@ -79,6 +95,16 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     let row_valid = my_row < seq_len;
     let my_rows = with_row(&rows, my_row);
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let own = OwnRows {
+        batch,
+        head,
+        first_row: rows.first_row,
+        stride: rows.stride,
+        count: cube_row_count,
+        unit,
+        lane,
+        plane,
+    };
     let (row_lse, row_delta) =
         row_statistics(lse, delta, batch, head, my_row, seq_len, order, ordered);
 
@@ -102,16 +128,8 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         &mut query_frags,
         &mut key_regs,
         &mut key_smem,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        plane,
-        key_tile,
-        head_dim,
-        k_stride,
-        ordered,
+        &own,
+        shape,
     );
     let mut grad_output_frags = input_fragments::<F>(dim_tiles);
     stage_cube_rows(
@@ -120,16 +138,8 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         &mut grad_output_frags,
         &mut key_regs,
         &mut key_smem,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        plane,
-        key_tile,
-        head_dim,
-        k_stride,
-        ordered,
+        &own,
+        shape,
     );
     let mut grad_query_frags = accumulator_fragments(dim_tiles);
     let block = cmma::Matrix::<f32>::from_value(
@@ -141,17 +151,12 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
         0.0,
     );
 
-    let mut job = seek_key_tile(
-        table,
-        &rows,
-        seq_len,
-        0usize,
-        FIRST_SEGMENT,
-        0usize,
+    let walk = comptime!(TileWalk {
         key_tile,
         causal,
-        false,
-    );
+        queries_of_keys: false,
+    });
+    let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
     let first_view = pair_view(table, &my_rows, job.pair, seq_len);
     let mut row_selected = first_view.selected;
     let mut row_segment = first_view.row_segment;
@@ -159,38 +164,17 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     while job.valid {
         sync_cube();
         let key0 = job.tile * key_tile;
-        load_rows_registers(
-            key,
-            order,
-            &mut key_regs,
+        let run = RowRun {
             batch,
             head,
-            job.key_start,
-            job.dilation,
-            key0,
-            job.key_count,
+            first: job.key_start,
+            dilation: job.dilation,
+            tile_start: key0,
+            count: job.key_count,
             unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-            ordered,
-        );
-        load_rows_registers(
-            value,
-            order,
-            &mut value_regs,
-            batch,
-            head,
-            job.key_start,
-            job.dilation,
-            key0,
-            job.key_count,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-            ordered,
-        );
+        };
+        load_rows_registers(key, order, &mut key_regs, &run, shape);
+        load_rows_registers(value, order, &mut value_regs, &run, shape);
         if unit < key_tile {
             let t = key0 + unit;
             let mut bias = f32::new(KEY_MASKED);
@@ -206,24 +190,8 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
             }
             bias_smem[unit] = bias;
         }
-        store_rows_registers(
-            &key_regs,
-            &mut key_smem,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-            k_stride,
-        );
-        store_rows_registers(
-            &value_regs,
-            &mut value_smem,
-            unit,
-            TENSOR_CORE_UNITS,
-            key_tile,
-            head_dim,
-            k_stride,
-        );
+        store_rows_registers(&key_regs, &mut key_smem, unit, shape);
+        store_rows_registers(&value_regs, &mut value_smem, unit, shape);
         sync_cube();
         let row_here = row_selected && row_segment == job.segment_index;
         let mut row_sees_tile = row_here;
@@ -257,7 +225,7 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
                 causal,
             );
         }
-        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+        let next = next_key_tile(table, &rows, seq_len, &job, walk);
         if next.valid && next.pair != job.pair {
             let view = pair_view(table, &my_rows, next.pair, seq_len);
             row_selected = view.selected;
@@ -270,19 +238,15 @@ pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
     let row_base = batch * grad_query.stride(0)
         + memory_row(order, my_row, ordered) * grad_query.stride(1)
         + head * grad_query.stride(2);
-    store_accumulators(
-        &grad_query_frags,
-        &mut scratch,
+    let target = AccumulatorStore {
         scratch_base,
-        grad_query,
         row_base,
         row_valid,
         row_in_plane,
         half,
-        scale,
-        head_dim,
-        s_stride,
-    );
+        factor: scale,
+    };
+    store_accumulators(&grad_query_frags, &mut scratch, grad_query, &target, layout);
 }
 
 /// One plane's `dQ` work on one loaded key tile.
@@ -314,21 +278,18 @@ fn plane_query_tile<F: Float>(
     let s_stride = comptime!(key_tile + SCRATCH_PAD);
     let p_stride = comptime!(key_tile + PROBABILITY_PAD);
     let k_stride = comptime!(head_dim + KEY_PAD);
+    let layout = comptime!(PlaneLayout {
+        tile_rows: key_tile,
+        head_dim,
+        tile_stride: k_stride,
+        scratch_stride: s_stride,
+        probability_stride: p_stride,
+    });
     let groups = comptime!(key_tile / 8);
     let row_scores = scratch_base + row_in_plane * s_stride;
 
     // 1. P = exp(scale Q K^T + mask - LSE), kept in registers.
-    scores_into_scratch(
-        query_frags,
-        block,
-        key_smem,
-        scratch,
-        scratch_base,
-        key_tile,
-        head_dim,
-        k_stride,
-        s_stride,
-    );
+    scores_into_scratch(query_frags, block, key_smem, scratch, scratch_base, layout);
     sync_plane();
     let mut probabilities = Array::<f32>::new(comptime!(key_tile / 2));
     #[unroll]
@@ -354,10 +315,7 @@ fn plane_query_tile<F: Float>(
         value_smem,
         scratch,
         scratch_base,
-        key_tile,
-        head_dim,
-        k_stride,
-        s_stride,
+        layout,
     );
     sync_plane();
     let ds_row = p_base + row_in_plane * p_stride;
@@ -375,15 +333,6 @@ fn plane_query_tile<F: Float>(
     sync_plane();
 
     // 3. dQ += dS K.
-    accumulate_product(
-        grad_query_frags,
-        grad_scores,
-        p_base,
-        key_smem,
-        key_tile,
-        head_dim,
-        p_stride,
-        k_stride,
-    );
+    accumulate_product(grad_query_frags, grad_scores, p_base, key_smem, layout);
     sync_plane();
 }

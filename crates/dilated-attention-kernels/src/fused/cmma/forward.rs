@@ -31,8 +31,8 @@ use burn_cubecl::cubecl::prelude::*;
 
 use super::CmmaBlueprint;
 use crate::fused::cmma::fragments::{
-    accumulate_product, accumulator_fragments, input_fragments, read_four, scores_into_scratch,
-    stage_cube_rows, store_accumulators, write_four,
+    AccumulatorStore, PlaneLayout, accumulate_product, accumulator_fragments, input_fragments,
+    read_four, scores_into_scratch, stage_cube_rows, store_accumulators, write_four,
 };
 use crate::fused::rows::{cube_row_count, memory_row, pair_view, row_block, with_row};
 use crate::fused::tensor_core::{
@@ -40,9 +40,11 @@ use crate::fused::tensor_core::{
     TENSOR_CORE_UNITS, key_bias,
 };
 use crate::fused::tile_walk::{
-    FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile,
+    FIRST_SEGMENT, KeyTile, TileWalk, assign_key_tile, next_key_tile, seek_key_tile,
 };
-use crate::fused::tiles::{MASKED, load_rows_registers, store_rows_registers};
+use crate::fused::tiles::{
+    MASKED, OwnRows, RowRun, TileShape, load_rows_registers, store_rows_registers,
+};
 /// Padding of a row of the per-plane `f32` scratch (scores, accumulator spills): with 8 floats,
 /// the 16-byte reads of the softmax (two units per row, alternate groups of 4 columns) and the
 /// `cmma` stores are free of bank conflicts.
@@ -110,8 +112,32 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let row_valid = my_row < seq_len;
     let my_rows = with_row(&rows, my_row);
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let own = OwnRows {
+        batch,
+        head,
+        first_row: rows.first_row,
+        stride: rows.stride,
+        count: cube_row_count,
+        unit,
+        lane,
+        plane,
+    };
 
     let k_stride = comptime!(head_dim + KEY_PAD);
+    let layout = comptime!(PlaneLayout {
+        tile_rows: key_tile,
+        head_dim,
+        tile_stride: k_stride,
+        scratch_stride: s_stride,
+        probability_stride: p_stride,
+    });
+    let shape = comptime!(TileShape {
+        units,
+        tile_rows: key_tile,
+        head_dim,
+        smem_stride: k_stride,
+        ordered,
+    });
     let mut key_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
     let mut value_smem = SharedMemory::<F>::new_aligned(key_tile * k_stride, 16usize);
     let mut bias_smem = SharedMemory::<f32>::new_aligned(key_tile, 16usize);
@@ -133,16 +159,8 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
         &mut query_frags,
         &mut key_regs,
         &mut key_smem,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        plane,
-        key_tile,
-        head_dim,
-        k_stride,
-        ordered,
+        &own,
+        shape,
     );
     let mut out_frags = accumulator_fragments(dim_tiles);
     let score_frag = cmma::Matrix::<f32>::from_value(
@@ -162,17 +180,12 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     // The walk over key tiles: each is loaded (all loads issued, then stored) at the top of its
     // iteration. No register prefetch of the next tile during the compute: its registers would
     // stay live across the MMAs and cut the cubes per SM.
-    let mut job = seek_key_tile(
-        table,
-        &rows,
-        seq_len,
-        0usize,
-        FIRST_SEGMENT,
-        0usize,
+    let walk = comptime!(TileWalk {
         key_tile,
         causal,
-        false,
-    );
+        queries_of_keys: false,
+    });
+    let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
     // This unit's row in the current tile's pair: selected, its segment, its index `t`.
     let first_view = pair_view(table, &my_rows, job.pair, seq_len);
     let mut row_selected = first_view.selected;
@@ -180,21 +193,10 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let mut row_t = first_view.t;
     while job.valid {
         sync_cube();
-        load_tile(
-            key,
-            order,
-            value,
-            &mut key_regs,
-            &mut value_regs,
-            &job,
-            batch,
-            head,
-            unit,
-            units,
-            key_tile,
-            head_dim,
-            ordered,
-        );
+        // This tile's keys and values into this unit's registers.
+        let run = tile_run(&job, batch, head, unit, key_tile);
+        load_rows_registers(key, order, &mut key_regs, &run, shape);
+        load_rows_registers(value, order, &mut value_regs, &run, shape);
         let bias = key_bias(
             padding,
             order,
@@ -205,24 +207,8 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             has_padding,
             ordered,
         );
-        store_rows_registers(
-            &key_regs,
-            &mut key_smem,
-            unit,
-            units,
-            key_tile,
-            head_dim,
-            k_stride,
-        );
-        store_rows_registers(
-            &value_regs,
-            &mut value_smem,
-            unit,
-            units,
-            key_tile,
-            head_dim,
-            k_stride,
-        );
+        store_rows_registers(&key_regs, &mut key_smem, unit, shape);
+        store_rows_registers(&value_regs, &mut value_smem, unit, shape);
         if unit < key_tile {
             bias_smem[unit] = bias;
         }
@@ -259,7 +245,7 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
             );
         }
         // Next tile; a new pair moves this unit's row in it.
-        let next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+        let next = next_key_tile(table, &rows, seq_len, &job, walk);
         if next.valid && next.pair != job.pair {
             let view = pair_view(table, &my_rows, next.pair, seq_len);
             row_selected = view.selected;
@@ -279,80 +265,44 @@ pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
     let my_memory_row = memory_row(order, my_row, ordered);
     let o_base =
         batch * output.stride(0) + my_memory_row * output.stride(1) + head * output.stride(2);
-    store_accumulators(
-        &out_frags,
-        &mut scratch,
+    let target = AccumulatorStore {
         scratch_base,
-        output,
-        o_base,
+        row_base: o_base,
         row_valid,
         row_in_plane,
         half,
-        inverse,
-        head_dim,
-        s_stride,
-    );
+        factor: inverse,
+    };
+    store_accumulators(&out_frags, &mut scratch, output, &target, layout);
     if row_valid && half == 0 {
         lse[batch * lse.stride(0) + my_memory_row * lse.stride(1) + head * lse.stride(2)] =
             log_sum_exp;
     }
 }
 
-/// Loads `tile`'s keys and values into this unit's registers (zeros when the walk has ended).
+/// The rows of `tile` as this unit loads them (none when the walk has ended).
 #[cube]
-#[allow(clippy::too_many_arguments)]
-fn load_tile<F: Float, N: Size>(
-    key: &Tensor<Vector<F, N>>,
-    order: &Array<u32>,
-    value: &Tensor<Vector<F, N>>,
-    key_regs: &mut Array<Vector<F, N>>,
-    value_regs: &mut Array<Vector<F, N>>,
+fn tile_run(
     tile: &KeyTile,
     batch: usize,
     head: usize,
     unit: usize,
-    #[comptime] units: usize,
     #[comptime] key_tile: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] ordered: bool,
-) {
+) -> RowRun {
     let mut count = tile.key_count;
     if !tile.valid {
         count = 0;
     }
     let key0 = tile.tile * key_tile;
-    load_rows_registers(
-        key,
-        order,
-        key_regs,
+    RowRun {
         batch,
         head,
-        tile.key_start,
-        tile.dilation,
-        key0,
+        first: tile.key_start,
+        dilation: tile.dilation,
+        tile_start: key0,
         count,
         unit,
-        units,
-        key_tile,
-        head_dim,
-        ordered,
-    );
-    load_rows_registers(
-        value,
-        order,
-        value_regs,
-        batch,
-        head,
-        tile.key_start,
-        tile.dilation,
-        key0,
-        count,
-        unit,
-        units,
-        key_tile,
-        head_dim,
-        ordered,
-    );
+    }
 }
 
 /// One plane's work on one loaded key tile: scores, masked online softmax with conditional
@@ -385,6 +335,13 @@ fn plane_tile<F: Float>(
     let s_stride = comptime!(key_tile + SCRATCH_PAD);
     let p_stride = comptime!(key_tile + PROBABILITY_PAD);
     let k_stride = comptime!(head_dim + KEY_PAD);
+    let layout = comptime!(PlaneLayout {
+        tile_rows: key_tile,
+        head_dim,
+        tile_stride: k_stride,
+        scratch_stride: s_stride,
+        probability_stride: p_stride,
+    });
     let half_tile = comptime!(key_tile / 2);
     let groups = comptime!(key_tile / 8);
 
@@ -396,10 +353,7 @@ fn plane_tile<F: Float>(
         key_smem,
         scratch,
         scratch_base,
-        key_tile,
-        head_dim,
-        k_stride,
-        s_stride,
+        layout,
     );
     sync_plane();
 
@@ -485,15 +439,6 @@ fn plane_tile<F: Float>(
     sync_plane();
 
     // 3. O += P V.
-    accumulate_product(
-        out_frags,
-        probabilities,
-        p_base,
-        value_smem,
-        key_tile,
-        head_dim,
-        p_stride,
-        k_stride,
-    );
+    accumulate_product(out_frags, probabilities, p_base, value_smem, layout);
     sync_plane();
 }

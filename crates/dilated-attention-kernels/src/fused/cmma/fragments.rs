@@ -9,9 +9,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
-use crate::fused::rows::RowBlock;
-use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use crate::fused::tiles::stage_cube_chunk;
+use crate::fused::tensor_core::TENSOR_CORE_BLOCK_ROWS;
+use crate::fused::tiles::{OwnRows, RowRun, TileShape, stage_cube_chunk};
 
 /// `count` input fragments (`A`, row-major), uninitialised.
 #[cube]
@@ -50,54 +49,42 @@ pub(crate) fn accumulator_fragments(#[comptime] count: usize) -> Sequence<cmma::
     fragments
 }
 
-/// Loads the cube's own 64 rows of `tensor` (`rows.first_row + i * rows.stride`, zeros past
-/// `cube_row_count`) into `fragments` (`head_dim / 16` per plane: plane `p` gets rows
-/// `16 p .. 16 p + 16`), staged `staging_rows` rows at a time through `staging` (row stride
-/// `smem_stride`). Every unit takes part; `registers` must hold the staging tile's share.
+/// Loads the cube's own 64 rows of `tensor` (`own`: `first_row + i * stride`, zeros past
+/// `count`) into `fragments` (`head_dim / 16` per plane: plane `p` gets rows
+/// `16 p .. 16 p + 16`), staged `shape.tile_rows` rows at a time through `staging` (row stride
+/// `shape.smem_stride`; `shape.units` is the cube's). Every unit takes part; `registers` must
+/// hold the staging tile's share.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_cube_rows<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
     order: &Array<u32>,
     fragments: &mut Sequence<cmma::Matrix<F>>,
     registers: &mut Array<Vector<F, N>>,
     staging: &mut SharedMemory<F>,
-    rows: &RowBlock,
-    cube_row_count: usize,
-    batch: usize,
-    head: usize,
-    unit: usize,
-    plane: usize,
-    #[comptime] staging_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] smem_stride: usize,
-    #[comptime] ordered: bool,
+    own: &OwnRows,
+    #[comptime] shape: TileShape,
 ) {
+    let staging_rows = shape.tile_rows;
+    let head_dim = shape.head_dim;
+    let smem_stride = shape.smem_stride;
     let dim_tiles = comptime!(head_dim / 16);
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
     #[unroll]
     for chunk in 0..chunks {
-        stage_cube_chunk(
-            tensor,
-            order,
-            registers,
-            staging,
-            rows,
-            cube_row_count,
-            batch,
-            head,
-            unit,
-            chunk,
-            TENSOR_CORE_UNITS,
-            staging_rows,
-            head_dim,
-            smem_stride,
-            ordered,
-        );
+        let run = RowRun {
+            batch: own.batch,
+            head: own.head,
+            first: own.first_row,
+            dilation: own.stride,
+            tile_start: chunk * staging_rows,
+            count: own.count,
+            unit: own.unit,
+        };
+        stage_cube_chunk(tensor, order, registers, staging, &run, shape);
         let first_plane = comptime!(chunk * staging_rows / 16);
         let last_plane = comptime!((chunk + 1) * staging_rows / 16);
-        if plane >= first_plane && plane < last_plane {
-            let base = (plane * 16 - chunk * staging_rows) * smem_stride;
+        if own.plane >= first_plane && own.plane < last_plane {
+            let base = (own.plane * 16 - chunk * staging_rows) * smem_stride;
             #[unroll]
             for kk in 0..dim_tiles {
                 cmma::load(
@@ -111,23 +98,57 @@ pub(crate) fn stage_cube_rows<F: Float, N: Size>(
     sync_cube();
 }
 
+/// The comptime layout of a plane's products with a walked tile: the tile's shape and the row
+/// strides of the shared-memory buffers they go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct PlaneLayout {
+    /// Rows of the walked tile.
+    pub tile_rows: usize,
+    /// Values per row, a multiple of 16.
+    pub head_dim: usize,
+    /// Row stride of the walked tile (keys, values, queries, output gradients).
+    pub tile_stride: usize,
+    /// Row stride of the per-plane `f32` scratch.
+    pub scratch_stride: usize,
+    /// Row stride of the per-plane probability tile (the inputs' dtype).
+    pub probability_stride: usize,
+}
+
+/// Where [`store_accumulators`] writes a plane's accumulators for this unit.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct AccumulatorStore {
+    /// First element of the plane's scratch.
+    pub scratch_base: usize,
+    /// Element of `output` where this unit's row starts.
+    pub row_base: usize,
+    /// Whether this unit's row is inside the sequence (else nothing is written).
+    pub row_valid: bool,
+    /// This unit's row in its plane (`0..16`).
+    pub row_in_plane: usize,
+    /// Which half of each 16-column block this unit writes (0 or 1).
+    pub half: usize,
+    /// Factor the row's accumulators are multiplied by.
+    pub factor: f32,
+}
+
 /// `scratch[16 x tile_rows] = A B^T` for one plane: `a` holds the plane's 16 rows
 /// (`head_dim / 16` fragments), `b_tile` holds `tile_rows` rows of `head_dim` (row stride
-/// `smem_stride`), read as the columns of `B`. One 16-column block at a time goes through
+/// `layout.tile_stride`), read as the columns of `B`; `scratch` rows are `layout.scratch_stride`
+/// apart. One 16-column block at a time goes through
 /// `block`, so only one accumulator is live. The caller syncs the plane before reading.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn scores_into_scratch<F: Float>(
     a: &Sequence<cmma::Matrix<F>>,
     block: &cmma::Matrix<f32>,
     b_tile: &SharedMemory<F>,
     scratch: &mut SharedMemory<f32>,
     scratch_base: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] smem_stride: usize,
-    #[comptime] scratch_stride: usize,
+    #[comptime] layout: PlaneLayout,
 ) {
+    let tile_rows = layout.tile_rows;
+    let head_dim = layout.head_dim;
+    let smem_stride = layout.tile_stride;
+    let scratch_stride = layout.scratch_stride;
     let dim_tiles = comptime!(head_dim / 16);
     let blocks = comptime!(tile_rows / 16);
     let tile_elems = comptime!(tile_rows * smem_stride);
@@ -157,20 +178,20 @@ pub(crate) fn scores_into_scratch<F: Float>(
 }
 
 /// `accumulators[16 x head_dim] += A B` for one plane: `A` is the plane's `16 x tile_rows` tile
-/// in shared memory (`a_base`, row stride `a_stride`, the inputs' dtype), `B` is `tile_rows`
-/// rows of `head_dim` (row stride `smem_stride`).
+/// in shared memory (`a_base`, row stride `layout.probability_stride`, the inputs' dtype), `B` is
+/// `tile_rows` rows of `head_dim` (row stride `layout.tile_stride`).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_product<F: Float>(
     accumulators: &mut Sequence<cmma::Matrix<f32>>,
     a_tile: &SharedMemory<F>,
     a_base: usize,
     b_tile: &SharedMemory<F>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] a_stride: usize,
-    #[comptime] smem_stride: usize,
+    #[comptime] layout: PlaneLayout,
 ) {
+    let tile_rows = layout.tile_rows;
+    let head_dim = layout.head_dim;
+    let a_stride = layout.probability_stride;
+    let smem_stride = layout.tile_stride;
     let dim_tiles = comptime!(head_dim / 16);
     let blocks = comptime!(tile_rows / 16);
     let tile_elems = comptime!(tile_rows * smem_stride);
@@ -201,25 +222,26 @@ pub(crate) fn accumulate_product<F: Float>(
     }
 }
 
-/// Writes the plane's `16 x head_dim` accumulators times `factor` (per unit: its row's factor)
-/// to `output` at element `row_base` (this unit's row, when `row_valid`), through the plane's
-/// scratch. Units `2 r` and `2 r + 1` write row `r`'s halves of each 16-column block, `N` values
+/// Writes the plane's `16 x head_dim` accumulators times `target.factor` (per unit: its row's
+/// factor) to `output` at element `target.row_base` (this unit's row, when `target.row_valid`),
+/// through the plane's scratch (see [`AccumulatorStore`]). Units `2 r` and `2 r + 1` write row `r`'s halves of each 16-column block, `N` values
 /// per store.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn store_accumulators<F: Float, N: Size>(
     accumulators: &Sequence<cmma::Matrix<f32>>,
     scratch: &mut SharedMemory<f32>,
-    scratch_base: usize,
     output: &mut Tensor<Vector<F, N>>,
-    row_base: usize,
-    row_valid: bool,
-    row_in_plane: usize,
-    half: usize,
-    factor: f32,
-    #[comptime] head_dim: usize,
-    #[comptime] scratch_stride: usize,
+    target: &AccumulatorStore,
+    #[comptime] layout: PlaneLayout,
 ) {
+    let scratch_base = target.scratch_base;
+    let row_base = target.row_base;
+    let row_valid = target.row_valid;
+    let row_in_plane = target.row_in_plane;
+    let half = target.half;
+    let factor = target.factor;
+    let head_dim = layout.head_dim;
+    let scratch_stride = layout.scratch_stride;
     let dim_tiles = comptime!(head_dim / 16);
     let width = N::value();
     let stores = comptime!(8 / width);

@@ -22,16 +22,16 @@ use crate::fused::mma::forward::{enter_pair, mma_row};
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use crate::fused::mma::tf32::column_pair;
 use crate::fused::mma::tiles::{
-    Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
-    store_cube_rows_mma, tile_memory_rows, zero_pairs,
+    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, assign_memory_rows, copy_tile_async,
+    mask_scores, memory_row_slots, row_sources, store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
 use crate::fused::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
 use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use crate::fused::tile_walk::{
-    FIRST_SEGMENT, KeyTile, assign_key_tile, next_key_tile, seek_key_tile,
+    FIRST_SEGMENT, KeyTile, TileWalk, assign_key_tile, next_key_tile, seek_key_tile,
 };
-use crate::fused::tiles::MASKED;
+use crate::fused::tiles::{MASKED, OwnRows, TileShape};
 
 #[cube(
     launch_unchecked,
@@ -78,6 +78,13 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         TENSOR_CORE_BLOCK_ROWS,
     );
     let stride = comptime!(head_dim + KEY_PAD);
+    let product = comptime!(TileProduct {
+        tile_rows: key_tile,
+        head_dim,
+        stride,
+        tf32,
+        split,
+    });
     // A stage holds `sub_tiles` query tiles of `key_tile` rows, computed one after the other:
     // the probabilities' registers stay those of one tile, while the barriers, copies and walk
     // steps are paid once per stage.
@@ -89,6 +96,16 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     let group = lane / 4;
     let quad = lane % 4;
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let own = OwnRows {
+        batch,
+        head,
+        first_row: rows.first_row,
+        stride: rows.stride,
+        count: cube_row_count,
+        unit,
+        lane,
+        plane,
+    };
 
     // Keys then values of the current tile (and, before and after the walk, the cube's queries
     // and outputs: 64 rows, so `key_tile >= 32`).
@@ -111,53 +128,28 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         order,
         &mut key_regs,
         &mut tiles,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        key_tile,
-        head_dim,
-        stride,
+        &own,
+        product,
         ordered,
-        tf32,
-        split,
     );
     let key_regs_a = stage_plane_rows(
         key,
         order,
         &mut key_regs,
         &mut tiles,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        key_tile,
-        head_dim,
-        stride,
+        &own,
+        product,
         ordered,
-        tf32,
-        split,
     );
 
     let mut grad_key_acc = zero_pairs(comptime!(2 * dim_blocks));
     let mut grad_value_acc = zero_pairs(comptime!(2 * dim_blocks));
-    let mut job = seek_key_tile(
-        table,
-        &rows,
-        seq_len,
-        0usize,
-        FIRST_SEGMENT,
-        0usize,
-        stage_rows,
+    let walk = comptime!(TileWalk {
+        key_tile: stage_rows,
         causal,
-        true,
-    );
+        queries_of_keys: true,
+    });
+    let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
     let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
     let row_b = row_a + 8 * rows.stride;
     let rows_a = with_row(&rows, row_a);
@@ -208,7 +200,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
     }
     barrier_0.commit_copy_async();
     // Tile i+2's memory rows are read from the order while tile i computes.
-    let mut next = next_key_tile(table, &rows, seq_len, &job, stage_rows, causal, true);
+    let mut next = next_key_tile(table, &rows, seq_len, &job, walk);
     let mut next_rows = memory_row_slots::<N>(stage_rows, head_dim, ordered);
     tile_memory_rows::<N>(
         order,
@@ -252,7 +244,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                 delta_smem[other * stage_rows + unit] = next_columns[1];
             }
         }
-        let after = next_key_tile(table, &rows, seq_len, &next, stage_rows, causal, true);
+        let after = next_key_tile(table, &rows, seq_len, &next, walk);
         tile_memory_rows::<N>(
             order,
             &after,
@@ -291,35 +283,30 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
             // A tile past the segment's last query (the second of a stage) has nothing to add.
             if plane_any(sees && query0 < job.key_count) {
                 // 1. P^T = exp(scale K Q^T - LSE_q), masked.
-                plane_scores(
-                    &key_regs_a,
-                    &tiles,
-                    query_base,
-                    lane,
-                    &mut scores,
-                    key_tile,
-                    head_dim,
-                    stride,
-                    tf32,
-                    split,
-                );
+                plane_scores(&key_regs_a, &tiles, query_base, lane, &mut scores, product);
+                let mask_rows = MaskRows {
+                    whole: false,
+                    here_a,
+                    here_b,
+                    limit_a: state_a.t,
+                    limit_b: state_b.t,
+                    first: query0,
+                };
+                let mask = comptime!(ScoreMask {
+                    tile_rows: key_tile,
+                    causal,
+                    columns_after_rows: true,
+                    raw: false,
+                    pairs_swapped: tf32,
+                });
                 mask_scores(
                     &mut scores,
                     &bias_smem,
                     column_base,
                     scale,
-                    false,
-                    here_a,
-                    here_b,
-                    state_a.t,
-                    state_b.t,
-                    query0,
+                    &mask_rows,
                     quad,
-                    key_tile,
-                    causal,
-                    true,
-                    false,
-                    tf32,
+                    mask,
                 );
                 #[unroll]
                 for nb in 0..key_blocks {
@@ -341,26 +328,11 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                     grad_base,
                     lane,
                     &mut grad_value_acc,
-                    key_tile,
-                    head_dim,
-                    stride,
-                    tf32,
-                    split,
+                    product,
                 );
 
                 // 3. dS^T = P^T (V dO^T - delta_q), in place.
-                plane_scores(
-                    &value_regs,
-                    &tiles,
-                    grad_base,
-                    lane,
-                    &mut grad_p,
-                    key_tile,
-                    head_dim,
-                    stride,
-                    tf32,
-                    split,
-                );
+                plane_scores(&value_regs, &tiles, grad_base, lane, &mut grad_p, product);
                 #[unroll]
                 for nb in 0..key_blocks {
                     let deltas = column_pair(&delta_smem, column_base, nb, quad, tf32);
@@ -384,11 +356,7 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
                     query_base,
                     lane,
                     &mut grad_key_acc,
-                    key_tile,
-                    head_dim,
-                    stride,
-                    tf32,
-                    split,
+                    product,
                 );
             }
         }
@@ -407,41 +375,35 @@ pub(crate) fn dilated_flash_backward_key_value_mma<F: Float, N: Size>(
         assign_memory_rows::<N>(&mut next_rows, &memory_rows, stage_rows, head_dim, ordered);
     }
 
+    let store = comptime!(TileShape {
+        units: TENSOR_CORE_UNITS,
+        tile_rows: TENSOR_CORE_BLOCK_ROWS,
+        head_dim,
+        smem_stride: stride,
+        ordered,
+    });
+    let factors = RowFactors { a: scale, b: scale };
     store_cube_rows_mma(
         &grad_key_acc,
-        scale,
-        scale,
+        &factors,
         &mut tiles,
         grad_key,
         order,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        head_dim,
-        stride,
-        ordered,
+        &own,
+        store,
     );
+    let factors = RowFactors {
+        a: 1.0f32,
+        b: 1.0f32,
+    };
     store_cube_rows_mma(
         &grad_value_acc,
-        1.0f32,
-        1.0f32,
+        &factors,
         &mut tiles,
         grad_value,
         order,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        head_dim,
-        stride,
-        ordered,
+        &own,
+        store,
     );
 }
 

@@ -15,13 +15,16 @@ use super::MmaBlueprint;
 use crate::fused::mma::forward::{enter_pair, mma_row};
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use crate::fused::mma::tiles::{
-    Pair, assign_memory_rows, copy_tile_async, mask_scores, memory_row_slots, row_sources,
-    store_cube_rows_mma, tile_memory_rows, zero_pairs,
+    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, assign_memory_rows, copy_tile_async,
+    mask_scores, memory_row_slots, row_sources, store_cube_rows_mma, tile_memory_rows, zero_pairs,
 };
 use crate::fused::rows::{cube_row_count, pair_view, row_block, row_statistics, with_row};
 use crate::fused::tensor_core::{KEY_PAD, key_bias};
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use crate::fused::tile_walk::{
+    FIRST_SEGMENT, TileWalk, assign_key_tile, next_key_tile, seek_key_tile,
+};
+use crate::fused::tiles::{OwnRows, TileShape};
 
 #[cube(
     launch_unchecked,
@@ -66,6 +69,13 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         TENSOR_CORE_BLOCK_ROWS,
     );
     let stride = comptime!(head_dim + KEY_PAD);
+    let product = comptime!(TileProduct {
+        tile_rows: key_tile,
+        head_dim,
+        stride,
+        tf32,
+        split,
+    });
     let value_offset = comptime!(key_tile * stride);
     let stage_size = comptime!(2 * key_tile * stride);
     let dim_blocks = comptime!(head_dim / 8);
@@ -73,6 +83,16 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     let group = lane / 4;
     let quad = lane % 4;
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let own = OwnRows {
+        batch,
+        head,
+        first_row: rows.first_row,
+        stride: rows.stride,
+        count: cube_row_count,
+        unit,
+        lane,
+        plane,
+    };
 
     // Keys then values of the current tile (and, before and after the walk, the cube's queries
     // and outputs: 64 rows, so `key_tile >= 32`).
@@ -92,52 +112,27 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         order,
         &mut key_regs,
         &mut tiles,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        key_tile,
-        head_dim,
-        stride,
+        &own,
+        product,
         ordered,
-        tf32,
-        split,
     );
     let query_regs = stage_plane_rows(
         query,
         order,
         &mut key_regs,
         &mut tiles,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        key_tile,
-        head_dim,
-        stride,
+        &own,
+        product,
         ordered,
-        tf32,
-        split,
     );
 
     let mut grad_query_acc = zero_pairs(comptime!(2 * dim_blocks));
-    let mut job = seek_key_tile(
-        table,
-        &rows,
-        seq_len,
-        0usize,
-        FIRST_SEGMENT,
-        0usize,
+    let walk = comptime!(TileWalk {
         key_tile,
         causal,
-        false,
-    );
+        queries_of_keys: false,
+    });
+    let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
     let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
     let row_b = row_a + 8 * rows.stride;
     let rows_a = with_row(&rows, row_a);
@@ -192,7 +187,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
     }
     barrier_0.commit_copy_async();
     // Tile i+2's memory rows are read from the order while tile i computes.
-    let mut next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+    let mut next = next_key_tile(table, &rows, seq_len, &job, walk);
     let mut next_rows = memory_row_slots::<N>(key_tile, head_dim, ordered);
     tile_memory_rows::<N>(
         order,
@@ -236,7 +231,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 );
             }
         }
-        let after = next_key_tile(table, &rows, seq_len, &next, key_tile, causal, false);
+        let after = next_key_tile(table, &rows, seq_len, &next, walk);
         tile_memory_rows::<N>(
             order,
             &after,
@@ -265,18 +260,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         }
         if plane_any(sees) {
             // 1. S = Q K^T.
-            plane_scores(
-                &query_regs,
-                &tiles,
-                key_base,
-                lane,
-                &mut scores,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
-            );
+            plane_scores(&query_regs, &tiles, key_base, lane, &mut scores, product);
 
             // 2. Masks on raw scores (the scale goes into the exponent below). A tile that both
             // rows see whole (every key present, none padded, none past a causal row) skips the
@@ -285,23 +269,29 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
             if causal {
                 whole = whole && key0 + key_tile <= min(state_a.t, state_b.t) + 1;
             }
+            let mask_rows = MaskRows {
+                whole,
+                here_a,
+                here_b,
+                limit_a: state_a.t,
+                limit_b: state_b.t,
+                first: key0,
+            };
+            let mask = comptime!(ScoreMask {
+                tile_rows: key_tile,
+                causal,
+                columns_after_rows: false,
+                raw: true,
+                pairs_swapped: tf32,
+            });
             mask_scores(
                 &mut scores,
                 &bias_smem,
                 bias_base,
                 scale,
-                whole,
-                here_a,
-                here_b,
-                state_a.t,
-                state_b.t,
-                key0,
+                &mask_rows,
                 quad,
-                key_tile,
-                causal,
-                false,
-                true,
-                tf32,
+                mask,
             );
             // P = exp(scale s - LSE), one fused multiply-add per score before the exponential
             // (rows outside the tile's segment are masked: 0).
@@ -325,11 +315,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 value_base,
                 lane,
                 &mut grad_p,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
+                product,
             );
             #[unroll]
             for nb in 0..key_blocks {
@@ -353,11 +339,7 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
                 key_base,
                 lane,
                 &mut grad_query_acc,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
+                product,
             );
         }
 
@@ -375,22 +357,21 @@ pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
         assign_memory_rows::<N>(&mut next_rows, &memory_rows, key_tile, head_dim, ordered);
     }
 
+    let store = comptime!(TileShape {
+        units: TENSOR_CORE_UNITS,
+        tile_rows: TENSOR_CORE_BLOCK_ROWS,
+        head_dim,
+        smem_stride: stride,
+        ordered,
+    });
+    let factors = RowFactors { a: scale, b: scale };
     store_cube_rows_mma(
         &grad_query_acc,
-        scale,
-        scale,
+        &factors,
         &mut tiles,
         grad_query,
         order,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        head_dim,
-        stride,
-        ordered,
+        &own,
+        store,
     );
 }

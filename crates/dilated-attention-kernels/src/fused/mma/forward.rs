@@ -28,13 +28,17 @@ use burn_cubecl::cubecl::prelude::*;
 use super::MmaBlueprint;
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use crate::fused::mma::tiles::{
-    Pair, copy_memory_rows_async, copy_tile_async, mask_scores, memory_row_slots, row_sources,
-    shared_memory_rows, store_cube_rows_mma, tile_memory_rows, zero_pairs,
+    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, copy_memory_rows_async, copy_tile_async,
+    mask_scores, memory_row_slots, row_sources, shared_memory_rows, store_cube_rows_mma,
+    tile_memory_rows, zero_pairs,
 };
 use crate::fused::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
 use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD, RESCALE_MARGIN, key_bias};
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use crate::fused::tile_walk::{FIRST_SEGMENT, assign_key_tile, next_key_tile, seek_key_tile};
+use crate::fused::tile_walk::{
+    FIRST_SEGMENT, TileWalk, assign_key_tile, next_key_tile, seek_key_tile,
+};
+use crate::fused::tiles::{OwnRows, TileShape};
 
 /// One query row's state in the walk: where it sits in the current pair and its online softmax.
 #[derive(CubeType)]
@@ -90,6 +94,13 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         TENSOR_CORE_BLOCK_ROWS,
     );
     let stride = comptime!(head_dim + KEY_PAD);
+    let product = comptime!(TileProduct {
+        tile_rows: key_tile,
+        head_dim,
+        stride,
+        tf32,
+        split,
+    });
     let value_offset = comptime!(key_tile * stride);
     let stage_size = comptime!(2 * key_tile * stride);
     let dim_blocks = comptime!(head_dim / 8);
@@ -97,6 +108,16 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     let group = lane / 4;
     let quad = lane % 4;
     let cube_row_count = cube_row_count(&rows, seq_len, TENSOR_CORE_BLOCK_ROWS);
+    let own = OwnRows {
+        batch,
+        head,
+        first_row: rows.first_row,
+        stride: rows.stride,
+        count: cube_row_count,
+        unit,
+        lane,
+        plane,
+    };
 
     // Keys then values of the current tile (and, before and after the walk, the cube's queries
     // and outputs: 64 rows, so `key_tile >= 32`).
@@ -121,33 +142,18 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         order,
         &mut key_regs,
         &mut tiles,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
-        key_tile,
-        head_dim,
-        stride,
+        &own,
+        product,
         ordered,
-        tf32,
-        split,
     );
 
     let mut out = zero_pairs(comptime!(2 * dim_blocks));
-    let mut job = seek_key_tile(
-        table,
-        &rows,
-        seq_len,
-        0usize,
-        FIRST_SEGMENT,
-        0usize,
+    let walk = comptime!(TileWalk {
         key_tile,
         causal,
-        false,
-    );
+        queries_of_keys: false,
+    });
+    let mut job = seek_key_tile(table, &rows, seq_len, 0usize, FIRST_SEGMENT, 0usize, walk);
     let row_a = rows.first_row + (plane * 16 + group) * rows.stride;
     let row_b = row_a + 8 * rows.stride;
     let rows_a = with_row(&rows, row_a);
@@ -199,7 +205,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     }
     // Along an order, tile i+1's memory rows come from the order by `cp.async` with tile i's
     // data (no register waits on them, and none is held across a tile's products).
-    let mut next = next_key_tile(table, &rows, seq_len, &job, key_tile, causal, false);
+    let mut next = next_key_tile(table, &rows, seq_len, &job, walk);
     if ordered {
         copy_memory_rows_async(order, &next, &mut row_smem, key_tile, unit, key_tile);
     }
@@ -255,7 +261,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
                 );
             }
         }
-        let after = next_key_tile(table, &rows, seq_len, &next, key_tile, causal, false);
+        let after = next_key_tile(table, &rows, seq_len, &next, walk);
         if ordered {
             // Into this tile's slot: its rows were read when its copies were issued.
             copy_memory_rows_async(
@@ -290,18 +296,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
         }
         if plane_any(sees) {
             // 1. S = Q K^T.
-            plane_scores(
-                &query_regs,
-                &tiles,
-                key_base,
-                lane,
-                &mut scores,
-                key_tile,
-                head_dim,
-                stride,
-                tf32,
-                split,
-            );
+            plane_scores(&query_regs, &tiles, key_base, lane, &mut scores, product);
 
             // 2. Masks, online softmax (exact: O is rescaled in registers when needed). A tile
             // that both rows see whole (every key present, none padded, none past a causal row)
@@ -310,23 +305,29 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
             if causal {
                 whole = whole && key0 + key_tile <= min(state_a.t, state_b.t) + 1;
             }
+            let mask_rows = MaskRows {
+                whole,
+                here_a,
+                here_b,
+                limit_a: state_a.t,
+                limit_b: state_b.t,
+                first: key0,
+            };
+            let mask = comptime!(ScoreMask {
+                tile_rows: key_tile,
+                causal,
+                columns_after_rows: false,
+                raw: true,
+                pairs_swapped: tf32,
+            });
             let tile_max = mask_scores(
                 &mut scores,
                 &bias_smem,
                 bias_base,
                 scale,
-                whole,
-                here_a,
-                here_b,
-                state_a.t,
-                state_b.t,
-                key0,
+                &mask_rows,
                 quad,
-                key_tile,
-                causal,
-                false,
-                true,
-                tf32,
+                mask,
             );
             let tile_max_a = tile_max[0];
             let tile_max_b = tile_max[1];
@@ -364,10 +365,7 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
 
             // 3. O += P V: P's registers are the A operand as they stand; V by `ldmatrix.trans`
             // (on TF32: by scalar shared loads).
-            plane_accumulate(
-                &scores, &tiles, value_base, lane, &mut out, key_tile, head_dim, stride, tf32,
-                split,
-            );
+            plane_accumulate(&scores, &tiles, value_base, lane, &mut out, product);
         }
 
         // Every plane is done with this stage before the next iteration copies into it.
@@ -389,24 +387,18 @@ pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
     let total_b = quad_sum(state_b.sum);
     let inverse_a = select(total_a > 0.0, 1.0 / total_a, 0.0f32);
     let inverse_b = select(total_b > 0.0, 1.0 / total_b, 0.0f32);
-    store_cube_rows_mma(
-        &out,
-        inverse_a,
-        inverse_b,
-        &mut tiles,
-        output,
-        order,
-        &rows,
-        cube_row_count,
-        batch,
-        head,
-        unit,
-        lane,
-        plane,
+    let store = comptime!(TileShape {
+        units: TENSOR_CORE_UNITS,
+        tile_rows: TENSOR_CORE_BLOCK_ROWS,
         head_dim,
-        stride,
+        smem_stride: stride,
         ordered,
-    );
+    });
+    let factors = RowFactors {
+        a: inverse_a,
+        b: inverse_b,
+    };
+    store_cube_rows_mma(&out, &factors, &mut tiles, output, order, &own, store);
     if quad == 0 {
         if row_a < seq_len {
             let value = select(total_a > 0.0, state_a.max + total_a.ln(), neg_inf);

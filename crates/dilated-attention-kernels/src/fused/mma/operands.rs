@@ -13,10 +13,11 @@ use burn_cubecl::cubecl::prelude::*;
 use crate::fused::mma::tf32::{
     Tf32, accumulate_weighted_rows_tf32, load_plane_rows_tf32, tile_scores_tf32,
 };
-use crate::fused::mma::tiles::{Pair, accumulate_weighted_rows, load_plane_rows_mma, tile_scores};
-use crate::fused::rows::RowBlock;
+use crate::fused::mma::tiles::{
+    Pair, TileProduct, accumulate_weighted_rows, load_plane_rows_mma, tile_scores,
+};
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
-use crate::fused::tiles::stage_cube_chunk;
+use crate::fused::tiles::{OwnRows, RowRun, TileShape, stage_cube_chunk};
 
 /// A plane's 16 rows as the `A` operand of its products, held for a whole walk: `ldmatrix`
 /// registers for `f16`/`bf16`, TF32 registers on TF32 (with `split`: the rounded values, then
@@ -27,69 +28,64 @@ pub(crate) struct PlaneRows<F: Float> {
     pub tf32: Array<Tf32>,
 }
 
-/// Loads the cube's own 64 rows of `tensor` as each plane's [`PlaneRows`] (plane `p` gets rows
-/// `16 p .. 16 p + 16`), staged `staging_rows` rows at a time through `tiles` (from element 0,
-/// row stride `stride`). Every unit takes part; `registers` must hold the staging tile's share.
+/// Loads the cube's own 64 rows of `tensor` (`own`) as each plane's [`PlaneRows`] (plane `p`
+/// gets rows `16 p .. 16 p + 16`), staged `product.tile_rows` rows at a time through `tiles`
+/// (from element 0, row stride `product.stride`), as `product`'s operands. Every unit takes part;
+/// `registers` must hold the staging tile's share.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn stage_plane_rows<F: Float, N: Size>(
     tensor: &Tensor<Vector<F, N>>,
     order: &Array<u32>,
     registers: &mut Array<Vector<F, N>>,
     tiles: &mut SharedMemory<F>,
-    rows: &RowBlock,
-    cube_row_count: usize,
-    batch: usize,
-    head: usize,
-    unit: usize,
-    lane: usize,
-    plane: usize,
-    #[comptime] staging_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
+    own: &OwnRows,
+    #[comptime] product: TileProduct,
     #[comptime] ordered: bool,
-    #[comptime] tf32: bool,
-    #[comptime] split: bool,
 ) -> PlaneRows<F> {
+    let staging_rows = product.tile_rows;
+    let head_dim = product.head_dim;
+    let stride = product.stride;
+    let tf32 = product.tf32;
+    let split = product.split;
     let mut halves = Array::<Pair<F>>::new(comptime!(if tf32 { 1 } else { head_dim / 16 * 4 }));
     let tf32_count = comptime!(if split { head_dim } else { head_dim / 2 });
     let mut tf32_regs = Array::<Tf32>::new(comptime!(if tf32 { tf32_count } else { 1 }));
     let chunks = comptime!(TENSOR_CORE_BLOCK_ROWS / staging_rows);
+    let shape = comptime!(TileShape {
+        units: TENSOR_CORE_UNITS,
+        tile_rows: staging_rows,
+        head_dim,
+        smem_stride: stride,
+        ordered,
+    });
     #[unroll]
     for chunk in 0..chunks {
-        stage_cube_chunk(
-            tensor,
-            order,
-            registers,
-            tiles,
-            rows,
-            cube_row_count,
-            batch,
-            head,
-            unit,
-            chunk,
-            TENSOR_CORE_UNITS,
-            staging_rows,
-            head_dim,
-            stride,
-            ordered,
-        );
+        let run = RowRun {
+            batch: own.batch,
+            head: own.head,
+            first: own.first_row,
+            dilation: own.stride,
+            tile_start: chunk * staging_rows,
+            count: own.count,
+            unit: own.unit,
+        };
+        stage_cube_chunk(tensor, order, registers, tiles, &run, shape);
         let first_plane = comptime!(chunk * staging_rows / 16);
         let last_plane = comptime!((chunk + 1) * staging_rows / 16);
-        if plane >= first_plane && plane < last_plane {
-            let first_row = plane * 16 - chunk * staging_rows;
+        if own.plane >= first_plane && own.plane < last_plane {
+            let first_row = own.plane * 16 - chunk * staging_rows;
             if tf32 {
                 load_plane_rows_tf32(
                     tiles,
                     &mut tf32_regs,
                     first_row,
-                    lane,
+                    own.lane,
                     head_dim,
                     stride,
                     split,
                 );
             } else {
-                load_plane_rows_mma(tiles, &mut halves, first_row, lane, head_dim, stride);
+                load_plane_rows_mma(tiles, &mut halves, first_row, own.lane, head_dim, stride);
             }
         }
     }
@@ -102,51 +98,35 @@ pub(crate) fn stage_plane_rows<F: Float, N: Size>(
 
 /// `scores = A B^T` for one plane: [`tile_scores`] or [`tile_scores_tf32`].
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn plane_scores<F: Float>(
     a: &PlaneRows<F>,
     tiles: &SharedMemory<F>,
     base: usize,
     lane: usize,
     scores: &mut Array<Pair<f32>>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
-    #[comptime] tf32: bool,
-    #[comptime] split: bool,
+    #[comptime] product: TileProduct,
 ) {
-    if tf32 {
-        tile_scores_tf32(
-            &a.tf32, tiles, base, lane, scores, tile_rows, head_dim, stride, split,
-        );
+    if product.tf32 {
+        tile_scores_tf32(&a.tf32, tiles, base, lane, scores, product);
     } else {
-        tile_scores(
-            &a.halves, tiles, base, lane, scores, tile_rows, head_dim, stride,
-        );
+        tile_scores(&a.halves, tiles, base, lane, scores, product);
     }
 }
 
 /// `out += W T` for one plane: [`accumulate_weighted_rows`] or
 /// [`accumulate_weighted_rows_tf32`].
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn plane_accumulate<F: Float>(
     weights: &Array<Pair<f32>>,
     tiles: &SharedMemory<F>,
     base: usize,
     lane: usize,
     out: &mut Array<Pair<f32>>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
-    #[comptime] tf32: bool,
-    #[comptime] split: bool,
+    #[comptime] product: TileProduct,
 ) {
-    if tf32 {
-        accumulate_weighted_rows_tf32(
-            weights, tiles, base, lane, out, tile_rows, head_dim, stride, split,
-        );
+    if product.tf32 {
+        accumulate_weighted_rows_tf32(weights, tiles, base, lane, out, product);
     } else {
-        accumulate_weighted_rows(weights, tiles, base, lane, out, tile_rows, head_dim, stride);
+        accumulate_weighted_rows(weights, tiles, base, lane, out, product);
     }
 }

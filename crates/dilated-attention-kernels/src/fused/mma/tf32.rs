@@ -29,7 +29,7 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::cmma::MmaDefinition;
 use burn_cubecl::cubecl::prelude::*;
 
-use crate::fused::mma::tiles::Pair;
+use crate::fused::mma::tiles::{Pair, TileProduct};
 
 /// One TF32 operand register.
 pub(crate) type Tf32 = Vector<tf32, Const<1>>;
@@ -166,19 +166,20 @@ pub(crate) fn load_plane_rows_tf32<F: Float>(
 /// ([`stage_cube_rows_tf32`]), the tile at `base` holds `tile_rows` rows of `head_dim` (row
 /// stride `stride`), the columns of `B`. `scores` gets `2 tile_rows / 8` pairs, each 8-column
 /// block's keys in [`key_of_column`] order.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s (with its `split`).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn tile_scores_tf32<F: Float>(
     a: &Array<Tf32>,
     tiles: &SharedMemory<F>,
     base: usize,
     lane: usize,
     scores: &mut Array<Pair<f32>>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
-    #[comptime] split: bool,
+    #[comptime] product: TileProduct,
 ) {
+    let tile_rows = product.tile_rows;
+    let head_dim = product.head_dim;
+    let stride = product.stride;
+    let split = product.split;
     let def = tf32_definition();
     let quad = lane % 4;
     let key = key_of_column(lane / 4);
@@ -215,19 +216,20 @@ pub(crate) fn tile_scores_tf32<F: Float>(
 /// (`scores` layout, keys in [`key_of_column`] order, rounded to TF32 as the `A` operand), `T`
 /// is the tile at `base` (`tile_rows` rows of `head_dim`, row stride `stride`), read by scalar
 /// shared loads as `B`. `out` holds `2 head_dim / 8` pairs.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s (with its `split`).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_weighted_rows_tf32<F: Float>(
     weights: &Array<Pair<f32>>,
     tiles: &SharedMemory<F>,
     base: usize,
     lane: usize,
     out: &mut Array<Pair<f32>>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
-    #[comptime] split: bool,
+    #[comptime] product: TileProduct,
 ) {
+    let tile_rows = product.tile_rows;
+    let head_dim = product.head_dim;
+    let stride = product.stride;
+    let split = product.split;
     let def = tf32_definition();
     let a_count = comptime!(if split { 8usize } else { 4usize });
     let b_count = comptime!(if split { 4usize } else { 2usize });

@@ -15,10 +15,11 @@ use burn_cubecl::cubecl::prelude::barrier::{copy_async, copy_async_checked};
 use burn_cubecl::cubecl::prelude::*;
 
 use crate::fused::mma::tf32::{column_pair, key_of_column};
-use crate::fused::rows::{RowBlock, memory_row};
+use crate::fused::rows::memory_row;
 use crate::fused::tensor_core::KEY_MASKED;
 use crate::fused::tensor_core::{TENSOR_CORE_BLOCK_ROWS, TENSOR_CORE_UNITS};
 use crate::fused::tile_walk::KeyTile;
+use crate::fused::tiles::{OwnRows, TileShape};
 
 /// Two values of one 32-bit register (two halves) or of one accumulator row (two `f32`).
 pub(crate) type Pair<E> = Vector<E, Const<2>>;
@@ -66,22 +67,39 @@ pub(crate) fn load_plane_rows_mma<F: Float>(
     }
 }
 
+/// The comptime settings of a plane's product with a shared-memory tile: its shape and the
+/// products' precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct TileProduct {
+    /// Rows of the tile.
+    pub tile_rows: usize,
+    /// Values per row, a multiple of 16.
+    pub head_dim: usize,
+    /// Row stride of the tile in shared memory.
+    pub stride: usize,
+    /// `f32` inputs on TF32 m16n8k8 (else `f16`/`bf16` on m16n8k16).
+    pub tf32: bool,
+    /// Each TF32 product split into three (about `f32` accuracy).
+    pub split: bool,
+}
+
 /// `scores = A B^T` for one plane: `a` holds the plane's 16 rows (`head_dim / 16` blocks of four
 /// pairs), the tile at `base` holds `tile_rows` rows of `head_dim` (row stride `stride`), read as
 /// the columns of `B` by `ldmatrix` (two 16-deep blocks per load). `scores` gets `2 tile_rows / 8`
 /// pairs.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn tile_scores<F: Float>(
     a: &Array<Pair<F>>,
     tiles: &SharedMemory<F>,
     base: usize,
     lane: usize,
     scores: &mut Array<Pair<f32>>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
+    #[comptime] product: TileProduct,
 ) {
+    let tile_rows = product.tile_rows;
+    let head_dim = product.head_dim;
+    let stride = product.stride;
     let def = mma_definition::<F>();
     #[unroll]
     for nb in 0..comptime!(tile_rows / 8) {
@@ -148,18 +166,19 @@ fn multiply_block<F: Float>(
 /// layout, cast to the inputs' dtype as the `A` operand), `T` is the tile at `base` (`tile_rows`
 /// rows of `head_dim`, row stride `stride`), loaded by `ldmatrix.trans` as `B`. `out` holds
 /// `2 head_dim / 8` pairs.
+/// `tile_rows`, `head_dim` and `stride` are `product`'s.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn accumulate_weighted_rows<F: Float>(
     weights: &Array<Pair<f32>>,
     tiles: &SharedMemory<F>,
     base: usize,
     lane: usize,
     out: &mut Array<Pair<f32>>,
-    #[comptime] tile_rows: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
+    #[comptime] product: TileProduct,
 ) {
+    let tile_rows = product.tile_rows;
+    let head_dim = product.head_dim;
+    let stride = product.stride;
     let def = mma_definition::<F>();
     #[unroll]
     for kb in 0..comptime!(tile_rows / 16) {
@@ -205,29 +224,40 @@ fn accumulate_block<F: Float>(
     out[2 * dn + 1] = acc[1];
 }
 
-/// Writes the plane's 16 x `head_dim` accumulators (`out`, rows `g` and `g + 8` times `factor_a`
-/// and `factor_b`) to `output` for the cube's rows, through `tiles` (64 rows from element 0, row
-/// stride `stride`) and `N`-wide stores. Every unit takes part.
+/// The factors a unit's two accumulator rows (`g` and `g + 8`) are multiplied by when stored.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct RowFactors {
+    /// Factor of row `g`.
+    pub a: f32,
+    /// Factor of row `g + 8`.
+    pub b: f32,
+}
+
+/// Writes the plane's 16 x `head_dim` accumulators (`out`, rows `g` and `g + 8` times
+/// `factors.a` and `factors.b`) to `output` for the cube's rows (`own`), through `tiles` (64 rows
+/// from element 0, row stride `shape.smem_stride`) and `N`-wide stores. `shape` is the cube's
+/// (`TENSOR_CORE_UNITS` units, `TENSOR_CORE_BLOCK_ROWS` rows). Every unit takes part.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn store_cube_rows_mma<F: Float, N: Size>(
     out: &Array<Pair<f32>>,
-    factor_a: f32,
-    factor_b: f32,
+    factors: &RowFactors,
     tiles: &mut SharedMemory<F>,
     output: &mut Tensor<Vector<F, N>>,
     order: &Array<u32>,
-    rows: &RowBlock,
-    cube_row_count: usize,
-    batch: usize,
-    head: usize,
-    unit: usize,
-    lane: usize,
-    plane: usize,
-    #[comptime] head_dim: usize,
-    #[comptime] stride: usize,
-    #[comptime] ordered: bool,
+    own: &OwnRows,
+    #[comptime] shape: TileShape,
 ) {
+    let factor_a = factors.a;
+    let factor_b = factors.b;
+    let cube_row_count = own.count;
+    let batch = own.batch;
+    let head = own.head;
+    let unit = own.unit;
+    let lane = own.lane;
+    let plane = own.plane;
+    let head_dim = shape.head_dim;
+    let stride = shape.smem_stride;
+    let ordered = shape.ordered;
     sync_cube();
     let staged_a = (plane * 16 + lane / 4) * stride + 2 * (lane % 4);
     let staged_b = staged_a + 8 * stride;
@@ -254,7 +284,7 @@ pub(crate) fn store_cube_rows_mma<F: Float, N: Size>(
         let r = element / per_row;
         if element < total && r < cube_row_count {
             let c = (element % per_row) * width;
-            let row = memory_row(order, rows.first_row + r * rows.stride, ordered);
+            let row = memory_row(order, own.first_row + r * own.stride, ordered);
             let at = r * stride + c;
             let values = tiles
                 .slice(at, at + width)
@@ -297,7 +327,6 @@ pub(crate) fn memory_row_slots<N: Size>(
 /// that the order's latency hides behind a tile of products instead of stalling the copies' issue.
 /// Nothing to read without an order (the copies compute their rows).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn tile_memory_rows<N: Size>(
     order: &Array<u32>,
     job: &KeyTile,
@@ -509,8 +538,41 @@ fn copy_row_async<F: Float, N: Size>(
     );
 }
 
+/// The runtime side of [`mask_scores`]: this unit's two rows and the tile's first column.
+#[derive(CubeType, Clone, Copy)]
+pub(crate) struct MaskRows {
+    /// Every column present and unmasked for both rows (only the scale is applied).
+    pub whole: bool,
+    /// Row `g` takes part in the tile.
+    pub here_a: bool,
+    /// Row `g + 8` takes part in the tile.
+    pub here_b: bool,
+    /// Row `g`'s causal limit.
+    pub limit_a: usize,
+    /// Row `g + 8`'s causal limit.
+    pub limit_b: usize,
+    /// Index of the tile's first column.
+    pub first: usize,
+}
+
+/// The comptime side of [`mask_scores`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ScoreMask {
+    /// Columns of the tile.
+    pub tile_rows: usize,
+    /// Columns past a row's limit are masked.
+    pub causal: bool,
+    /// The causal limit is a lower bound (key rows of the key/value backward).
+    pub columns_after_rows: bool,
+    /// The scale is left to the caller.
+    pub raw: bool,
+    /// The scores come from the TF32 products (keys in `key_of_column` order).
+    pub pairs_swapped: bool,
+}
+
 /// Applies the masks of a plane's tile of scores (and, unless `raw`, the scale) in place:
-/// `scale s + bias[col]` where this unit's row (`a`: row `g`, `b`: row `g + 8`) takes part and,
+/// `scale s + bias[col]` where this unit's row (`a`: row `g`, `b`: row `g + 8`; see [`MaskRows`])
+/// takes part and,
 /// when `causal`, the column's index `first + col` is at most the row's `limit` (at least, with
 /// `columns_after_rows`: the key rows of the key/value backward see the queries at or after
 /// them); [`KEY_MASKED`] elsewhere. With `whole` (every column present and unmasked for both
@@ -524,25 +586,26 @@ fn copy_row_async<F: Float, N: Size>(
 /// from [`crate::fused::mma::tf32::tile_scores_tf32`]: the two keys of each pair in a block's upper
 /// half are swapped ([`crate::fused::mma::tf32::key_of_column`]).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn mask_scores(
     scores: &mut Array<Pair<f32>>,
     biases: &SharedMemory<f32>,
     bias_base: usize,
     scale: f32,
-    whole: bool,
-    here_a: bool,
-    here_b: bool,
-    limit_a: usize,
-    limit_b: usize,
-    first: usize,
+    rows: &MaskRows,
     quad: usize,
-    #[comptime] tile_rows: usize,
-    #[comptime] causal: bool,
-    #[comptime] columns_after_rows: bool,
-    #[comptime] raw: bool,
-    #[comptime] pairs_swapped: bool,
+    #[comptime] mask: ScoreMask,
 ) -> Pair<f32> {
+    let whole = rows.whole;
+    let here_a = rows.here_a;
+    let here_b = rows.here_b;
+    let limit_a = rows.limit_a;
+    let limit_b = rows.limit_b;
+    let first = rows.first;
+    let tile_rows = mask.tile_rows;
+    let causal = mask.causal;
+    let columns_after_rows = mask.columns_after_rows;
+    let raw = mask.raw;
+    let pairs_swapped = mask.pairs_swapped;
     let blocks = comptime!(tile_rows / 8);
     let mut max_a = f32::new(KEY_MASKED);
     let mut max_b = f32::new(KEY_MASKED);

@@ -17,7 +17,9 @@ use super::PortableBlueprint;
 use crate::fused::rows::{
     first_selected_at_or_after, memory_row, pair_view, row_block, rows_selected, segment_key_count,
 };
-use crate::fused::tiles::{MASKED, load_row_values, load_rows_tile, load_visibility};
+use crate::fused::tiles::{
+    MASKED, RowRun, TileShape, load_row_values, load_rows_tile, load_visibility,
+};
 
 /// Reads `head_dim` values of one row as `f32`, times `factor` (zeros when `!valid`).
 #[cube]
@@ -83,6 +85,13 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
     let causal = blueprint.causal;
     let has_padding = blueprint.has_padding;
     let ordered = blueprint.ordered;
+    let shape = comptime!(TileShape {
+        units: block_rows,
+        tile_rows: key_tile,
+        head_dim,
+        smem_stride: head_dim,
+        ordered,
+    });
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;
@@ -136,54 +145,19 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
                 let row_here = row_active && view.selected && view.row_segment == seg_index;
                 for tile in 0..key_count.div_ceil(key_tile) {
                     let key0 = tile * key_tile;
+                    let run = RowRun {
+                        batch,
+                        head,
+                        first: key_start,
+                        dilation: view.dilation,
+                        tile_start: key0,
+                        count: key_count,
+                        unit: lane,
+                    };
                     sync_cube();
-                    load_rows_tile(
-                        key,
-                        order,
-                        &mut key_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_rows_tile(
-                        value,
-                        order,
-                        &mut value_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_visibility(
-                        padding,
-                        order,
-                        &mut visible_smem,
-                        batch,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        has_padding,
-                        ordered,
-                    );
+                    load_rows_tile(key, order, &mut key_smem, &run, shape);
+                    load_rows_tile(value, order, &mut value_smem, &run, shape);
+                    load_visibility(padding, order, &mut visible_smem, &run, shape, has_padding);
                     sync_cube();
                     if row_here {
                         for j in 0..key_tile {
@@ -236,6 +210,13 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
     let causal = blueprint.causal;
     let has_padding = blueprint.has_padding;
     let ordered = blueprint.ordered;
+    let shape = comptime!(TileShape {
+        units: block_rows,
+        tile_rows: query_tile,
+        head_dim,
+        smem_stride: head_dim,
+        ordered,
+    });
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;
@@ -290,71 +271,20 @@ pub(crate) fn dilated_flash_backward_key_value<F: Float>(
                 let key_here = key_active && view.selected && view.row_segment == seg_index;
                 for tile in first_tile..query_count.div_ceil(query_tile) {
                     let query0 = tile * query_tile;
+                    let run = RowRun {
+                        batch,
+                        head,
+                        first: query_start,
+                        dilation: view.dilation,
+                        tile_start: query0,
+                        count: query_count,
+                        unit: lane,
+                    };
                     sync_cube();
-                    load_rows_tile(
-                        query,
-                        order,
-                        &mut query_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        block_rows,
-                        query_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_rows_tile(
-                        grad_output,
-                        order,
-                        &mut grad_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        block_rows,
-                        query_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_row_values(
-                        lse,
-                        order,
-                        &mut lse_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        f32::new(MASKED),
-                        block_rows,
-                        query_tile,
-                        ordered,
-                    );
-                    load_row_values(
-                        delta,
-                        order,
-                        &mut delta_smem,
-                        batch,
-                        head,
-                        query_start,
-                        view.dilation,
-                        query0,
-                        query_count,
-                        lane,
-                        0.0,
-                        block_rows,
-                        query_tile,
-                        ordered,
-                    );
+                    load_rows_tile(query, order, &mut query_smem, &run, shape);
+                    load_rows_tile(grad_output, order, &mut grad_smem, &run, shape);
+                    load_row_values(lse, order, &mut lse_smem, &run, f32::new(MASKED), shape);
+                    load_row_values(delta, order, &mut delta_smem, &run, 0.0, shape);
                     sync_cube();
                     if key_here {
                         for j in 0..query_tile {

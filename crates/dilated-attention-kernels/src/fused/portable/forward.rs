@@ -18,7 +18,7 @@ use burn_cubecl::cubecl::prelude::*;
 
 use super::PortableBlueprint;
 use crate::fused::rows::{memory_row, pair_view, row_block, segment_key_count};
-use crate::fused::tiles::{MASKED, load_rows_tile, load_visibility};
+use crate::fused::tiles::{MASKED, RowRun, TileShape, load_rows_tile, load_visibility};
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
@@ -42,6 +42,13 @@ pub(crate) fn dilated_flash_forward<F: Float>(
     let causal = blueprint.causal;
     let has_padding = blueprint.has_padding;
     let ordered = blueprint.ordered;
+    let shape = comptime!(TileShape {
+        units: block_rows,
+        tile_rows: key_tile,
+        head_dim,
+        smem_stride: head_dim,
+        ordered,
+    });
     let seq_len = query.shape(1);
     let batch = CUBE_POS_Z as usize;
     let head = CUBE_POS_Y as usize;
@@ -85,54 +92,19 @@ pub(crate) fn dilated_flash_forward<F: Float>(
                 let row_here = view.selected && view.row_segment == seg_index;
                 for tile in 0..key_count.div_ceil(key_tile) {
                     let key0 = tile * key_tile;
+                    let run = RowRun {
+                        batch,
+                        head,
+                        first: key_start,
+                        dilation: view.dilation,
+                        tile_start: key0,
+                        count: key_count,
+                        unit: lane,
+                    };
                     sync_cube();
-                    load_rows_tile(
-                        key,
-                        order,
-                        &mut key_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_rows_tile(
-                        value,
-                        order,
-                        &mut value_smem,
-                        batch,
-                        head,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        head_dim,
-                        ordered,
-                    );
-                    load_visibility(
-                        padding,
-                        order,
-                        &mut visible_smem,
-                        batch,
-                        key_start,
-                        view.dilation,
-                        key0,
-                        key_count,
-                        lane,
-                        block_rows,
-                        key_tile,
-                        has_padding,
-                        ordered,
-                    );
+                    load_rows_tile(key, order, &mut key_smem, &run, shape);
+                    load_rows_tile(value, order, &mut value_smem, &run, shape);
+                    load_visibility(padding, order, &mut visible_smem, &run, shape, has_padding);
                     sync_cube();
                     if row_here {
                         let mut tile_max = f32::new(MASKED);
