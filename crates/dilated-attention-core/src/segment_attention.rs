@@ -48,30 +48,43 @@ pub fn segment_attention<B: Backend>(
     scale: f64,
     dropout: f64,
 ) -> (Tensor<B, 5>, Tensor<B, 4>) {
+    let softmax = SegmentSoftmax {
+        causal,
+        scale,
+        dropout,
+    };
     segment_attention_within_budget(
         query,
         key,
         value,
         key_hidden,
-        causal,
-        scale,
-        dropout,
+        softmax,
         SCORE_BUDGET_ELEMENTS,
     )
 }
 
+/// How [`segment_attention`] turns scores into weights: causal masking, the scale, dropout.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SegmentSoftmax {
+    pub causal: bool,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
 /// [`segment_attention`] with the chunk budget as an argument.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn segment_attention_within_budget<B: Backend>(
     query: Tensor<B, 5>,
     key: Tensor<B, 5>,
     value: Tensor<B, 5>,
     key_hidden: Option<Tensor<B, 3, Bool>>,
-    causal: bool,
-    scale: f64,
-    dropout: f64,
+    softmax: SegmentSoftmax,
     budget_elements: usize,
 ) -> (Tensor<B, 5>, Tensor<B, 4>) {
+    let SegmentSoftmax {
+        causal,
+        scale,
+        dropout,
+    } = softmax;
     let [batch, segments, rows, heads, _] = query.dims();
     // 0/1 floats from here on (see `attend_chunk`).
     let key_hidden = key_hidden.map(|m| m.float());
@@ -291,8 +304,12 @@ mod tests {
         let whole = segment_attention(q.clone(), k.clone(), q.clone(), None, true, 0.5, 0.0);
         // budget for two segments at a time: chunks of 2, 2, 2, 1
         let budget = 2 * (2 * 3 * rows * rows);
-        let chunked =
-            segment_attention_within_budget(q.clone(), k, q, None, true, 0.5, 0.0, budget);
+        let softmax = SegmentSoftmax {
+            causal: true,
+            scale: 0.5,
+            dropout: 0.0,
+        };
+        let chunked = segment_attention_within_budget(q.clone(), k, q, None, softmax, budget);
         chunked
             .0
             .into_data()

@@ -354,35 +354,41 @@ fn pad_stat<B: Backend>(t: Tensor<B, 3>, len: usize, value: f32) -> Tensor<B, 3>
     Tensor::cat(vec![t, fill], 1)
 }
 
+/// One fused backward call's tensors: a piece's query rows, its key and value rows, the hidden
+/// keys, and the final output, f32 log-sum-exp and their gradients at the query rows.
+struct BackwardPiece<B: Backend> {
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    hidden: Option<Tensor<B, 2, Bool>>,
+    output: Tensor<B, 4>,
+    lse: Tensor<B, 3>,
+    grad_output: Tensor<B, 4>,
+    grad_lse: Option<Tensor<B, 3>>,
+}
+
 /// The fused backward kernels on `config` from the final output and its f32 log-sum-exp
 /// (FlashAttention-2's recomputation): f32 gradients of the query, key and value rows; `None`
 /// where the backend has no kernels for the call.
-#[allow(clippy::too_many_arguments)]
 fn fused_backward<B: DilatedAttentionBackend>(
-    query: &Tensor<B, 4>,
-    key: &Tensor<B, 4>,
-    value: &Tensor<B, 4>,
-    hidden: Option<Tensor<B, 2, Bool>>,
-    output: &Tensor<B, 4>,
-    lse: Tensor<B, 3>,
-    grad_output: &Tensor<B, 4>,
-    grad_lse: Option<Tensor<B, 3>>,
+    piece: BackwardPiece<B>,
     config: &DilatedAttentionConfig,
 ) -> Result<Option<[Tensor<B, 4>; 3]>> {
+    let query = &piece.query;
     if !B::dilated_attention_kernel(query.dims(), query.dtype(), &query.device(), config)?
         .is_fused()
     {
         return Ok(None);
     }
     let inputs = FusedBackwardInputs {
-        query: query.clone().into_primitive().tensor(),
-        key: key.clone().into_primitive().tensor(),
-        value: value.clone().into_primitive().tensor(),
-        key_padding_mask: hidden.map(Tensor::into_primitive),
-        output: output.clone().into_primitive().tensor(),
-        lse: lse.into_primitive().tensor(),
-        grad_output: Some(grad_output.clone().into_primitive().tensor()),
-        grad_lse: grad_lse.map(|g| g.into_primitive().tensor()),
+        query: piece.query.into_primitive().tensor(),
+        key: piece.key.into_primitive().tensor(),
+        value: piece.value.into_primitive().tensor(),
+        key_padding_mask: piece.hidden.map(Tensor::into_primitive),
+        output: piece.output.into_primitive().tensor(),
+        lse: piece.lse.into_primitive().tensor(),
+        grad_output: Some(piece.grad_output.into_primitive().tensor()),
+        grad_lse: piece.grad_lse.map(|g| g.into_primitive().tensor()),
     };
     let grads = B::fused_dilated_attention_backward(inputs, config, None)?;
     Ok(Some(grads.map(|t| {
@@ -433,18 +439,17 @@ pub(crate) fn fused_block_backward<B: DilatedAttentionBackend>(
             let run_of = |t: &Tensor<B, 4>| pad_rows(t.clone().narrow(1, run.start, m), len);
             let run_stat = |t: &Tensor<B, 3>| pad_stat(t.clone().narrow(1, run.start, m), len, 0.0);
             let keys_of = |t: &Tensor<B, 4>| pad_rows(rows_of(t, &key_rows), len);
-            let Some([d_q, d_k, d_v]) = fused_backward(
-                &run_of(&query),
-                &keys_of(&key),
-                &keys_of(&value),
+            let piece = BackwardPiece {
+                query: run_of(&query),
+                key: keys_of(&key),
+                value: keys_of(&value),
                 hidden,
-                &run_of(&output),
-                run_stat(&lse),
-                &run_of(&grad_output),
-                grad_lse.as_ref().map(run_stat),
-                &config,
-            )?
-            else {
+                output: run_of(&output),
+                lse: run_stat(&lse),
+                grad_output: run_of(&grad_output),
+                grad_lse: grad_lse.as_ref().map(run_stat),
+            };
+            let Some([d_q, d_k, d_v]) = fused_backward(piece, &config)? else {
                 return Ok(None);
             };
             grad_query = grad_query + d_q.narrow(1, 0, m);
@@ -507,17 +512,17 @@ pub(crate) fn fused_segments_backward<B: DilatedAttentionBackend>(
     let [batch, n, _, _] = block.query.dims();
     let config = call.config(rows, causal);
     let hidden = hidden_keys(block.key_keep.cloned(), batch, n, n, &block.query.device());
-    fused_backward(
-        &call.narrow(block.query),
-        &call.narrow(block.key),
-        &call.narrow(block.value),
+    let piece = BackwardPiece {
+        query: call.narrow(block.query),
+        key: call.narrow(block.key),
+        value: call.narrow(block.value),
         hidden,
-        &call.narrow(block.output),
-        wide(block.lse.clone()),
-        &call.narrow(block.grad_output),
-        block.grad_lse.map(|g| wide(g.clone())),
-        &config,
-    )
+        output: call.narrow(block.output),
+        lse: wide(block.lse.clone()),
+        grad_output: call.narrow(block.grad_output),
+        grad_lse: block.grad_lse.map(|g| wide(g.clone())),
+    };
+    fused_backward(piece, &config)
 }
 
 #[cfg(test)]

@@ -305,7 +305,11 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             _ => 1,
         };
         let (out, lse) = if chunks == 1 {
-            self.attend(query, key, value, key_padding_mask, &layout, shape, &local)?
+            let call = ShardCall {
+                layout: &layout,
+                shape,
+            };
+            self.attend(query, key, value, key_padding_mask, call, &local)?
         } else {
             // batch elements are independent: run the call chunk by chunk
             let step = shape.batch.div_ceil(chunks);
@@ -321,15 +325,12 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
                 let mask = key_padding_mask
                     .as_ref()
                     .map(|m| m.clone().narrow(0, start, len));
-                let (o, l) = self.attend(
-                    cut(&query),
-                    cut(&key),
-                    cut(&value),
-                    mask,
-                    &layout,
-                    part,
-                    &local,
-                )?;
+                let call = ShardCall {
+                    layout: &layout,
+                    shape: part,
+                };
+                let (o, l) =
+                    self.attend(cut(&query), cut(&key), cut(&value), mask, call, &local)?;
                 outs.push(o);
                 lses.push(l);
             }
@@ -343,15 +344,13 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
 
     /// One call over (a batch chunk of) the shard: shard-local pairs on the single-device path,
     /// the others sharded.
-    #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         query: Tensor<B, 4>,
         key: Tensor<B, 4>,
         value: Tensor<B, 4>,
         mask: Option<Tensor<B, 2, Bool>>,
-        layout: &ShardLayout,
-        shape: AttentionShape,
+        call: ShardCall<'_>,
         local: &[bool],
     ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
         let attention = &self.config.attention;
@@ -368,12 +367,12 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
                 mask.clone(),
                 &near,
             )?;
-            let (o2, l2) = self.sharded(query, key, value, mask, &far, layout, shape)?;
+            let (o2, l2) = self.sharded(query, key, value, mask, &far, call)?;
             let dtype = o1.dtype();
             let (out, lse) = merge_by_lse(vec![(wide(o1), wide(l1)), (wide(o2), wide(l2))]);
             (narrow_to(out, dtype), narrow_to(lse, dtype))
         } else {
-            self.sharded(query, key, value, mask, attention, layout, shape)?
+            self.sharded(query, key, value, mask, attention, call)?
         })
     }
 
@@ -459,7 +458,6 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
     }
 
     /// The sharded algorithm over `config`'s pairs, as one differentiable step.
-    #[allow(clippy::too_many_arguments)]
     fn sharded(
         &self,
         query: Tensor<B, 4>,
@@ -467,9 +465,9 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
         value: Tensor<B, 4>,
         key_padding_mask: Option<Tensor<B, 2, Bool>>,
         config: &DilatedAttentionConfig,
-        layout: &ShardLayout,
-        shape: AttentionShape,
+        call: ShardCall<'_>,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+        let ShardCall { layout, shape } = call;
         let communicator = self.communicator()?;
         let rank = communicator.rank();
         let index = DilatedIndexPlan::new(config, layout.seq_len(), shape.num_heads)?;
@@ -513,6 +511,14 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
 }
 
 /// Every rank's local length against the layout (one all-gather).
+/// Where one call over this rank's shard sits: the layout of the whole sequence and the call's
+/// local shape (a batch chunk's, when the memory guard splits the batch).
+#[derive(Clone, Copy)]
+struct ShardCall<'a> {
+    layout: &'a ShardLayout,
+    shape: AttentionShape,
+}
+
 fn check_shard_lengths<B: Backend>(
     communicator: &dyn Communicator<B>,
     layout: &ShardLayout,

@@ -7,7 +7,7 @@ use dilated_attention_core::Result;
 
 use crate::shard_plan::Row;
 use crate::sharded_attention::ShardedAttention;
-use crate::{Communicator, PendingExchange, Receive};
+use crate::{PendingExchange, Receive};
 
 /// Step `t`'s key/value rows, as [`ShardedAttention::start_keys`] leaves them.
 pub(crate) enum StepKeys<'a, B: Backend> {

@@ -18,28 +18,20 @@
 //! key/value gradients of the received rows back to their owner, which adds them to its own.
 //! The traffic of the backward is twice the forward's.
 
-use std::cell::OnceCell;
 use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{
-    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive, backend::Backend,
-};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, index_tensor,
-    merge_by_lse,
+    AttentionShape, DilatedAttentionConfig, PairPlan, Result, index_tensor, merge_by_lse,
 };
 use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
 
-use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
-use crate::fused_block::{
-    BlockBackward, BlockRows, FusedCall, fused_block_backward, fused_block_forward,
-    fused_segments_backward, fused_segments_forward,
-};
+use crate::block::{block_forward, narrow_to, wide};
+use crate::fused_block::{BlockRows, FusedCall, fused_block_forward, fused_segments_forward};
 use crate::pair_results::PairResults;
-use crate::shard_exchange::{KeyBlock, StepKeys};
 use crate::shard_plan::{GroupShard, Row, ShardPlan};
-use crate::{Communicator, PendingExchange, Receive, ShardLayout};
+use crate::{Communicator, ShardLayout};
 
 /// One rank's sharded attention; see the [module docs](self).
 #[derive(Debug)]

@@ -3,28 +3,18 @@
 //! locally, and sends the key/value gradients of the received rows back to their owner.
 
 use std::cell::OnceCell;
-use std::sync::Arc;
 
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{
-    Bool, DType, IndexingUpdateOp, Int, Tensor, TensorData, TensorPrimitive, backend::Backend,
-};
-use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilationMode, PairPlan, Result, index_tensor,
-    merge_by_lse,
-};
-use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
+use burn::tensor::{DType, IndexingUpdateOp, Tensor, backend::Backend};
+use dilated_attention_core::Result;
+use dilated_attention_kernels::DilatedAttentionBackend;
 
-use crate::block::{BlockGrads, block_backward, block_forward, narrow_to, wide};
-use crate::fused_block::{
-    BlockBackward, BlockRows, FusedCall, fused_block_backward, fused_block_forward,
-    fused_segments_backward, fused_segments_forward,
-};
+use crate::Receive;
+use crate::block::{BlockGrads, block_backward, narrow_to, wide};
+use crate::fused_block::{BlockBackward, BlockRows, fused_block_backward, fused_segments_backward};
 use crate::pair_results::PairResults;
-use crate::shard_exchange::KeyBlock;
-use crate::shard_plan::{GroupShard, Row, ShardPlan};
+use crate::shard_plan::{GroupShard, Row};
 use crate::sharded_attention::{ShardedAttention, five, float};
-use crate::{Communicator, PendingExchange, Receive, ShardLayout};
 
 /// A group's shared query rows in the backward, with their final output, f32 LSE and gradients
 /// `[batch, shared rows, group heads, ..]`.
