@@ -80,7 +80,9 @@ pub trait DilatedAttentionBackend: Backend {
     ///
     /// # Errors
     /// Config and shape errors as values (see
-    /// [`reference_dilated_attention`](dilated_attention_core::reference_dilated_attention)).
+    /// [`reference_dilated_attention`](dilated_attention_core::reference_dilated_attention));
+    /// [`DilatedAttentionError::KernelUnavailable`] when the config forces a fused family the
+    /// backend cannot run (see [`Self::dilated_attention_kernel`]).
     fn dilated_attention_with_lse(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,
@@ -88,6 +90,7 @@ pub trait DilatedAttentionBackend: Backend {
         key_padding_mask: Option<BoolTensor<Self>>,
         config: &DilatedAttentionConfig,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        without_kernels(config)?;
         reference_with_lse::<Self>(query, key, value, key_padding_mask, config)
     }
 
@@ -109,6 +112,7 @@ pub trait DilatedAttentionBackend: Backend {
         config: &DilatedAttentionConfig,
         order: &SequenceOrder,
     ) -> Result<(FloatTensor<Self>, FloatTensor<Self>)> {
+        without_kernels(config)?;
         reference_along_order::<Self>(query, key, value, key_padding_mask, config, order)
     }
 
