@@ -20,10 +20,13 @@ use burn_cubecl::cubecl::prelude::*;
 use super::MmaBlueprint;
 use crate::fused::mma::forward::{enter_pair, mma_row};
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
+use crate::fused::mma::staging::{
+    assign_memory_rows, copy_tile_async, memory_row_slots, row_sources, tile_memory_rows,
+};
 use crate::fused::mma::tf32::column_pair;
 use crate::fused::mma::tiles::{
-    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, assign_memory_rows, copy_tile_async,
-    mask_scores, memory_row_slots, row_sources, store_cube_rows_mma, tile_memory_rows, zero_pairs,
+    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, mask_scores, store_cube_rows_mma,
+    zero_pairs,
 };
 use crate::fused::rows::{cube_row_count, key_live, memory_row, pair_view, row_block, with_row};
 use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD};

@@ -27,10 +27,13 @@ use burn_cubecl::cubecl::prelude::*;
 
 use super::MmaBlueprint;
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
+use crate::fused::mma::staging::{
+    copy_memory_rows_async, copy_tile_async, memory_row_slots, row_sources, shared_memory_rows,
+    tile_memory_rows,
+};
 use crate::fused::mma::tiles::{
-    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, copy_memory_rows_async, copy_tile_async,
-    mask_scores, memory_row_slots, row_sources, shared_memory_rows, store_cube_rows_mma,
-    tile_memory_rows, zero_pairs,
+    MaskRows, Pair, RowFactors, ScoreMask, TileProduct, mask_scores, store_cube_rows_mma,
+    zero_pairs,
 };
 use crate::fused::rows::{PairView, cube_row_count, memory_row, pair_view, row_block, with_row};
 use crate::fused::tensor_core::{KEY_MASKED, KEY_PAD, RESCALE_MARGIN, key_bias};

@@ -7,7 +7,8 @@
 //! dtype and `cp.async` (CUDA on Ampere and later).
 //!
 //! - [`forward`], [`backward_query`], [`backward_key_value`]: the forward, `dQ` and `dK`/`dV`;
-//! - [`tiles`]: the m16n8k16 tile products, masks and staged copies the three share;
+//! - [`tiles`]: the m16n8k16 tile products, masks and stores the three share;
+//! - [`staging`]: the `cp.async` copies of walked tiles and the rows they read;
 //! - [`operands`]: the operand staging common to halves and TF32;
 //! - [`tf32`]: the TF32 products and their key permutation;
 //! - `compile_options` (feature `nvrtc-options`): the per-kernel NVRTC options.
@@ -18,6 +19,7 @@ mod backward_query;
 pub(crate) mod compile_options;
 mod forward;
 mod operands;
+mod staging;
 mod tf32;
 mod tiles;
 
