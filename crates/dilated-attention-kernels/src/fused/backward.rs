@@ -75,7 +75,7 @@ pub(crate) fn backward<R: CubeRuntime>(
                 rows,
                 outputs,
                 [key_tile, query_tile],
-            )
+            )?
         },
         // SAFETY: as in the forward.
         Family::Mma {

@@ -11,7 +11,10 @@ use burn_cubecl::cubecl::server::Handle;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, Result, SequenceOrder};
+use dilated_attention_core::{
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, KernelStrategy, Result,
+    SequenceOrder,
+};
 
 use super::launch_plan::LaunchPlan;
 use super::strategy::{BLOCK_ROWS, SHARED_MEMORY_BUDGET};
@@ -171,6 +174,49 @@ impl<R: CubeRuntime> Call<R> {
     pub(crate) fn cube_dim(&self) -> CubeDim {
         CubeDim::new_1d(self.plan.block_rows as u32)
     }
+
+    /// The tensor-core launches' inputs with a contiguous last dimension, and their load width
+    /// ([`load_width`], with `outputs`): inputs whose strides or offsets allow fewer than `least`
+    /// values a load are copied to a fresh contiguous layout first.
+    ///
+    /// # Errors
+    /// [`DilatedAttentionError::KernelUnavailable`] when even contiguous tensors load fewer than
+    /// `least` values at a time on this device.
+    pub(crate) fn staged<const N: usize>(
+        &self,
+        inputs: [CubeTensor<R>; N],
+        outputs: &[&CubeTensor<R>],
+        least: usize,
+    ) -> Result<([CubeTensor<R>; N], usize)> {
+        let width_of = |inputs: &[CubeTensor<R>; N]| {
+            let mut tensors: Vec<&CubeTensor<R>> = inputs.iter().collect();
+            tensors.extend_from_slice(outputs);
+            load_width(
+                &self.client,
+                &tensors,
+                self.shape.head_dim,
+                self.dtype.size(),
+            )
+        };
+        let inputs = inputs.map(unit_last_stride);
+        let width = width_of(&inputs);
+        if width >= least {
+            return Ok((inputs, width));
+        }
+        let inputs = inputs.map(into_contiguous);
+        let width = width_of(&inputs);
+        if width >= least {
+            Ok((inputs, width))
+        } else {
+            Err(DilatedAttentionError::KernelUnavailable {
+                strategy: KernelStrategy::Mma,
+                reason: format!(
+                    "the device loads {width} value(s) of {} bytes at a time; cp.async needs {least}",
+                    self.dtype.size()
+                ),
+            })
+        }
+    }
 }
 
 /// Key rows per shared-memory tile: the largest power of two up to 64 whose key and value
@@ -190,7 +236,7 @@ pub(crate) fn portable_key_tile(head_dim: usize, device_shared_memory: usize) ->
 /// the widest of 8, 4, 2 that the device's loads take, that spans at most 16 bytes (a
 /// `cp.async`), that divides the head dimension and every stride but the contiguous last one,
 /// and that the buffers' offsets are aligned to; 1 otherwise.
-pub(crate) fn load_width<R: CubeRuntime>(
+fn load_width<R: CubeRuntime>(
     client: &ComputeClient<R>,
     tensors: &[&CubeTensor<R>],
     head_dim: usize,
@@ -221,7 +267,7 @@ pub(crate) fn load_width<R: CubeRuntime>(
 
 /// `tensor` with a contiguous last dimension, which the tensor-core kernels' row loads assume
 /// (copied only when it has another layout).
-pub(crate) fn unit_last_stride<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
+fn unit_last_stride<R: CubeRuntime>(tensor: CubeTensor<R>) -> CubeTensor<R> {
     if tensor.meta.strides()[3] == 1 {
         tensor
     } else {

@@ -44,7 +44,7 @@ pub(crate) fn forward<R: CubeRuntime>(
         Family::Portable => portable::launch_forward(&call, inputs, padding, outputs),
         // SAFETY: `select` checked the device's plane size and operations and `cmma`.
         Family::Cmma { key_tile, .. } => unsafe {
-            cmma::launch_forward(&call, inputs, padding, outputs, key_tile)
+            cmma::launch_forward(&call, inputs, padding, outputs, key_tile)?
         },
         // SAFETY: `select` checked the device's plane size and operations, the manual MMA for
         // the dtype, `ldmatrix` and `cp.async`.

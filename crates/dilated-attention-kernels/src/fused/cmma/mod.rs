@@ -17,11 +17,12 @@ mod fragments;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::tensor::CubeTensor;
+use dilated_attention_core::Result;
 
 use self::backward_key_value::dilated_flash_backward_key_value_tensor_core;
 use self::backward_query::dilated_flash_backward_query_tensor_core;
 use self::forward::dilated_flash_forward_tensor_core;
-use super::call::{Call, load_width, unit_last_stride};
+use super::call::Call;
 use super::tensor_core::TENSOR_CORE_PLANES;
 
 /// The comptime settings of a `cmma` kernel.
@@ -55,20 +56,17 @@ impl CmmaBlueprint {
 ///
 /// # Safety
 /// The device has what the family needs (checked by the strategy's `cmma` probe).
+///
+/// # Errors
+/// As [`Call::staged`] (never for one value a load).
 pub(crate) unsafe fn launch_forward<R: CubeRuntime>(
     call: &Call<R>,
     inputs: [CubeTensor<R>; 3],
     padding: CubeTensor<R>,
     [output, lse]: [&CubeTensor<R>; 2],
     key_tile: usize,
-) {
-    let [query, key, value] = inputs.map(unit_last_stride);
-    let width = load_width(
-        &call.client,
-        &[&query, &key, &value, output],
-        call.shape.head_dim,
-        call.dtype.size(),
-    );
+) -> Result<()> {
+    let ([query, key, value], width) = call.staged(inputs, &[output], 1)?;
     // SAFETY: the caller's contract; the cube has 4 planes of 32 units and every index the
     // kernel forms is bounded by the tensors' shapes and the plan's table.
     unsafe {
@@ -91,6 +89,7 @@ pub(crate) unsafe fn launch_forward<R: CubeRuntime>(
             call.dtype.into(),
         )
     };
+    Ok(())
 }
 
 /// Launches the `cmma` `dQ` (key tiles of `tiles[0]`) and `dK`/`dV` (query tiles of `tiles[1]`)
@@ -105,22 +104,9 @@ pub(crate) unsafe fn launch_backward<R: CubeRuntime>(
     [lse, delta]: [&CubeTensor<R>; 2],
     [grad_query, grad_key, grad_value]: [&CubeTensor<R>; 3],
     [key_tile, query_tile]: [usize; 2],
-) {
-    let [query, key, value, grad_output] = inputs.map(unit_last_stride);
-    let width = load_width(
-        &call.client,
-        &[
-            &query,
-            &key,
-            &value,
-            &grad_output,
-            grad_query,
-            grad_key,
-            grad_value,
-        ],
-        call.shape.head_dim,
-        call.dtype.size(),
-    );
+) -> Result<()> {
+    let ([query, key, value, grad_output], width) =
+        call.staged(inputs, &[grad_query, grad_key, grad_value], 1)?;
     let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
     // SAFETY: as in `launch_forward`.
     unsafe {
@@ -164,4 +150,5 @@ pub(crate) unsafe fn launch_backward<R: CubeRuntime>(
             call.dtype.into(),
         );
     }
+    Ok(())
 }

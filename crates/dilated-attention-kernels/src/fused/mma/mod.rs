@@ -25,14 +25,13 @@ mod tiles;
 
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::cubecl::prelude::*;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
-use dilated_attention_core::{DilatedAttentionError, KernelStrategy, Result};
+use dilated_attention_core::Result;
 
 use self::backward_key_value::dilated_flash_backward_key_value_mma;
 use self::backward_query::dilated_flash_backward_query_mma;
 use self::forward::dilated_flash_forward_mma;
-use super::call::{Call, load_width, unit_last_stride};
+use super::call::Call;
 use super::strategy::{MmaInputs, SHARED_MEMORY_BUDGET, two_stages_bytes};
 use super::tensor_core::TENSOR_CORE_PLANES;
 
@@ -77,45 +76,6 @@ impl MmaBlueprint {
     }
 }
 
-/// The inputs with a contiguous last dimension and their load width: `cp.async` copies 4, 8 or
-/// 16 bytes, so halves need two values a load at least; inputs whose strides or offsets allow
-/// fewer are copied to a fresh contiguous layout first.
-fn staged<R: CubeRuntime, const N: usize>(
-    call: &Call<R>,
-    inputs: [CubeTensor<R>; N],
-    outputs: &[&CubeTensor<R>],
-) -> Result<([CubeTensor<R>; N], usize)> {
-    let width_of = |inputs: &[CubeTensor<R>; N]| {
-        let mut tensors: Vec<&CubeTensor<R>> = inputs.iter().collect();
-        tensors.extend_from_slice(outputs);
-        load_width(
-            &call.client,
-            &tensors,
-            call.shape.head_dim,
-            call.dtype.size(),
-        )
-    };
-    let least = if call.dtype.size() == 4 { 1 } else { 2 };
-    let inputs = inputs.map(unit_last_stride);
-    let width = width_of(&inputs);
-    if width >= least {
-        return Ok((inputs, width));
-    }
-    let inputs = inputs.map(into_contiguous);
-    let width = width_of(&inputs);
-    if width >= least {
-        Ok((inputs, width))
-    } else {
-        Err(DilatedAttentionError::KernelUnavailable {
-            strategy: KernelStrategy::Mma,
-            reason: format!(
-                "the device loads {width} value(s) of {} bytes at a time; cp.async needs {least}",
-                call.dtype.size()
-            ),
-        })
-    }
-}
-
 /// Launches the register-resident forward (walked key tiles of `key_tile`) into `output` and
 /// `lse`.
 ///
@@ -131,7 +91,7 @@ pub(crate) unsafe fn launch_forward<R: CubeRuntime>(
     [output, lse]: [&CubeTensor<R>; 2],
     (key_tile, products): (usize, MmaInputs),
 ) -> Result<()> {
-    let ([query, key, value], width) = staged(call, inputs, &[output])?;
+    let ([query, key, value], width) = call.staged(inputs, &[output], least_width(call))?;
     // SAFETY: the caller's contract; the cube has 4 planes of 32 units, `width` spans at least
     // one `cp.async` copy, and every index the kernel forms is bounded by the tensors' shapes
     // and the plan's table.
@@ -174,7 +134,8 @@ pub(crate) unsafe fn launch_backward<R: CubeRuntime>(
     grads: [&CubeTensor<R>; 3],
     ([key_tile, query_tile], products): ([usize; 2], MmaInputs),
 ) -> Result<()> {
-    let ([query, key, value, grad_output], width) = staged(call, inputs, &grads)?;
+    let ([query, key, value, grad_output], width) =
+        call.staged(inputs, &grads, least_width(call))?;
     let [grad_query, grad_key, grad_value] = grads;
     let cube_dim = CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32);
     let shared = SHARED_MEMORY_BUDGET.min(call.client.properties().hardware.max_shared_memory_size);
@@ -222,6 +183,12 @@ pub(crate) unsafe fn launch_backward<R: CubeRuntime>(
         );
     }
     Ok(())
+}
+
+/// Values per load the register-resident launches need: `cp.async` copies 4, 8 or 16 bytes, so
+/// two values at least for halves.
+fn least_width<R: CubeRuntime>(call: &Call<R>) -> usize {
+    if call.dtype.size() == 4 { 1 } else { 2 }
 }
 
 /// Query tiles per shared-memory stage of the `dK`/`dV` kernel within `shared` bytes, for
