@@ -49,7 +49,6 @@ const GROUP_M: usize = 8;
 const WIDTH: usize = 8;
 
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 fn mma_matmul<N: Size>(
     a: &Array<Vector<f16, N>>,
     b: &Array<Vector<f16, N>>,
@@ -57,10 +56,11 @@ fn mma_matmul<N: Size>(
     size_m: usize,
     size_n: usize,
     size_k: usize,
-    #[comptime] depth: usize,
-    #[comptime] stages: usize,
-    #[comptime] n_blocks: usize,
+    #[comptime] variant: Variant,
 ) {
+    let depth = variant.depth;
+    let stages = variant.stages;
+    let n_blocks = variant.n_blocks;
     let block_cols = comptime!(32 * n_blocks);
     let a_stride = comptime!(depth + PAD);
     let b_stride = comptime!(32 * n_blocks + PAD);
@@ -100,17 +100,18 @@ fn mma_matmul<N: Size>(
     let n_vectors = size_n / WIDTH;
     let depth_tiles = size_k / depth;
     // Tiles 0 .. stages - 1 in flight before the first product.
-    copy_stage(
-        a, b, &mut tiles, 0usize, 0usize, a_row0, b_col0, k_vectors, n_vectors, unit, depth,
-        n_blocks,
-    );
+    let place = CopyPlace {
+        a_row0,
+        b_col0,
+        k_vectors,
+        n_vectors,
+        unit,
+    };
+    copy_stage(a, b, &mut tiles, 0usize, 0usize, &place, variant);
     barrier_0.commit_copy_async();
     if comptime!(stages == 3) {
         if depth_tiles > 1 {
-            copy_stage(
-                a, b, &mut tiles, stage_size, depth, a_row0, b_col0, k_vectors, n_vectors, unit,
-                depth, n_blocks,
-            );
+            copy_stage(a, b, &mut tiles, stage_size, depth, &place, variant);
         }
         barrier_1.commit_copy_async();
     }
@@ -135,13 +136,8 @@ fn mma_matmul<N: Size>(
                 &mut tiles,
                 ahead * stage_size,
                 copied * depth,
-                a_row0,
-                b_col0,
-                k_vectors,
-                n_vectors,
-                unit,
-                depth,
-                n_blocks,
+                &place,
+                variant,
             );
         }
         commit_to(&barrier_0, &barrier_1, &barrier_2, ahead);
@@ -152,8 +148,10 @@ fn mma_matmul<N: Size>(
         } else {
             barrier_2.arrive_and_wait();
         }
-        let a_base = stage * stage_size + warp_row * a_stride + a_lane;
-        let b_base = stage * stage_size + a_tile + warp_col + b_lane;
+        let bases = FragmentBases {
+            a: stage * stage_size + warp_row * a_stride + a_lane,
+            b: stage * stage_size + a_tile + warp_col + b_lane,
+        };
         // Fragments of 16-deep slice kb + 1 are loaded before the products of slice kb.
         let mut a_regs = Array::<Pair<f16>>::new(16usize);
         let mut b_regs = Array::<Pair<f16>>::new(comptime!(2 * n_blocks));
@@ -162,12 +160,9 @@ fn mma_matmul<N: Size>(
             &def,
             &mut a_regs,
             &mut b_regs,
-            a_base,
-            b_base,
+            &bases,
             0usize,
-            a_stride,
-            b_stride,
-            n_blocks,
+            variant,
         );
         #[unroll]
         for kb in 0..comptime!(depth / 16) {
@@ -179,12 +174,9 @@ fn mma_matmul<N: Size>(
                     &def,
                     &mut a_next,
                     &mut b_next,
-                    a_base,
-                    b_base,
+                    &bases,
                     comptime!(kb + 1),
-                    a_stride,
-                    b_stride,
-                    n_blocks,
+                    variant,
                 );
             }
             #[unroll]
@@ -250,19 +242,20 @@ fn mma_matmul<N: Size>(
 /// Loads the plane's fragments of 16-deep slice `kb` of a stage: `A` (4 blocks of 16 rows, one
 /// x4 `ldmatrix` each) and `B` (`n_blocks` blocks of 8 columns, one x4 `ldmatrix.trans` per two).
 #[cube]
-#[allow(clippy::too_many_arguments)]
 fn load_fragments(
     tiles: &SharedMemory<f16>,
     def: &MmaDefinition<f16, f16, f32>,
     a_regs: &mut Array<Pair<f16>>,
     b_regs: &mut Array<Pair<f16>>,
-    a_base: usize,
-    b_base: usize,
+    bases: &FragmentBases,
     #[comptime] kb: usize,
-    #[comptime] a_stride: usize,
-    #[comptime] b_stride: usize,
-    #[comptime] n_blocks: usize,
+    #[comptime] variant: Variant,
 ) {
+    let n_blocks = variant.n_blocks;
+    let a_stride = comptime!(variant.depth + PAD);
+    let b_stride = comptime!(32 * n_blocks + PAD);
+    let a_base = bases.a;
+    let b_base = bases.b;
     #[unroll]
     for half in 0..comptime!(n_blocks / 2) {
         let at = b_base + comptime!(kb * 16 * b_stride + half * 16);
@@ -308,21 +301,22 @@ fn commit_to(barrier_0: &Barrier, barrier_1: &Barrier, barrier_2: &Barrier, stag
 /// Issues this unit's `cp.async` copies of one depth tile (columns `depth0..depth0 + depth` of
 /// A's block rows, rows `depth0..` of B's block columns) into the stage at `base`.
 #[cube]
-#[allow(clippy::too_many_arguments)]
 fn copy_stage<N: Size>(
     a: &Array<Vector<f16, N>>,
     b: &Array<Vector<f16, N>>,
     tiles: &mut SharedMemory<f16>,
     base: usize,
     depth0: usize,
-    a_row0: usize,
-    b_col0: usize,
-    k_vectors: usize,
-    n_vectors: usize,
-    unit: usize,
-    #[comptime] depth: usize,
-    #[comptime] n_blocks: usize,
+    place: &CopyPlace,
+    #[comptime] variant: Variant,
 ) {
+    let depth = variant.depth;
+    let n_blocks = variant.n_blocks;
+    let a_row0 = place.a_row0;
+    let b_col0 = place.b_col0;
+    let k_vectors = place.k_vectors;
+    let n_vectors = place.n_vectors;
+    let unit = place.unit;
     let a_per_row = comptime!(depth / WIDTH);
     let b_per_row = comptime!(32 * n_blocks / WIDTH);
     let a_stride = comptime!(depth + PAD);
@@ -344,6 +338,24 @@ fn copy_stage<N: Size>(
         let from = (depth0 + r) * n_vectors + b_col0 / WIDTH + v;
         copy_vector(b, tiles, base + a_tile + r * b_stride + v * WIDTH, from);
     }
+}
+
+/// Where a unit's copies of a stage come from: the cube's first row of A and first column of B,
+/// the row lengths of A and B in vectors, and the unit.
+#[derive(CubeType, Clone, Copy)]
+struct CopyPlace {
+    a_row0: usize,
+    b_col0: usize,
+    k_vectors: usize,
+    n_vectors: usize,
+    unit: usize,
+}
+
+/// This lane's first elements of A's and B's `ldmatrix` loads in the current stage.
+#[derive(CubeType, Clone, Copy)]
+struct FragmentBases {
+    a: usize,
+    b: usize,
 }
 
 /// One 16-byte `cp.async` of vector `from` of `source` to `tiles` at element `at`.
@@ -368,7 +380,7 @@ fn copy_vector<N: Size>(
 
 /// A kernel shape: the depth of a shared tile (32 or 64), the number of shared stages (2 or 3)
 /// and the 8-column blocks of a plane (4 or 8: cubes of 128 x 128 or 128 x 256).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Variant {
     depth: usize,
     stages: usize,
@@ -399,9 +411,7 @@ fn launch(
             size,
             size,
             size,
-            variant.depth,
-            variant.stages,
-            variant.n_blocks,
+            variant,
         )
     };
 }

@@ -16,6 +16,7 @@ use dilated_attention_core::{
     SequenceOrder,
 };
 
+use super::kernel_args::RowPlanLaunch;
 use super::launch_plan::LaunchPlan;
 use super::strategy::{BLOCK_ROWS, SHARED_MEMORY_BUDGET};
 use crate::backend::check_fused_call;
@@ -156,6 +157,11 @@ impl<R: CubeRuntime> Call<R> {
             Some((handle, len)) => unsafe { ArrayArg::from_raw_parts(handle.clone(), *len) },
             None => self.table(),
         }
+    }
+
+    /// The table and the order as one kernel argument.
+    pub(crate) fn row_plan(&self) -> RowPlanLaunch<R> {
+        RowPlanLaunch::new(self.table(), self.order())
     }
 
     /// Whether the kernels read rows through [`Self::order`].

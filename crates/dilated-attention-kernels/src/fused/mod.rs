@@ -23,6 +23,7 @@ pub(crate) mod call;
 pub(crate) mod cmma;
 pub(crate) mod delta;
 pub(crate) mod forward;
+pub(crate) mod kernel_args;
 pub(crate) mod launch_plan;
 pub(crate) mod mma;
 pub(crate) mod portable;

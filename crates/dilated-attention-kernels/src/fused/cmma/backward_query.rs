@@ -15,6 +15,8 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
+use crate::fused::kernel_args::{AttentionInputs, BackwardRows, RowPlan};
+
 use super::CmmaBlueprint;
 use crate::fused::cmma::forward::{PROBABILITY_PAD, SCRATCH_PAD};
 use crate::fused::cmma::fragments::{
@@ -35,22 +37,24 @@ use crate::fused::tiles::{OwnRows, RowRun, TileShape, load_rows_registers, store
     launch_unchecked,
     fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
 )]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_backward_query_tensor_core<F: Float, N: Size>(
-    query: &Tensor<Vector<F, N>>,
-    key: &Tensor<Vector<F, N>>,
-    value: &Tensor<Vector<F, N>>,
-    padding: &Tensor<F>,
-    grad_output: &Tensor<Vector<F, N>>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, Vector<F, N>>,
+    backward: &BackwardRows<Vector<F, N>>,
+    plan: &RowPlan,
     grad_query: &mut Tensor<Vector<F, N>>,
-    scale: f32,
     #[comptime] blueprint: CmmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let grad_output = &backward.grad_output;
+    let lse = &backward.lse;
+    let delta = &backward.delta;
+    let table = &plan.table;
+    let order = &plan.order;
     let key_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;
     let causal = blueprint.causal;

@@ -29,6 +29,8 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::*;
 
+use crate::fused::kernel_args::{AttentionInputs, RowPlan};
+
 use super::CmmaBlueprint;
 use crate::fused::cmma::fragments::{
     AccumulatorStore, PlaneLayout, accumulate_product, accumulator_fragments, input_fragments,
@@ -66,21 +68,22 @@ struct RowState {
     launch_unchecked,
     fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
 )]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_forward_tensor_core<F: Float, N: Size>(
-    query: &Tensor<Vector<F, N>>,
-    key: &Tensor<Vector<F, N>>,
-    value: &Tensor<Vector<F, N>>,
-    padding: &Tensor<F>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, Vector<F, N>>,
+    plan: &RowPlan,
     output: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<f32>,
-    scale: f32,
     neg_inf: f32,
     #[comptime] blueprint: CmmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let table = &plan.table;
+    let order = &plan.order;
     let key_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;
     let causal = blueprint.causal;

@@ -11,6 +11,8 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
+use crate::fused::kernel_args::{AttentionInputs, BackwardRows, RowPlan};
+
 use super::MmaBlueprint;
 use crate::fused::mma::forward::{enter_pair, mma_row};
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
@@ -33,22 +35,24 @@ use crate::fused::tiles::{OwnRows, TileShape};
     launch_unchecked,
     fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
 )]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_backward_query_mma<F: Float, N: Size>(
-    query: &Tensor<Vector<F, N>>,
-    key: &Tensor<Vector<F, N>>,
-    value: &Tensor<Vector<F, N>>,
-    padding: &Tensor<F>,
-    grad_output: &Tensor<Vector<F, N>>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, Vector<F, N>>,
+    backward: &BackwardRows<Vector<F, N>>,
+    plan: &RowPlan,
     grad_query: &mut Tensor<Vector<F, N>>,
-    scale: f32,
     #[comptime] blueprint: MmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let grad_output = &backward.grad_output;
+    let lse = &backward.lse;
+    let delta = &backward.delta;
+    let table = &plan.table;
+    let order = &plan.order;
     let key_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;
     let causal = blueprint.causal;

@@ -25,6 +25,8 @@ use burn_cubecl::cubecl::ir::FastMath;
 use burn_cubecl::cubecl::prelude::barrier::Barrier;
 use burn_cubecl::cubecl::prelude::*;
 
+use crate::fused::kernel_args::{AttentionInputs, RowPlan};
+
 use super::MmaBlueprint;
 use crate::fused::mma::operands::{plane_accumulate, plane_scores, stage_plane_rows};
 use crate::fused::mma::staging::{
@@ -59,21 +61,22 @@ pub(crate) struct MmaRow {
     launch_unchecked,
     fast_math = FastMath::ReducedPrecision | FastMath::NotNaN | FastMath::NotInf
 )]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_forward_mma<F: Float, N: Size>(
-    query: &Tensor<Vector<F, N>>,
-    key: &Tensor<Vector<F, N>>,
-    value: &Tensor<Vector<F, N>>,
-    padding: &Tensor<F>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, Vector<F, N>>,
+    plan: &RowPlan,
     output: &mut Tensor<Vector<F, N>>,
     lse: &mut Tensor<f32>,
-    scale: f32,
     neg_inf: f32,
     #[comptime] blueprint: MmaBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let table = &plan.table;
+    let order = &plan.order;
     let key_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;
     let causal = blueprint.causal;

@@ -32,6 +32,7 @@ use self::backward_key_value::dilated_flash_backward_key_value_mma;
 use self::backward_query::dilated_flash_backward_query_mma;
 use self::forward::dilated_flash_forward_mma;
 use super::call::Call;
+use super::kernel_args::{attention_inputs, backward_rows};
 use super::strategy::{MmaInputs, SHARED_MEMORY_BUDGET, two_stages_bytes};
 use super::tensor_core::TENSOR_CORE_PLANES;
 
@@ -101,15 +102,10 @@ pub(crate) unsafe fn launch_forward<R: CubeRuntime>(
             call.cube_count(),
             CubeDim::new_2d(32, TENSOR_CORE_PLANES as u32),
             width,
-            query.into_tensor_arg(),
-            key.into_tensor_arg(),
-            value.into_tensor_arg(),
-            padding.into_tensor_arg(),
-            call.table(),
-            call.order(),
+            attention_inputs([query, key, value], padding, call.scale),
+            call.row_plan(),
             output.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
-            call.scale,
             f32::NEG_INFINITY,
             MmaBlueprint::of(call, key_tile, 1, products),
             call.dtype.into(),
@@ -147,17 +143,14 @@ pub(crate) unsafe fn launch_backward<R: CubeRuntime>(
             call.cube_count(),
             cube_dim,
             width,
-            query.clone().into_tensor_arg(),
-            key.clone().into_tensor_arg(),
-            value.clone().into_tensor_arg(),
-            padding.clone().into_tensor_arg(),
-            grad_output.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            call.table(),
-            call.order(),
+            attention_inputs(
+                [query.clone(), key.clone(), value.clone()],
+                padding.clone(),
+                call.scale,
+            ),
+            backward_rows(grad_output.clone(), [lse, delta]),
+            call.row_plan(),
             grad_query.clone().into_tensor_arg(),
-            call.scale,
             MmaBlueprint::of(call, key_tile, 1, products),
             call.dtype.into(),
         );
@@ -166,18 +159,11 @@ pub(crate) unsafe fn launch_backward<R: CubeRuntime>(
             call.cube_count(),
             cube_dim,
             width,
-            query.into_tensor_arg(),
-            key.into_tensor_arg(),
-            value.into_tensor_arg(),
-            padding.into_tensor_arg(),
-            grad_output.into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            call.table(),
-            call.order(),
+            attention_inputs([query, key, value], padding, call.scale),
+            backward_rows(grad_output, [lse, delta]),
+            call.row_plan(),
             grad_key.clone().into_tensor_arg(),
             grad_value.clone().into_tensor_arg(),
-            call.scale,
             MmaBlueprint::of(call, query_tile, sub_tiles, products),
             call.dtype.into(),
         );

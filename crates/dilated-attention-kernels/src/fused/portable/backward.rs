@@ -13,6 +13,8 @@
 use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
+use crate::fused::kernel_args::{AttentionInputs, BackwardRows, RowPlan};
+
 use super::PortableBlueprint;
 use crate::fused::rows::{
     first_selected_at_or_after, memory_row, pair_view, row_block, rows_selected, segment_key_count,
@@ -63,22 +65,24 @@ fn store_row<F: Float>(
 }
 
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_backward_query<F: Float>(
-    query: &Tensor<F>,
-    key: &Tensor<F>,
-    value: &Tensor<F>,
-    padding: &Tensor<F>,
-    grad_output: &Tensor<F>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, F>,
+    backward: &BackwardRows<F>,
+    plan: &RowPlan,
     grad_query: &mut Tensor<F>,
-    scale: f32,
     #[comptime] blueprint: PortableBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let grad_output = &backward.grad_output;
+    let lse = &backward.lse;
+    let delta = &backward.delta;
+    let table = &plan.table;
+    let order = &plan.order;
     let block_rows = blueprint.block_rows;
     let key_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;
@@ -187,23 +191,25 @@ pub(crate) fn dilated_flash_backward_query<F: Float>(
 }
 
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_backward_key_value<F: Float>(
-    query: &Tensor<F>,
-    key: &Tensor<F>,
-    value: &Tensor<F>,
-    padding: &Tensor<F>,
-    grad_output: &Tensor<F>,
-    lse: &Tensor<f32>,
-    delta: &Tensor<f32>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, F>,
+    backward: &BackwardRows<F>,
+    plan: &RowPlan,
     grad_key: &mut Tensor<F>,
     grad_value: &mut Tensor<F>,
-    scale: f32,
     #[comptime] blueprint: PortableBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let grad_output = &backward.grad_output;
+    let lse = &backward.lse;
+    let delta = &backward.delta;
+    let table = &plan.table;
+    let order = &plan.order;
     let block_rows = blueprint.block_rows;
     let query_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;

@@ -17,25 +17,27 @@ use burn_cubecl::cubecl;
 use burn_cubecl::cubecl::prelude::*;
 
 use super::PortableBlueprint;
+use crate::fused::kernel_args::{AttentionInputs, RowPlan};
 use crate::fused::rows::{memory_row, pair_view, row_block, segment_key_count};
 use crate::fused::tiles::{MASKED, RowRun, TileShape, load_rows_tile, load_visibility};
 
 #[cube(launch_unchecked)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn dilated_flash_forward<F: Float>(
-    query: &Tensor<F>,
-    key: &Tensor<F>,
-    value: &Tensor<F>,
-    padding: &Tensor<F>,
-    table: &Array<u32>,
-    order: &Array<u32>,
+    inputs: &AttentionInputs<F, F>,
+    plan: &RowPlan,
     output: &mut Tensor<F>,
     lse: &mut Tensor<f32>,
-    scale: f32,
     neg_inf: f32,
     #[comptime] blueprint: PortableBlueprint,
     #[define(F)] _dtype: StorageType,
 ) {
+    let query = &inputs.query;
+    let key = &inputs.key;
+    let value = &inputs.value;
+    let padding = &inputs.padding;
+    let scale = inputs.scale;
+    let table = &plan.table;
+    let order = &plan.order;
     let block_rows = blueprint.block_rows;
     let key_tile = blueprint.tile;
     let head_dim = blueprint.head_dim;

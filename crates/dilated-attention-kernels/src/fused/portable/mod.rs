@@ -14,6 +14,7 @@ use burn_cubecl::tensor::CubeTensor;
 use self::backward::{dilated_flash_backward_key_value, dilated_flash_backward_query};
 use self::forward::dilated_flash_forward;
 use super::call::Call;
+use super::kernel_args::{attention_inputs, backward_rows};
 
 /// The comptime settings of a portable kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,15 +60,10 @@ pub(crate) fn launch_forward<R: CubeRuntime>(
             &call.client,
             call.cube_count(),
             call.cube_dim(),
-            query.into_tensor_arg(),
-            key.into_tensor_arg(),
-            value.into_tensor_arg(),
-            padding.into_tensor_arg(),
-            call.table(),
-            call.order(),
+            attention_inputs([query, key, value], padding, call.scale),
+            call.row_plan(),
             output.clone().into_tensor_arg(),
             lse.clone().into_tensor_arg(),
-            call.scale,
             f32::NEG_INFINITY,
             PortableBlueprint::of(call),
             call.dtype.into(),
@@ -90,17 +86,14 @@ pub(crate) fn launch_backward<R: CubeRuntime>(
             &call.client,
             call.cube_count(),
             call.cube_dim(),
-            query.clone().into_tensor_arg(),
-            key.clone().into_tensor_arg(),
-            value.clone().into_tensor_arg(),
-            padding.clone().into_tensor_arg(),
-            grad_output.clone().into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            call.table(),
-            call.order(),
+            attention_inputs(
+                [query.clone(), key.clone(), value.clone()],
+                padding.clone(),
+                call.scale,
+            ),
+            backward_rows(grad_output.clone(), [lse, delta]),
+            call.row_plan(),
             grad_query.clone().into_tensor_arg(),
-            call.scale,
             blueprint,
             call.dtype.into(),
         );
@@ -108,18 +101,11 @@ pub(crate) fn launch_backward<R: CubeRuntime>(
             &call.client,
             call.cube_count(),
             call.cube_dim(),
-            query.into_tensor_arg(),
-            key.into_tensor_arg(),
-            value.into_tensor_arg(),
-            padding.into_tensor_arg(),
-            grad_output.into_tensor_arg(),
-            lse.clone().into_tensor_arg(),
-            delta.clone().into_tensor_arg(),
-            call.table(),
-            call.order(),
+            attention_inputs([query, key, value], padding, call.scale),
+            backward_rows(grad_output, [lse, delta]),
+            call.row_plan(),
             grad_key.clone().into_tensor_arg(),
             grad_value.clone().into_tensor_arg(),
-            call.scale,
             blueprint,
             call.dtype.into(),
         );
