@@ -102,6 +102,30 @@ pub enum DilatedAttentionError {
         /// The other tensor's shape.
         actual: [usize; 4],
     },
+    /// A tensor's dtype differs from the query's.
+    #[error(
+        "{name} is {actual:?} but query is {query:?}; query, key and value of one call must share one float dtype (cast one of them)"
+    )]
+    DTypeMismatch {
+        /// Which tensor (`key`, `value`).
+        name: &'static str,
+        /// The query's dtype.
+        query: burn::tensor::DType,
+        /// The other tensor's dtype.
+        actual: burn::tensor::DType,
+    },
+    /// A tensor lives on another device than the query.
+    #[error(
+        "{name} is on device {actual} but query is on {query}; move the inputs of one call to one device"
+    )]
+    DeviceMismatch {
+        /// Which tensor (`key`, `value`, `key_padding_mask`).
+        name: &'static str,
+        /// The query's device, as its `Debug` form.
+        query: String,
+        /// The other tensor's device.
+        actual: String,
+    },
     /// A tensor has a zero-sized dimension.
     #[error("{name} has {dim} = 0 in shape {shape:?}; every dimension must be >= 1")]
     EmptyDimension {
@@ -189,6 +213,20 @@ pub enum DilatedAttentionError {
         /// What went wrong.
         reason: String,
     },
+    /// A failure inside one step of the ring (a transfer or a piece of compute), with where it
+    /// happened. Under `Autodiff` the ring's backward cannot return an error: it panics with this
+    /// message.
+    #[error("rank {rank}, ring step {step} of the {phase}: {cause}")]
+    RingStep {
+        /// The rank that failed.
+        rank: usize,
+        /// The step (`0..world_size`; step `t` exchanges with ranks `rank +- t`).
+        step: usize,
+        /// `forward` or `backward`.
+        phase: &'static str,
+        /// What failed.
+        cause: Box<DilatedAttentionError>,
+    },
     /// A transfer waited longer than the communicator's timeout.
     #[error(
         "rank {rank}: {operation} waited {waited_ms} ms for rank {peer} and gave up; the peer may have failed or be running a different schedule"
@@ -234,6 +272,19 @@ pub enum DilatedAttentionError {
         /// Estimated bytes for one batch element.
         needed: u64,
         /// The configured limit.
+        limit: u64,
+    },
+    /// One buffer of the call would be larger than the device allocates at once: the call is
+    /// refused before anything is queued (a failed allocation would stop the device's thread).
+    #[error(
+        "the call would allocate {what} of {bytes} bytes in one buffer; this device allocates at most {limit} bytes at once: use shorter segments, more dilation, a fused kernel (head_dim <= 256) or the ring"
+    )]
+    AllocationTooLarge {
+        /// Which buffer.
+        what: &'static str,
+        /// Its size.
+        bytes: u64,
+        /// The device's largest allocation.
         limit: u64,
     },
     /// Two options that exclude each other were both set.

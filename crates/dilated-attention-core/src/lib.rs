@@ -15,10 +15,13 @@
 //! assert_eq!(out.dims(), [1, 37, 2, 8]);
 //! ```
 
+#[cfg(feature = "test-oracle")]
+pub mod compare;
 mod config;
 mod error;
 mod field_check;
 mod index_tensor;
+mod input_check;
 mod kernel_strategy;
 mod lse_merge;
 #[cfg(feature = "test-oracle")]
@@ -33,6 +36,7 @@ pub use config::*;
 pub use error::*;
 pub use field_check::*;
 pub use index_tensor::*;
+pub use input_check::*;
 pub use kernel_strategy::*;
 pub use lse_merge::*;
 pub use plan::*;

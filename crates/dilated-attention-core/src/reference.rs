@@ -30,7 +30,8 @@ use burn::tensor::{Bool, Int, Tensor, backend::Backend};
 
 use crate::{
     AttentionShape, DilatedAttentionConfig, DilatedIndexPlan, DilationMode, OffsetGroup, PairPlan,
-    Result, index_tensor, inverse_permutation, merge_by_lse, segment_attention,
+    Result, check_attention_inputs, index_tensor, inverse_permutation, merge_by_lse,
+    segment_attention,
 };
 
 /// Dilated attention and its per-query log-sum-exp, on plain Burn tensor ops.
@@ -55,12 +56,7 @@ pub fn reference_dilated_attention<B: Backend>(
     key_padding_mask: Option<Tensor<B, 2, Bool>>,
     config: &DilatedAttentionConfig,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
-    let shape = AttentionShape::check_inputs(
-        &query.dims(),
-        &key.dims(),
-        &value.dims(),
-        key_padding_mask.as_ref().map(Tensor::dims),
-    )?;
+    let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
     let plan = DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
     let inputs = Inputs {
         query,
@@ -73,6 +69,54 @@ pub fn reference_dilated_attention<B: Backend>(
         dropout: config.dropout,
     };
     Ok(inputs.attend(&plan))
+}
+
+/// The largest score tensor (elements) [`reference_dilated_attention`] materialises for a call
+/// of `shape` with `config`: one chunk of segments of one offset group,
+/// `batch x heads x rows^2` per segment, batched up to
+/// [`SCORE_BUDGET_ELEMENTS`](crate::SCORE_BUDGET_ELEMENTS) (a larger segment is taken whole).
+/// Backends compare it with the largest buffer their device allocates before running the path.
+///
+/// ```
+/// use dilated_attention_core::{AttentionShape, DilatedAttentionConfig, reference_score_elements};
+///
+/// let shape = AttentionShape { batch: 1, seq_len: 65_536, num_heads: 8, head_dim: 64 };
+/// // One segment of 65,536 rows for 8 heads: 8 x 65,536^2 scores at once.
+/// let whole = DilatedAttentionConfig::new(vec![65_536], vec![1]);
+/// assert_eq!(reference_score_elements(&shape, &whole)?, 8 * 65_536 * 65_536);
+/// // Segments of 1,024 (8 M scores each) batched up to the 2^25 budget.
+/// let short = DilatedAttentionConfig::new(vec![1_024], vec![1]);
+/// assert_eq!(reference_score_elements(&shape, &short)?, 1 << 25);
+/// # Ok::<(), dilated_attention_core::DilatedAttentionError>(())
+/// ```
+///
+/// # Errors
+/// Those of [`DilatedIndexPlan::new`].
+pub fn reference_score_elements(
+    shape: &AttentionShape,
+    config: &DilatedAttentionConfig,
+) -> Result<usize> {
+    let plan = DilatedIndexPlan::new(config, shape.seq_len, shape.num_heads)?;
+    let mut largest = 0usize;
+    for group in plan.pairs().iter().flat_map(|pair| &pair.groups) {
+        let rows = &group.rows;
+        for (segments, len) in [
+            (rows.full_segments(), rows.rows_per_full_segment()),
+            (1, rows.rows_in_tail()),
+        ] {
+            if segments == 0 || len == 0 {
+                continue;
+            }
+            let per_segment = shape
+                .batch
+                .saturating_mul(group.heads.len())
+                .saturating_mul(len)
+                .saturating_mul(len);
+            let chunk = (crate::SCORE_BUDGET_ELEMENTS / per_segment.max(1)).clamp(1, segments);
+            largest = largest.max(per_segment.saturating_mul(chunk));
+        }
+    }
+    Ok(largest)
 }
 
 struct Inputs<B: Backend> {
@@ -170,11 +214,14 @@ impl<B: Backend> Inputs<B> {
         } = self.shape;
         let heads = group.heads.len();
         let device = self.query.device();
+        // Fresh tensors in the inputs' dtype: under Fusion a tensor of another dtype is an error
+        // when concatenated with the results.
+        let like = (&device, self.query.dtype());
         let rows = group.rows;
         if rows.is_empty() {
             return (
-                Tensor::zeros([batch, seq_len, heads, head_dim], &device),
-                Tensor::full([batch, seq_len, heads], f32::NEG_INFINITY, &device),
+                Tensor::zeros([batch, seq_len, heads, head_dim], like),
+                Tensor::full([batch, seq_len, heads], f32::NEG_INFINITY, like),
             );
         }
 
@@ -236,14 +283,14 @@ impl<B: Backend> Inputs<B> {
         // Put rows back: append one empty row (0 output, -inf lse) and gather by position.
         let back = self.index(&rows.scatter_index());
         let out = Tensor::cat(
-            vec![out, Tensor::zeros([batch, 1, heads, head_dim], &device)],
+            vec![out, Tensor::zeros([batch, 1, heads, head_dim], like)],
             1,
         )
         .select(1, back.clone());
         let lse = Tensor::cat(
             vec![
                 lse,
-                Tensor::full([batch, 1, heads], f32::NEG_INFINITY, &device),
+                Tensor::full([batch, 1, heads], f32::NEG_INFINITY, like),
             ],
             1,
         )

@@ -36,7 +36,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::{Bool, Tensor, backend::Backend};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, Result,
+    DilatedAttentionConfig, DilatedAttentionError, Result, check_attention_inputs,
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_along_order};
 
@@ -198,12 +198,7 @@ impl<B: DilatedAttentionBackend> HilbertDilatedAttention<B> {
         value: Tensor<B, 4>,
         key_padding_mask: Option<Tensor<B, 2, Bool>>,
     ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
-        let shape = AttentionShape::check_inputs(
-            &query.dims(),
-            &key.dims(),
-            &value.dims(),
-            key_padding_mask.as_ref().map(Tensor::dims),
-        )?;
+        let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
         let order = self.order(shape.seq_len)?;
         self.try_forward_with_order(query, key, value, key_padding_mask, &order)
     }

@@ -137,6 +137,16 @@ pub trait DilatedAttentionBackend: Backend {
         without_kernels(config)
     }
 
+    /// The largest buffer, in bytes, the backend allocates at once on `device`, when it knows
+    /// one (the CubeCL runtimes: the client's largest memory page). The public calls check
+    /// their largest buffer against it before anything is queued and return
+    /// [`DilatedAttentionError::AllocationTooLarge`] rather than let the allocation fail on the
+    /// device's thread. Default: no limit known.
+    fn max_allocation_bytes(device: &Device<Self>) -> Option<u64> {
+        let _ = device;
+        None
+    }
+
     /// The fused forward: the output in the query's dtype and the log-sum-exp in `f32` (the
     /// precision the backward needs), along `order` when given (see
     /// [`Self::dilated_attention_along_order`]). Shapes as in [`Self::dilated_attention_with_lse`].

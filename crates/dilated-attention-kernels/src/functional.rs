@@ -17,7 +17,8 @@
 
 use burn::tensor::{Bool, DType, Tensor, TensorPrimitive};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, KernelChoice, Result, SequenceOrder,
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, KernelChoice, Result,
+    SequenceOrder, check_attention_inputs, reference_score_elements,
 };
 
 use crate::DilatedAttentionBackend;
@@ -56,12 +57,8 @@ pub fn dilated_attention_with_lse_masked<B: DilatedAttentionBackend>(
     config: &DilatedAttentionConfig,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     config.validate()?;
-    AttentionShape::check_inputs(
-        &query.dims(),
-        &key.dims(),
-        &value.dims(),
-        key_padding_mask.as_ref().map(Tensor::dims),
-    )?;
+    let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
+    check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
     let (out, lse) = B::dilated_attention_with_lse(
         query.into_primitive().tensor(),
         key.into_primitive().tensor(),
@@ -111,13 +108,9 @@ pub fn dilated_attention_along_order<B: DilatedAttentionBackend>(
     order: &SequenceOrder,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     config.validate()?;
-    let shape = AttentionShape::check_inputs(
-        &query.dims(),
-        &key.dims(),
-        &value.dims(),
-        key_padding_mask.as_ref().map(Tensor::dims),
-    )?;
+    let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
     order.check_len(shape.seq_len)?;
+    check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
     let (out, lse) = B::dilated_attention_along_order(
         query.into_primitive().tensor(),
         key.into_primitive().tensor(),
@@ -174,4 +167,40 @@ pub fn kernel_choice<B: DilatedAttentionBackend>(
     config: &DilatedAttentionConfig,
 ) -> Result<KernelChoice> {
     B::dilated_attention_kernel(dims, dtype, device, config)
+}
+
+/// Refuses a call whose largest buffer is above what `device` allocates at once
+/// ([`DilatedAttentionBackend::max_allocation_bytes`]): on the fused path an output the size of
+/// the query; on the reference path one chunk of scores ([`reference_score_elements`], counted
+/// at 4 bytes an element or the dtype's size if larger: the masks at the scores' shape are
+/// 32-bit on some runtimes).
+///
+/// # Errors
+/// [`DilatedAttentionError::AllocationTooLarge`]; the strategy's errors
+/// ([`kernel_choice`]).
+fn check_allocation<B: DilatedAttentionBackend>(
+    shape: &AttentionShape,
+    dtype: DType,
+    device: &B::Device,
+    config: &DilatedAttentionConfig,
+) -> Result<()> {
+    let Some(limit) = B::max_allocation_bytes(device) else {
+        return Ok(());
+    };
+    let [batch, seq, heads, head_dim] = shape.dims();
+    let choice = B::dilated_attention_kernel(shape.dims(), dtype, device, config)?;
+    let (what, elements, element_bytes) = if choice.is_fused() {
+        ("the output", batch * seq * heads * head_dim, dtype.size())
+    } else {
+        (
+            "one chunk of the reference path's scores",
+            reference_score_elements(shape, config)?,
+            dtype.size().max(4),
+        )
+    };
+    let bytes = (elements as u64).saturating_mul(element_bytes as u64);
+    if bytes > limit {
+        return Err(DilatedAttentionError::AllocationTooLarge { what, bytes, limit });
+    }
+    Ok(())
 }

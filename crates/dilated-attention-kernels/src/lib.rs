@@ -31,6 +31,7 @@ mod attention;
 mod backend;
 mod backends;
 mod custom_attention;
+mod fallback_log;
 mod functional;
 #[cfg(feature = "cubecl")]
 mod fused;

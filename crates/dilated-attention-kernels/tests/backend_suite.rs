@@ -1,7 +1,8 @@
 //! The dispatch path (`DilatedAttentionBackend`) against the dense oracle on random shapes:
 //! outputs, log-sum-exps and gradients, on the backend the features select:
 //! `NdArray` by default, `Wgpu` with `test-wgpu` (lavapipe in CI), `Cuda` with `test-cuda`.
-//! The oracle always runs on `NdArray` in f32.
+//! The oracle always runs on `NdArray`: in f64 for the GPU runtimes, in f32 when `NdArray` is
+//! under test (see `common::Oracle`).
 
 mod common;
 
@@ -225,4 +226,89 @@ fn a_forced_family_that_cannot_run_is_an_error_from_the_call() {
         ),
         "{error}"
     );
+}
+
+/// Inputs of different dtypes are a typed error naming both, before anything runs.
+#[test]
+fn mismatched_dtypes_are_a_typed_error() {
+    use burn::tensor::DType;
+    use dilated_attention_core::{DilatedAttentionConfig, DilatedAttentionError};
+    use dilated_attention_kernels::dilated_attention_with_lse;
+
+    let c = &cases()[1];
+    let device = Default::default();
+    let [q, k, v] = c
+        .inputs::<Oracle>(&Default::default())
+        .map(|t| to::<TestBackend, 4>(&t, &device));
+    // A second float dtype every backend here has: f64 on the CPU, f16 on the GPU runtimes.
+    let other = if cfg!(any(feature = "test-wgpu", feature = "test-cuda")) {
+        DType::F16
+    } else {
+        DType::F64
+    };
+    let cfg = DilatedAttentionConfig::new(c.segments.clone(), c.rates.clone());
+    let error = dilated_attention_with_lse(q, k.cast(other), v, &cfg).unwrap_err();
+    assert_eq!(
+        error,
+        DilatedAttentionError::DTypeMismatch {
+            name: "key",
+            query: DType::F32,
+            actual: other
+        }
+    );
+}
+
+/// The reference path runs in the caller's half dtype under Fusion (fresh tensors it makes take
+/// the inputs' dtype), forward and gradients. Its forward is within the kernels' half-precision
+/// bounds; its gradients differentiate through half-precision scores and softmax (the kernels
+/// accumulate in `f32`), so their bound is wider: on lavapipe in f16 the worst case here (a
+/// 131-key segment) measured 3.0e-2 for `dQ`.
+#[test]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn the_reference_path_runs_in_half_precision() {
+    use burn::tensor::DType;
+
+    let mut dtypes = vec![DType::F16];
+    if cfg!(feature = "test-cuda") {
+        dtypes.push(DType::BF16);
+    }
+    for dtype in dtypes {
+        // bf16 keeps 3 fewer mantissa bits than f16: 8x the rounding.
+        let (forward, gradients) = if dtype == DType::BF16 {
+            (2e-2, 4e-1)
+        } else {
+            (3e-3, 5e-2)
+        };
+        for c in &cases()[..4] {
+            let config = c.config().with_kernel_strategy(KernelStrategy::Reference);
+            check_forward_half_with::<TestBackend>(c, dtype, &config, forward);
+            check_gradients_half_with::<TestBackend>(c, dtype, &config, gradients);
+        }
+    }
+}
+
+/// A call whose one buffer would exceed what the device allocates at once is refused with a
+/// typed error before anything is queued, and the device goes on working.
+#[test]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn a_call_beyond_the_largest_allocation_is_refused() {
+    use burn::tensor::{Distribution, Tensor};
+    use dilated_attention_core::{DilatedAttentionConfig, DilatedAttentionError};
+    use dilated_attention_kernels::dilated_attention_with_lse;
+
+    let device = Default::default();
+    // One segment of 65,536 rows for 8 heads: 8 x 2^32 scores (128 GiB in f32) at once.
+    let q = Tensor::<TestBackend, 4>::random([1, 65_536, 8, 8], Distribution::Default, &device);
+    let cfg = DilatedAttentionConfig::new(vec![65_536], vec![1])
+        .with_kernel_strategy(KernelStrategy::Reference);
+    let error = dilated_attention_with_lse(q.clone(), q.clone(), q, &cfg).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            DilatedAttentionError::AllocationTooLarge { bytes, limit, .. }
+                if bytes == 8 * 65_536 * 65_536 * 4 && limit < bytes
+        ),
+        "{error}"
+    );
+    check_forward::<TestBackend>(&cases()[0]);
 }

@@ -40,7 +40,7 @@ proptest! {
 
     #[test]
     fn fused_output_and_lse_match_oracle(c in arbitrary_case(head_dims())) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward::<TestBackend>(&c);
         }
     }
@@ -51,14 +51,14 @@ proptest! {
 
     #[test]
     fn fused_gradients_match_oracle(c in arbitrary_case(head_dims())) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_gradients::<TestBackend>(&c, None);
         }
     }
 
     #[test]
     fn fused_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward_half::<TestBackend>(&c, DType::F16, 2e-3, None);
         }
     }
@@ -74,7 +74,7 @@ proptest! {
         c in arbitrary_case(head_dims()),
         order_seed in any::<u64>(),
     ) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             let order = random_order(c.shape[1], order_seed);
             check_forward_with::<TestBackend>(&c, KernelStrategy::Auto, Some(&order));
             check_gradients::<TestBackend>(&c, Some(&order));
@@ -89,7 +89,7 @@ proptest! {
 
     #[test]
     fn fused_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(head_dims())) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2, None);
         }
     }
@@ -103,14 +103,14 @@ proptest! {
 
     #[test]
     fn tensor_core_f16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward_half::<TestBackend>(&c, DType::F16, 2e-3, None);
         }
     }
 
     #[test]
     fn tensor_core_bf16_matches_oracle_on_rounded_inputs(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward_half::<TestBackend>(&c, DType::BF16, 1e-2, None);
         }
     }
@@ -124,14 +124,14 @@ proptest! {
 
     #[test]
     fn tensor_core_f16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_gradients_half::<TestBackend>(&c, DType::F16, 2e-3, None);
         }
     }
 
     #[test]
     fn tensor_core_bf16_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_gradients_half::<TestBackend>(&c, DType::BF16, 1e-2, None);
         }
     }
@@ -147,7 +147,7 @@ proptest! {
         c in arbitrary_case(vec![16, 32, 64, 128]),
         order_seed in any::<u64>(),
     ) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             let order = random_order(c.shape[1], order_seed);
             check_forward_half::<TestBackend>(&c, DType::F16, 2e-3, Some(&order));
             check_gradients_half::<TestBackend>(&c, DType::BF16, 1e-2, Some(&order));
@@ -163,14 +163,14 @@ proptest! {
 
     #[test]
     fn tensor_core_tf32_matches_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward_tf32::<TestBackend>(&c, 2e-3, None);
         }
     }
 
     #[test]
     fn tensor_core_tf32_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_gradients_tf32::<TestBackend>(&c, 1e-2, None);
         }
     }
@@ -187,7 +187,7 @@ proptest! {
         c in arbitrary_case(vec![16, 32, 64, 128]),
         order_seed in any::<u64>(),
     ) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             let order = random_order(c.shape[1], order_seed);
             check_forward_tf32::<TestBackend>(&c, 2e-3, Some(&order));
             check_gradients_tf32::<TestBackend>(&c, 1e-2, Some(&order));
@@ -203,7 +203,7 @@ proptest! {
 
     #[test]
     fn tensor_core_f32_matches_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_forward_f32::<TestBackend>(&c, 1e-5);
             check_forward::<TestBackend>(&c);
         }
@@ -211,7 +211,7 @@ proptest! {
 
     #[test]
     fn tensor_core_f32_gradients_match_oracle(c in arbitrary_case(vec![16, 32, 64, 128])) {
-        if c.valid() {
+        if valid_or_rejected::<TestBackend>(&c) {
             check_gradients::<TestBackend>(&c, None);
         }
     }

@@ -79,9 +79,11 @@ fn check(world: usize, mode: DilationMode, layout: ShardLayout) {
                             .with_layout(layout.clone())
                             .unwrap(),
                     );
-                    let xa = Tensor::<A, 3>::from_inner(layout.shard(x, rank)).require_grad();
+                    let xa =
+                        Tensor::<A, 3>::from_inner(layout.shard(x, rank).unwrap()).require_grad();
                     let y = local.forward(xa.clone(), xa.clone(), xa.clone());
-                    let loss = (y.clone() * Tensor::from_inner(layout.shard(w, rank))).sum();
+                    let loss =
+                        (y.clone() * Tensor::from_inner(layout.shard(w, rank).unwrap())).sum();
                     let grads = loss.backward();
                     let dx = xa.grad(&grads).unwrap();
                     let params = GradientsParams::from_grads(grads, &local);

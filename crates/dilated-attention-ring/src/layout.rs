@@ -174,16 +174,34 @@ impl ShardLayout {
     }
 
     /// Rank `rank`'s shard of a global tensor `[batch, seq, ...]`.
+    ///
+    /// # Errors
+    /// [`InvalidShards`](DilatedAttentionError::InvalidShards) when the tensor's sequence is not
+    /// the layout's length (a longer tensor is not cut short) or `rank` is not one of the
+    /// layout's ranks.
     pub fn shard<B: Backend, const D: usize, K: TensorKind<B> + BasicOps<B>>(
         &self,
         tensor: Tensor<B, D, K>,
         rank: usize,
-    ) -> Tensor<B, D, K> {
-        let parts: Vec<_> = self.ranges[rank]
+    ) -> Result<Tensor<B, D, K>> {
+        let dims = tensor.dims();
+        if D < 2 || dims[1] != self.seq_len {
+            return Err(invalid(format!(
+                "a tensor of shape {dims:?} cannot be sharded along dim 1 by a layout of {} positions",
+                self.seq_len
+            )));
+        }
+        let ranges = self.ranges.get(rank).ok_or_else(|| {
+            invalid(format!(
+                "rank {rank} is not one of the layout's {} ranks",
+                self.world_size()
+            ))
+        })?;
+        let parts: Vec<_> = ranges
             .iter()
             .map(|r| tensor.clone().narrow(1, r.start, r.len()))
             .collect();
-        Tensor::cat(parts, 1)
+        Ok(Tensor::cat(parts, 1))
     }
 
     /// The global tensor from every rank's shard (rank order), the inverse of [`Self::shard`].
@@ -253,11 +271,29 @@ mod tests {
             ShardLayout::contiguous(23, 3).unwrap(),
             ShardLayout::zigzag(23, 3).unwrap(),
         ] {
-            let shards = (0..3).map(|r| layout.shard(x.clone(), r)).collect();
+            let shards = (0..3)
+                .map(|r| layout.shard(x.clone(), r).unwrap())
+                .collect();
             layout
                 .unshard(shards)
                 .into_data()
                 .assert_approx_eq::<f32>(&x.to_data(), Tolerance::rel_abs(0.0, 0.0));
         }
+    }
+
+    #[test]
+    fn shard_rejects_a_tensor_of_another_length_and_an_unknown_rank() {
+        let device = Default::default();
+        let layout = ShardLayout::contiguous(23, 3).unwrap();
+        for len in [22, 24] {
+            let x = Tensor::<NdArray, 3>::random([2, len, 3], Distribution::Default, &device);
+            let err = layout.shard(x, 0).unwrap_err();
+            assert!(
+                matches!(err, DilatedAttentionError::InvalidShards { .. }),
+                "{err}"
+            );
+        }
+        let x = Tensor::<NdArray, 3>::random([2, 23, 3], Distribution::Default, &device);
+        assert!(layout.shard(x, 3).is_err());
     }
 }

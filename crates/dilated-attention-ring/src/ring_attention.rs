@@ -10,7 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, DType, ElementConversion, Tensor, TensorData, TensorPrimitive};
 use dilated_attention_core::{
     AttentionShape, DilatedAttentionConfig, DilatedAttentionError, DilatedIndexPlan, DilationMode,
-    Result, merge_by_lse,
+    Result, check_attention_inputs, merge_by_lse,
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,7 @@ pub struct RingDilatedAttentionConfig {
 ///             s.spawn(move || {
 ///                 let rank = comm.rank();
 ///                 let ring = RingDilatedAttentionConfig::new(cfg).init::<B>(Arc::new(comm));
-///                 let mine = layout.shard(x, rank);
+///                 let mine = layout.shard(x, rank).expect("x has the layout's length");
 ///                 ring.forward(mine.clone(), mine.clone(), mine)
 ///             })
 ///         })
@@ -269,12 +269,7 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
     ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
         let attention = &self.config.attention;
         attention.validate()?;
-        let shape = AttentionShape::check_inputs(
-            &query.dims(),
-            &key.dims(),
-            &value.dims(),
-            key_padding_mask.as_ref().map(Tensor::dims),
-        )?;
+        let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
         let communicator = self.communicator()?;
         let rank = communicator.rank();
         let layout = self.layout_for(shape.seq_len)?;
@@ -287,7 +282,7 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             });
         }
         if self.config.fault_checks {
-            check_shard_lengths(communicator.as_ref(), &layout, shape.seq_len)?;
+            check_shard_lengths(communicator.as_ref(), &layout, shape.seq_len, query.dtype())?;
             for (name, t) in [("query", &query), ("key", &key), ("value", &value)] {
                 self.check_finite(name, t.clone())?;
             }
@@ -510,7 +505,6 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
     }
 }
 
-/// Every rank's local length against the layout (one all-gather).
 /// Where one call over this rank's shard sits: the layout of the whole sequence and the call's
 /// local shape (a batch chunk's, when the memory guard splits the batch).
 #[derive(Clone, Copy)]
@@ -519,25 +513,87 @@ struct ShardCall<'a> {
     shape: AttentionShape,
 }
 
+/// Base-256 digits of a length: each is exact in every float dtype (bf16 included), so the
+/// all-gather of lengths is exact at any length.
+const LENGTH_DIGITS: usize = 8;
+
+/// Every rank's local length against the layout, and every rank's dtype against this one's
+/// (one all-gather of `LENGTH_DIGITS + 1` small integers, exact in any float dtype).
 fn check_shard_lengths<B: Backend>(
     communicator: &dyn Communicator<B>,
     layout: &ShardLayout,
     local_len: usize,
+    dtype: DType,
 ) -> Result<()> {
+    let rank = communicator.rank();
+    let mut message: Vec<f32> = (0..LENGTH_DIGITS)
+        .map(|i| ((local_len as u64 >> (8 * i)) & 0xff) as f32)
+        .collect();
+    message.push(dtype_code(dtype) as f32);
     let mine =
-        Tensor::<B, 1>::from_data(TensorData::from([local_len as f32]), communicator.device());
-    for (rank, t) in communicator.all_gather(mine)?.into_iter().enumerate() {
-        let got = t.into_scalar().elem::<f64>() as usize;
-        if got != layout.local_len(rank) {
+        Tensor::<B, 1>::from_data(TensorData::from(message.as_slice()), communicator.device());
+    for (peer, t) in communicator.all_gather(mine)?.into_iter().enumerate() {
+        let got: Vec<f32> = t.into_data().convert::<f32>().to_vec().map_err(|e| {
+            DilatedAttentionError::Communication {
+                rank,
+                peer,
+                operation: "shard length check",
+                reason: format!("unreadable lengths: {e:?}"),
+            }
+        })?;
+        if got.len() != LENGTH_DIGITS + 1 {
+            return Err(DilatedAttentionError::Communication {
+                rank,
+                peer,
+                operation: "shard length check",
+                reason: format!(
+                    "received {} values, expected {}",
+                    got.len(),
+                    LENGTH_DIGITS + 1
+                ),
+            });
+        }
+        let len = got[..LENGTH_DIGITS]
+            .iter()
+            .rev()
+            .fold(0u64, |acc, &digit| (acc << 8) | digit as u64) as usize;
+        if len != layout.local_len(peer) {
             return Err(DilatedAttentionError::ShardMismatch {
                 name: "query",
+                rank: peer,
+                expected: layout.local_len(peer),
+                actual: len,
+            });
+        }
+        if got[LENGTH_DIGITS] != dtype_code(dtype) as f32 {
+            return Err(DilatedAttentionError::Communication {
                 rank,
-                expected: layout.local_len(rank),
-                actual: got,
+                peer,
+                operation: "shard length check",
+                reason: format!(
+                    "rank {peer} calls with {} inputs, this rank with {dtype:?}; every rank must use one dtype",
+                    dtype_name(got[LENGTH_DIGITS] as u8)
+                ),
             });
         }
     }
     Ok(())
+}
+
+/// The float dtypes a ring call may use, as small codes for the length check.
+const DTYPE_CODES: [DType; 4] = [DType::F32, DType::F16, DType::BF16, DType::F64];
+
+fn dtype_code(dtype: DType) -> u8 {
+    DTYPE_CODES
+        .iter()
+        .position(|&d| d == dtype)
+        .map_or(255, |i| i as u8)
+}
+
+fn dtype_name(code: u8) -> String {
+    DTYPE_CODES
+        .get(code as usize)
+        .map_or_else(|| "another dtype".into(), |d| format!("{d:?}"))
 }
 
 /// A communicator of any backend, type-erased so that the module's autodiff and inner versions

@@ -23,7 +23,8 @@ use std::sync::Arc;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Bool, DType, Int, Tensor, TensorData, TensorPrimitive, backend::Backend};
 use dilated_attention_core::{
-    AttentionShape, DilatedAttentionConfig, PairPlan, Result, index_tensor, merge_by_lse,
+    AttentionShape, DilatedAttentionConfig, DilatedAttentionError, PairPlan, Result, index_tensor,
+    merge_by_lse,
 };
 use dilated_attention_kernels::{CustomAttention, DilatedAttentionBackend};
 
@@ -326,15 +327,27 @@ impl<B: DilatedAttentionBackend> CustomAttention<B> for ShardedAttention<B> {
         // their compute where the communicator allows (NCCL's own stream; in-process buffered
         // sends). Forward only: the backward's key and gradient transfers share the channels.
         let world = self.communicator.world_size();
-        let mut next = Some(self.start_keys(0, &k_in, &v_in)?);
+        let rank = self.plan.rank;
+        let at_step = |step: usize| {
+            move |cause| DilatedAttentionError::RingStep {
+                rank,
+                step,
+                phase: "forward",
+                cause: Box::new(cause),
+            }
+        };
+        let mut next = Some(self.start_keys(0, &k_in, &v_in).map_err(at_step(0))?);
         for t in 0..world {
             let step = match next.take() {
                 Some(step) => step,
-                None => self.start_keys(t, &k_in, &v_in)?,
+                None => self.start_keys(t, &k_in, &v_in).map_err(at_step(t))?,
             };
-            let blocks = self.finish_keys(step)?;
+            let blocks = self.finish_keys(step).map_err(at_step(t))?;
             if self.overlap && t + 1 < world {
-                next = Some(self.start_keys(t + 1, &k_in, &v_in)?);
+                next = Some(
+                    self.start_keys(t + 1, &k_in, &v_in)
+                        .map_err(at_step(t + 1))?,
+                );
             }
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {

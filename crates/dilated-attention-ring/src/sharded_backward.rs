@@ -6,7 +6,7 @@ use std::cell::OnceCell;
 
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, IndexingUpdateOp, Tensor, backend::Backend};
-use dilated_attention_core::Result;
+use dilated_attention_core::{DilatedAttentionError, Result};
 use dilated_attention_kernels::DilatedAttentionBackend;
 
 use crate::Receive;
@@ -176,7 +176,13 @@ impl<B: DilatedAttentionBackend> ShardedAttention<B> {
             }))
         };
         for t in 0..world {
-            let blocks = self.keys_for_step(t, &k_in, &v_in)?;
+            let at_step = |cause| DilatedAttentionError::RingStep {
+                rank: me,
+                step: t,
+                phase: "backward",
+                cause: Box::new(cause),
+            };
+            let blocks = self.keys_for_step(t, &k_in, &v_in).map_err(at_step)?;
             let mut returned = Vec::new();
             for (i, block) in blocks.into_iter().enumerate() {
                 let Some((rows, kb, vb)) = block else {
@@ -205,7 +211,8 @@ impl<B: DilatedAttentionBackend> ShardedAttention<B> {
                     },
                     &block_rows,
                     &call,
-                )?;
+                )
+                .map_err(at_step)?;
                 let [dq, dk, dv] = match fused {
                     Some(grads) => grads,
                     None => {
@@ -263,14 +270,17 @@ impl<B: DilatedAttentionBackend> ShardedAttention<B> {
                 .collect();
             let total: usize = sizes.iter().sum::<usize>() * 2;
             let send = (!returned.is_empty()).then(|| (src, Tensor::cat(returned, 0)));
-            let received = self.communicator.exchange(
-                send,
-                (total > 0).then_some(Receive {
-                    from: dst,
-                    len: total,
-                    dtype: DType::F32, // key/value gradients travel in f32
-                }),
-            )?;
+            let received = self
+                .communicator
+                .exchange(
+                    send,
+                    (total > 0).then_some(Receive {
+                        from: dst,
+                        len: total,
+                        dtype: DType::F32, // key/value gradients travel in f32
+                    }),
+                )
+                .map_err(at_step)?;
             let parts = self.unpack(received.as_ref(), &ours, batch, head_dim);
             for (i, (rows, part)) in ours.iter().zip(parts).enumerate() {
                 let Some((dk, dv)) = part else { continue };

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::backend::Autodiff;
-use burn::tensor::{DType, Distribution, ElementConversion, FloatDType, Tensor};
+use burn::tensor::{DType, Distribution, FloatDType, Tensor};
 use dilated_attention::{
     Communicator, DilatedAttentionBackend, DilatedAttentionError, RingDilatedAttention,
     RingDilatedAttentionConfig, ShardLayout, dilated_attention_with_lse,
@@ -44,12 +44,31 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Largest `|a - b| / (1 + |b|)` over the elements.
+/// Largest `|a - b| / (1 + |b|)` over the elements; infinite when either side holds a NaN or
+/// an infinity the other does not.
 fn max_error<I: DilatedAttentionBackend, const D: usize>(a: Tensor<I, D>, b: Tensor<I, D>) -> f64 {
-    let a = a.cast(FloatDType::F32);
-    let b = b.cast(FloatDType::F32);
-    let err = (a - b.clone()).abs() / (b.abs() + 1.0);
-    err.max().into_scalar().elem::<f64>()
+    let a: Vec<f32> = a
+        .cast(FloatDType::F32)
+        .into_data()
+        .to_vec()
+        .expect("f32 values");
+    let b: Vec<f32> = b
+        .cast(FloatDType::F32)
+        .into_data()
+        .to_vec()
+        .expect("f32 values");
+    a.iter()
+        .zip(&b)
+        .map(|(&x, &y)| {
+            if x == y {
+                0.0
+            } else if !x.is_finite() || !y.is_finite() {
+                f64::INFINITY
+            } else {
+                f64::from((x - y).abs()) / (1.0 + f64::from(y.abs()))
+            }
+        })
+        .fold(0.0, |worst: f64, e| if e > worst { e } else { worst })
 }
 
 /// Inputs of the run: the whole sequence (host-seeded, identical on every rank) with `--check`,
@@ -64,7 +83,11 @@ fn inputs<I: DilatedAttentionBackend>(
     if args.check {
         let full: [Tensor<I, 4>; 4] = [1u64, 2, 3, 4]
             .map(|seed| cast(seeded_normal::<I, 4>(seed, global, device), args.dtype));
-        let local = [0, 1, 2].map(|i| layout.shard(full[i].clone(), rank));
+        let local = [0, 1, 2].map(|i| {
+            layout
+                .shard(full[i].clone(), rank)
+                .expect("the global inputs have the layout's length")
+        });
         (local, Some(full))
     } else {
         let local = [
@@ -177,7 +200,7 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
     let error = match &full {
         Some([fq, fk, fv, _]) => {
             let (want, _) = dilated_attention_with_lse(fq.clone(), fk.clone(), fv.clone(), &cfg)?;
-            Some(max_error(out, layout.shard(want, rank)))
+            Some(max_error(out, layout.shard(want, rank)?))
         }
         None => None,
     };
@@ -191,7 +214,7 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
             let (qa, ka, va) = (track(&q), track(&k), track(&v));
             let out = ring_train.try_forward(qa.clone(), ka.clone(), va.clone())?;
             let loss = match &weight {
-                Some(w) => (out * Tensor::from_inner(layout.shard(w.clone(), rank))).sum(),
+                Some(w) => (out * Tensor::from_inner(layout.shard(w.clone(), rank)?)).sum(),
                 None => out.sum(),
             };
             let grads = loss.backward();
@@ -213,14 +236,17 @@ pub fn run_rank<I: DilatedAttentionBackend<Inner = I>>(
                 let (out, _) =
                     dilated_attention_with_lse(qa.clone(), ka.clone(), va.clone(), &cfg)?;
                 let g = (out * Tensor::from_inner(w.clone())).sum().backward();
-                let want =
-                    [qa, ka, va].map(|t| layout.shard(t.grad(&g).expect("tracked input"), rank));
+                let want = [qa, ka, va].map(|t| {
+                    layout
+                        .shard(t.grad(&g).expect("tracked input"), rank)
+                        .expect("the global gradients have the layout's length")
+                });
                 Some(
                     grads
                         .into_iter()
                         .zip(want)
                         .map(|(a, b)| max_error(a, b))
-                        .fold(0.0, f64::max),
+                        .fold(0.0, |worst: f64, e| if e > worst { e } else { worst }),
                 )
             }
             None => None,

@@ -251,6 +251,10 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
         tracked_attention::<B, C>(query, key, value, key_padding_mask, config, Some(order))
     }
 
+    fn max_allocation_bytes(device: &Device<Self>) -> Option<u64> {
+        B::max_allocation_bytes(device)
+    }
+
     /// As the inner backend's, except that dropout while training runs on the reference path
     /// (the kernels have no dropout).
     fn dilated_attention_kernel(
@@ -262,15 +266,17 @@ impl<B: DilatedAttentionBackend, C: CheckpointStrategy> DilatedAttentionBackend 
         if config.dropout == 0.0 {
             return B::dilated_attention_kernel(dims, dtype, device, config);
         }
+        let reason = "dropout while training runs on the reference path only (the kernels have \
+                      no dropout)";
         match kernel_strategy(config)? {
-            KernelStrategy::Auto | KernelStrategy::Reference => Ok(KernelChoice::REFERENCE),
+            KernelStrategy::Reference => Ok(KernelChoice::REFERENCE),
+            KernelStrategy::Auto => {
+                crate::fallback_log::warn_reference_fallback(reason);
+                Ok(KernelChoice::REFERENCE)
+            }
             forced => Err(DilatedAttentionError::KernelUnavailable {
                 strategy: forced,
-                reason: format!(
-                    "dropout {} while training runs on the reference path only (the kernels \
-                     have no dropout)",
-                    config.dropout
-                ),
+                reason: format!("{reason}; dropout is {}", config.dropout),
             }),
         }
     }

@@ -56,6 +56,10 @@ where
         Ok(select(&R::client(device), dims, dtype, config)?.choice())
     }
 
+    fn max_allocation_bytes(device: &burn::tensor::Device<Self>) -> Option<u64> {
+        Some(R::client(device).properties().memory.max_page_size)
+    }
+
     fn fused_dilated_attention_forward(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,

@@ -175,6 +175,10 @@ impl<B: FusionBackend + DilatedAttentionBackend> DilatedAttentionBackend for Fus
         B::dilated_attention_kernel(dims, dtype, device, config)
     }
 
+    fn max_allocation_bytes(device: &burn::tensor::Device<Self>) -> Option<u64> {
+        B::max_allocation_bytes(device)
+    }
+
     fn fused_dilated_attention_forward(
         query: FloatTensor<Self>,
         key: FloatTensor<Self>,

@@ -110,7 +110,10 @@ pub(crate) fn select<R: CubeRuntime>(
         |reason: String| DilatedAttentionError::KernelUnavailable { strategy, reason };
     if let Some(reason) = outside_every_family(&shape) {
         return match strategy {
-            KernelStrategy::Auto => Ok(Family::Reference),
+            KernelStrategy::Auto => {
+                crate::fallback_log::warn_reference_fallback(&reason);
+                Ok(Family::Reference)
+            }
             _ => Err(unavailable(reason)),
         };
     }
