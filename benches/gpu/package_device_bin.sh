@@ -5,7 +5,8 @@
 # Usage: benches/gpu/package_device_bin.sh [--keep-prev]
 #   --keep-prev keeps the fused_bench already packed as fused_bench_prev.gz (for the ab stages).
 # fused_bench is the default build (published crates' behaviour); fused_bench_nvrtc the same with
-# the opt-in `nvrtc-options` feature (per-kernel NVRTC options through the patched cubecl-cuda).
+# the opt-in `nvrtc-options` feature (per-kernel NVRTC options through the patched cubecl-cuda);
+# bad_input_probe what bad input does to a process (examples/bad_input_probe.rs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
@@ -13,18 +14,18 @@ K=dilated-attention-kernels
 cargo build --release -p $K --features test-cuda,nvrtc-options --example fused_bench
 mkdir -p .device-bin
 cp target/release/examples/fused_bench .device-bin/fused_bench_nvrtc
-cargo build --release -p $K --features test-cuda --example fused_bench --example call_overhead --example submit_probe
+cargo build --release -p $K --features test-cuda --example fused_bench --example bad_input_probe
 LOG=$(mktemp)
 cargo test --release -p $K --features test-cuda --test fused_matches_oracle --test backend_suite --no-run 2>&1 | tee "$LOG"
 if [[ ${1:-} == --keep-prev && -e .device-bin/fused_bench.gz ]]; then
   mv .device-bin/fused_bench.gz .device-bin/fused_bench_prev.gz
 fi
-for b in fused_bench call_overhead submit_probe; do cp target/release/examples/$b .device-bin/$b; done
+for b in fused_bench bad_input_probe; do cp target/release/examples/$b .device-bin/$b; done
 for t in fused_matches_oracle backend_suite; do
   cp "$(grep -o "target/release/deps/$t-[0-9a-f]*" "$LOG" | tail -1)" .device-bin/$t
 done
 rm -f "$LOG"
-for b in fused_bench fused_bench_nvrtc call_overhead submit_probe fused_matches_oracle backend_suite; do
+for b in fused_bench fused_bench_nvrtc bad_input_probe fused_matches_oracle backend_suite; do
   strip .device-bin/$b && gzip -f .device-bin/$b
 done
 ls -la .device-bin

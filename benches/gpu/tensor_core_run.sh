@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Device call for the tensor-core forward (issue 3): its CUDA tests, then the harness with the
 # tensor-core variant against the portable one (DILATED_ATTENTION_KERNEL=portable) and PyTorch.
-# Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench,call_overhead,submit_probe}(.gz),
-# built and packed by benches/gpu/package_device_bin.sh. Usage: benches/gpu/tensor_core_run.sh [tests|suite_parallel|atomic_dq|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
+# Expects .device-bin/{backend_suite,fused_matches_oracle,fused_bench,bad_input_probe,...}(.gz),
+# built and packed by benches/gpu/package_device_bin.sh. Usage: benches/gpu/tensor_core_run.sh [bad_input|tests|suite_parallel|atomic_dq|quick|submit_ab|backward_ab|tf32|breakdown|tf32bench|f32options|suite|ordered|hilbert_ab|hilbert|vulkan_diag|ncu_order|vulkan|bench|table|backward|mma|ncu|ab|sass|final|baseline]...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}
@@ -235,6 +235,11 @@ breakdown)
 atomic_dq)
   echo "== what a one-kernel backward's f32 dQ atomics would cost: Triton, the fused backward's add pattern, head-grouped and LongNet (benches/gpu/atomic_dq_probe.py)"
   timeout 300 python3 benches/gpu/atomic_dq_probe.py ${ATOMIC_ARGS:-} | tee "$OUT/atomic_dq.jsonl"
+  ;;
+bad_input)
+  echo "== bad input through the public API on the default Cuda backend, each case followed by a valid call (examples/bad_input_probe.rs)"
+  timeout 240 ./.device-bin/bad_input_probe > "$OUT/bad_input.jsonl" 2> "$OUT/bad_input.stderr"; echo "rc=$?" >> "$OUT/bad_input.jsonl"
+  cat "$OUT/bad_input.jsonl"
   ;;
 suite_parallel)
   echo "== every CUDA test in its own process, all at once (SUITE_TIMEOUT, PROPTEST_CASES): one process's tests share one CubeCL device thread, which also compiles, so a single process runs them one after another"
