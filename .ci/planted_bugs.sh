@@ -5,7 +5,7 @@
 #   scale   the portable forward kernel scales scores by 1.001 x scale   (lavapipe suites)
 #   dk      the portable dK/dV kernel adds 1.001 x each dK term          (lavapipe suites)
 #   ring    the ring's exchange sends values where keys go, and back    (ring suite, CPU)
-#   inverse the inverse permutation (Hilbert's way back) is the order   (Hilbert suite, CPU)
+#   inverse an order's inverse (Hilbert attention's way back) is the order (Hilbert suite, CPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 K=crates/dilated-attention-kernels/src/fused/portable
@@ -22,9 +22,9 @@ FILE[ring]=crates/dilated-attention-ring/src/shard_exchange.rs
 PATTERN[ring]='for t in \[key, value\] {'
 REPLACE[ring]='for t in [value, key] {'
 TEST[ring]="cargo test -p dilated-attention-ring --test ring_matches_single_device ring_forward_equals_one_device"
-FILE[inverse]=crates/dilated-attention-core/src/index_tensor.rs
-PATTERN[inverse]='        inverse\[j\] = i;'
-REPLACE[inverse]='        inverse[i] = j;'
+FILE[inverse]=crates/dilated-attention-core/src/sequence_order.rs
+PATTERN[inverse]='            inverse\[token as usize\] = position;'
+REPLACE[inverse]='            inverse[position] = token as usize;'
 TEST[inverse]="cargo test -p dilated-attention-hilbert --test hilbert_matches_permuted_reference"
 status=0
 for bug in "${@:-scale dk ring inverse}"; do

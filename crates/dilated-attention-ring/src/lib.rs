@@ -22,6 +22,7 @@ mod memory_guard;
 pub mod nccl;
 mod pair_results;
 mod ring_attention;
+mod shard_check;
 mod shard_exchange;
 mod shard_plan;
 mod sharded_attention;
