@@ -294,6 +294,20 @@ impl<B: DilatedAttentionBackend> RingDilatedAttention<B> {
             .iter()
             .map(|pair| shard_aligned(pair.segment_length, &layout))
             .collect();
+        if attention.dropout > 0.0
+            && local.iter().any(|&aligned| !aligned)
+            && B::ad_enabled(&query.device())
+        {
+            return Err(DilatedAttentionError::Unsupported {
+                kind: "dropout on the ring's sharded pairs".into(),
+                reason: format!(
+                    "dropout {} while training applies to shard-local pairs only; a pair whose \
+                     segments cross ranks has none. Set dropout to 0, or use shards that are \
+                     multiples of every segment length",
+                    attention.dropout
+                ),
+            });
+        }
         let chunks = match (self.config.fault_checks, self.config.memory_limit_bytes) {
             (true, Some(limit)) => {
                 self.batch_chunks(&query, &index, &layout, &local, shape, limit)?

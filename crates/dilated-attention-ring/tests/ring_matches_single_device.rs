@@ -381,3 +381,30 @@ fn the_memory_guard_chunks_the_batch_or_refuses_the_call() {
         );
     }
 }
+
+#[test]
+fn dropout_while_training_on_sharded_pairs_is_refused() {
+    // One segment of 32 over two ranks of 16: the pair is sharded.
+    let attention = DilatedAttentionConfig::new(vec![32], vec![1]).with_dropout(0.1);
+    let cfg = RingDilatedAttentionConfig::new(attention);
+    let results = on_ranks(2, |comm| {
+        let comm = Arc::new(comm);
+        let x = seeded_normal::<B, 4>(5, [1, 16, 2, 4], &Default::default());
+        let training = cfg.init::<Autodiff<B>>(comm.clone());
+        let xa = Tensor::<Autodiff<B>, 4>::from_inner(x.clone());
+        let refused = training
+            .try_forward(xa.clone(), xa.clone(), xa)
+            .unwrap_err();
+        // Inference (no Autodiff) has no dropout: the call runs.
+        let inference = cfg.init::<B>(comm);
+        let ran = inference.try_forward(x.clone(), x.clone(), x).is_ok();
+        (refused, ran)
+    });
+    for (refused, ran) in results {
+        assert!(
+            matches!(refused, DilatedAttentionError::Unsupported { .. }),
+            "{refused}"
+        );
+        assert!(ran);
+    }
+}
