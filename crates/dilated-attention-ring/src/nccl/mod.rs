@@ -2,6 +2,8 @@
 
 mod communicator;
 mod cuda_buffer;
+mod unique_id;
 
 pub use communicator::*;
 pub use cuda_buffer::*;
+pub use unique_id::NcclId;
