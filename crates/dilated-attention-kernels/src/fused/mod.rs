@@ -12,6 +12,7 @@
 //! `DILATED_ATTENTION_KERNEL` override): `Auto` takes the first row of the table that can run
 //! the call; a forced family that cannot is an error. What the families share:
 //! - [`call`]: the per-call state (checked shape, launch table, order) and layout helpers;
+//! - [`kernel_args`]: the kernels' runtime arguments as structs (inputs, row plan, backward rows);
 //! - [`launch_plan`]: the table of pairs and head offsets, and the grid;
 //! - [`rows`], [`tiles`], [`tile_walk`]: rows of a cube, shared-memory tiles, the key-tile walk;
 //! - [`tensor_core`]: the cube shape, padding, masked-key score and key bias of `cmma` and `mma`;
