@@ -112,7 +112,11 @@ pub fn reference_score_elements(
                 .saturating_mul(group.heads.len())
                 .saturating_mul(len)
                 .saturating_mul(len);
-            let chunk = (crate::SCORE_BUDGET_ELEMENTS / per_segment.max(1)).clamp(1, segments);
+            let chunk = crate::segment_attention::segments_per_chunk(
+                per_segment,
+                segments,
+                crate::SCORE_BUDGET_ELEMENTS,
+            );
             largest = largest.max(per_segment.saturating_mul(chunk));
         }
     }

@@ -63,6 +63,17 @@ pub fn segment_attention<B: Backend>(
     )
 }
 
+/// How many of `segments` segments of `per_segment` scores each one chunk of
+/// [`segment_attention`] batches under `budget_elements` (at least one: a larger segment is taken
+/// whole).
+pub(crate) fn segments_per_chunk(
+    per_segment: usize,
+    segments: usize,
+    budget_elements: usize,
+) -> usize {
+    (budget_elements / per_segment.max(1)).clamp(1, segments)
+}
+
 /// How [`segment_attention`] turns scores into weights: causal masking, the scale, dropout.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SegmentSoftmax {
@@ -89,7 +100,7 @@ pub(crate) fn segment_attention_within_budget<B: Backend>(
     // 0/1 floats from here on (see `attend_chunk`).
     let key_hidden = key_hidden.map(|m| m.float());
     let per_segment = batch * heads * rows * rows;
-    let chunk = (budget_elements / per_segment.max(1)).clamp(1, segments);
+    let chunk = segments_per_chunk(per_segment, segments, budget_elements);
     if chunk >= segments {
         return attend_chunk(query, key, value, key_hidden, causal, scale, dropout);
     }

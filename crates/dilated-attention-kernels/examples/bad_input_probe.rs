@@ -11,6 +11,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::tensor::{DType, Distribution, Tensor};
+use dilated_attention_core::compare::relative_l2_error;
 use dilated_attention_core::{DilatedAttentionConfig, KernelStrategy};
 use dilated_attention_kernels::dilated_attention_with_lse;
 
@@ -35,20 +36,11 @@ fn random(dims: [usize; 4], dtype: DType) -> Tensor<Probe, 4> {
         .cast(dtype)
 }
 
-/// `||a - b|| / ||b||` over the values as `f32`; infinite when either holds NaN or Inf.
+/// `||a - b|| / ||b||` over the values as `f32` ([`relative_l2_error`]: infinite on NaN or Inf).
 fn relative_l2(a: Tensor<Probe, 4>, b: Tensor<Probe, 4>) -> f64 {
     let a: Vec<f32> = a.cast(DType::F32).into_data().to_vec().expect("f32 values");
     let b: Vec<f32> = b.cast(DType::F32).into_data().to_vec().expect("f32 values");
-    if a.iter().chain(&b).any(|x| !x.is_finite()) {
-        return f64::INFINITY;
-    }
-    let error: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum();
-    let norm: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum();
-    (error / norm.max(1e-30)).sqrt()
+    relative_l2_error(&a, &b)
 }
 
 /// A small valid call, read back: whether the device still works.

@@ -170,10 +170,11 @@ pub fn kernel_choice<B: DilatedAttentionBackend>(
 }
 
 /// Refuses a call whose largest buffer is above what `device` allocates at once
-/// ([`DilatedAttentionBackend::max_allocation_bytes`]): on the fused path an output the size of
-/// the query; on the reference path one chunk of scores ([`reference_score_elements`], counted
-/// at 4 bytes an element or the dtype's size if larger: the masks at the scores' shape are
-/// 32-bit on some runtimes).
+/// ([`DilatedAttentionBackend::max_allocation_bytes`]). Only the reference path can exceed it:
+/// the fused path's largest buffer is an output the size of the query, which the device already
+/// holds; the reference path's is one chunk of scores ([`reference_score_elements`], counted at
+/// 4 bytes an element or the dtype's size if larger: the masks at the scores' shape are 32-bit on
+/// some runtimes).
 ///
 /// # Errors
 /// [`DilatedAttentionError::AllocationTooLarge`]; the strategy's errors
@@ -187,20 +188,17 @@ fn check_allocation<B: DilatedAttentionBackend>(
     let Some(limit) = B::max_allocation_bytes(device) else {
         return Ok(());
     };
-    let [batch, seq, heads, head_dim] = shape.dims();
-    let choice = B::dilated_attention_kernel(shape.dims(), dtype, device, config)?;
-    let (what, elements, element_bytes) = if choice.is_fused() {
-        ("the output", batch * seq * heads * head_dim, dtype.size())
-    } else {
-        (
-            "one chunk of the reference path's scores",
-            reference_score_elements(shape, config)?,
-            dtype.size().max(4),
-        )
-    };
-    let bytes = (elements as u64).saturating_mul(element_bytes as u64);
+    if B::dilated_attention_kernel(shape.dims(), dtype, device, config)?.is_fused() {
+        return Ok(());
+    }
+    let elements = reference_score_elements(shape, config)? as u64;
+    let bytes = elements.saturating_mul(dtype.size().max(4) as u64);
     if bytes > limit {
-        return Err(DilatedAttentionError::AllocationTooLarge { what, bytes, limit });
+        return Err(DilatedAttentionError::AllocationTooLarge {
+            what: "one chunk of the reference path's scores",
+            bytes,
+            limit,
+        });
     }
     Ok(())
 }

@@ -110,6 +110,7 @@ mod tests {
         // ... and it does depend on p - p': over distances 0..8 the score moves by more than a
         // thousandth of |u| |w| (two distances alone can meet by chance on random vectors).
         let scores: Vec<f32> = (0..9).map(|distance| dot(0, distance)).collect();
+        assert!(scores.iter().all(|s| s.is_finite()), "{scores:?}");
         let spread = scores.iter().copied().fold(f32::MIN, f32::max)
             - scores.iter().copied().fold(f32::MAX, f32::min);
         let length = |t: &Tensor<B, 4>| t.clone().powf_scalar(2.0).sum().into_scalar().sqrt();

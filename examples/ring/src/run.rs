@@ -10,6 +10,7 @@ use dilated_attention::{
     Communicator, DilatedAttentionBackend, DilatedAttentionError, RingDilatedAttention,
     RingDilatedAttentionConfig, ShardLayout, dilated_attention_with_lse,
 };
+use dilated_attention_core::compare::max_scaled_error;
 use dilated_attention_core::oracle::seeded_normal;
 use dilated_attention_ring::TrafficCounter;
 
@@ -45,7 +46,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 /// Largest `|a - b| / (1 + |b|)` over the elements; infinite when either side holds a NaN or
-/// an infinity the other does not.
+/// an infinity the other does not ([`max_scaled_error`]).
 fn max_error<I: DilatedAttentionBackend, const D: usize>(a: Tensor<I, D>, b: Tensor<I, D>) -> f64 {
     let a: Vec<f32> = a
         .cast(FloatDType::F32)
@@ -57,18 +58,7 @@ fn max_error<I: DilatedAttentionBackend, const D: usize>(a: Tensor<I, D>, b: Ten
         .into_data()
         .to_vec()
         .expect("f32 values");
-    a.iter()
-        .zip(&b)
-        .map(|(&x, &y)| {
-            if x == y {
-                0.0
-            } else if !x.is_finite() || !y.is_finite() {
-                f64::INFINITY
-            } else {
-                f64::from((x - y).abs()) / (1.0 + f64::from(y.abs()))
-            }
-        })
-        .fold(0.0, |worst: f64, e| if e > worst { e } else { worst })
+    max_scaled_error(&a, &b)
 }
 
 /// Inputs of the run: the whole sequence (host-seeded, identical on every rank) with `--check`,

@@ -22,13 +22,12 @@ pub fn cpu_product(a: &[f16], b: &[f16], size: usize) -> Vec<f32> {
 pub fn max_abs_error(got: &[f32], want: &[f32]) -> f32 {
     got.iter()
         .zip(want)
-        .map(|(g, w)| {
-            let error = (g - w).abs();
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0, |worst: f32, error| {
             if error.is_finite() {
-                error
+                worst.max(error)
             } else {
                 f32::INFINITY
             }
         })
-        .fold(0.0, f32::max)
 }
