@@ -242,10 +242,10 @@ bad_input)
   cat "$OUT/bad_input.jsonl"
   ;;
 suite_parallel)
-  echo "== every CUDA test in its own process, all at once (SUITE_TIMEOUT, PROPTEST_CASES): one process's tests share one CubeCL device thread, which also compiles, so a single process runs them one after another"
+  echo "== every CUDA test in its own process, all at once (SUITE_TIMEOUT, PROPTEST_CASES; SUITE_FILTER, a grep -E pattern on test names): one process's tests share one CubeCL device thread, which also compiles, so a single process runs them one after another"
   L=/tmp/suite_logs; rm -rf $L; mkdir -p $L
   for BIN in fused_matches_oracle backend_suite; do
-    for T in $(./.device-bin/$BIN --list 2>/dev/null | grep ': test$' | sed 's/: test$//'); do
+    for T in $(./.device-bin/$BIN --list 2>/dev/null | grep ': test$' | sed 's/: test$//' | grep -E "${SUITE_FILTER:-.}"); do
       (cd crates/dilated-attention-kernels && timeout ${SUITE_TIMEOUT:-500} ../../.device-bin/$BIN --exact $T --nocapture > $L/${BIN}_$T.log 2>&1; echo "rc=$?" >> $L/${BIN}_$T.log) &
     done
   done
