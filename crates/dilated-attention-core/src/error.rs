@@ -114,6 +114,18 @@ pub enum DilatedAttentionError {
         /// The other tensor's dtype.
         actual: burn::tensor::DType,
     },
+    /// An input's float dtype is not the dtype of the module's parameters (projections, norms).
+    #[error(
+        "{name} is {actual:?} but the module's parameters are {parameters:?}; cast the input to {parameters:?}"
+    )]
+    ParameterDTypeMismatch {
+        /// Which input (`query`, `key`, `value`, `x`).
+        name: &'static str,
+        /// The parameters' dtype.
+        parameters: burn::tensor::DType,
+        /// The input's dtype.
+        actual: burn::tensor::DType,
+    },
     /// A tensor lives on another device than the query.
     #[error(
         "{name} is on device {actual} but query is on {query}; move the inputs of one call to one device"

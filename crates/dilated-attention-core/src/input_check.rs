@@ -1,5 +1,6 @@
 //! The checks every call runs on its tensors before anything is queued: shapes
-//! ([`AttentionShape`]), one float dtype and one device.
+//! ([`AttentionShape`]), one float dtype and one device; and, for modules with parameters, the
+//! inputs' dtype against the parameters' ([`ensure_parameter_dtype`]).
 //!
 //! ```
 //! use burn::backend::NdArray;
@@ -16,7 +17,7 @@
 //! # Ok::<(), DilatedAttentionError>(())
 //! ```
 
-use burn::tensor::{Bool, Tensor, backend::Backend};
+use burn::tensor::{Bool, DType, Tensor, backend::Backend};
 
 use crate::{AttentionShape, DilatedAttentionError, Result};
 
@@ -64,10 +65,27 @@ pub fn check_attention_inputs<B: Backend>(
     Ok(shape)
 }
 
+/// Checks that an input of a module with parameters (projections, norms) has their dtype: burn's
+/// matmul and norms take one float dtype, and a mixed call panics inside the backend.
+///
+/// # Errors
+/// [`DilatedAttentionError::ParameterDTypeMismatch`] naming the input and both dtypes.
+pub fn ensure_parameter_dtype(name: &'static str, actual: DType, parameters: DType) -> Result<()> {
+    if actual == parameters {
+        Ok(())
+    } else {
+        Err(DilatedAttentionError::ParameterDTypeMismatch {
+            name,
+            parameters,
+            actual,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::NdArray;
-    use burn::tensor::{DType, Distribution};
+    use burn::tensor::Distribution;
 
     use super::*;
 
@@ -102,5 +120,15 @@ mod tests {
             check_attention_inputs(&q, &k, &q, None),
             Err(DilatedAttentionError::ShapeMismatch { name: "key", .. })
         ));
+    }
+
+    #[test]
+    fn an_input_in_another_dtype_than_the_parameters_is_named() {
+        assert_eq!(ensure_parameter_dtype("x", DType::F32, DType::F32), Ok(()));
+        let err = ensure_parameter_dtype("query", DType::F16, DType::F32).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("query is F16 but the module's parameters are F32")
+        );
     }
 }

@@ -23,7 +23,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Bool, Tensor, backend::Backend};
 use dilated_attention_core::{
     DilatedAttentionConfig, DilatedAttentionError, DilationMode, Result, ensure_nonzero,
-    ensure_positive,
+    ensure_parameter_dtype, ensure_positive,
 };
 use dilated_attention_kernels::{DilatedAttentionBackend, dilated_attention_with_lse_masked};
 
@@ -243,7 +243,8 @@ impl<B: DilatedAttentionBackend> MultiheadDilatedAttention<B> {
     /// # Errors
     /// [`DilatedAttentionError::EmbedDimMismatch`], [`DilatedAttentionError::SequenceMismatch`],
     /// [`DilatedAttentionError::EmptyDimension`], a batch mismatch as
-    /// [`DilatedAttentionError::ShapeMismatch`], and the mask's shape errors.
+    /// [`DilatedAttentionError::ShapeMismatch`], an input whose dtype is not the projections' as
+    /// [`DilatedAttentionError::ParameterDTypeMismatch`], and the mask's shape errors.
     pub fn try_forward(
         &self,
         query: Tensor<B, 3>,
@@ -285,6 +286,14 @@ impl<B: DilatedAttentionBackend> MultiheadDilatedAttention<B> {
                     actual: [dims[0], dims[1], dims[2], 1],
                 });
             }
+        }
+        let parameters = self.q_proj.weight.val().dtype();
+        for (name, dtype) in [
+            ("query", query.dtype()),
+            ("key", key.dtype()),
+            ("value", value.dtype()),
+        ] {
+            ensure_parameter_dtype(name, dtype, parameters)?;
         }
         let head_dim = self.embed_dim / self.num_heads;
         let split = |x: Tensor<B, 3>| x.reshape([batch, seq, self.num_heads, head_dim]);
@@ -462,6 +471,22 @@ mod tests {
                 name: "value",
                 query: 10,
                 actual: 11
+            }
+        );
+    }
+
+    #[test]
+    fn an_input_in_another_dtype_than_the_projections_is_a_typed_error() {
+        let device = Default::default();
+        let m = MultiheadDilatedAttentionConfig::new(16, 2, attention()).init::<B>(&device);
+        let x = Tensor::<B, 3>::random([1, 10, 16], Distribution::Default, &device);
+        let wide = x.clone().cast(burn::tensor::DType::F64);
+        assert_eq!(
+            m.try_forward(x.clone(), x.clone(), wide, None).unwrap_err(),
+            DilatedAttentionError::ParameterDTypeMismatch {
+                name: "value",
+                parameters: burn::tensor::DType::F32,
+                actual: burn::tensor::DType::F64
             }
         );
     }

@@ -23,7 +23,9 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Bool, Tensor, backend::Backend};
-use dilated_attention_core::{DilatedAttentionConfig, Result};
+use dilated_attention_core::{
+    DilatedAttentionConfig, DilatedAttentionError, Result, ensure_parameter_dtype,
+};
 use dilated_attention_kernels::DilatedAttentionBackend;
 
 use crate::{
@@ -168,12 +170,24 @@ impl<B: DilatedAttentionBackend> DilatedTransformerLayer<B> {
     /// [`Self::forward`] with errors as values and an optional key padding mask.
     ///
     /// # Errors
-    /// Those of [`MultiheadDilatedAttention::try_forward`].
+    /// [`DilatedAttentionError::EmbedDimMismatch`] and
+    /// [`DilatedAttentionError::ParameterDTypeMismatch`] for an `x` the norms cannot take, and
+    /// those of [`MultiheadDilatedAttention::try_forward`].
     pub fn try_forward(
         &self,
         x: Tensor<B, 3>,
         key_padding_mask: Option<Tensor<B, 2, Bool>>,
     ) -> Result<Tensor<B, 3>> {
+        let gamma = self.attention_norm.gamma.val();
+        let [embed_dim] = gamma.dims();
+        if x.dims()[2] != embed_dim {
+            return Err(DilatedAttentionError::EmbedDimMismatch {
+                name: "x",
+                expected: embed_dim,
+                actual: x.dims()[2],
+            });
+        }
+        ensure_parameter_dtype("x", x.dtype(), gamma.dtype())?;
         let h = self.attention_norm.forward(x.clone());
         let attended = self
             .attention
@@ -251,5 +265,28 @@ mod tests {
         assert!(w.abs().max().into_scalar() > 0.0);
         let w = layer.ffn.fc1.weight.grad(&grads).expect("fc1 grad");
         assert!(w.abs().max().into_scalar() > 0.0);
+    }
+
+    #[test]
+    fn an_input_the_norms_cannot_take_is_a_typed_error() {
+        let device = Default::default();
+        let attention = DilatedAttentionConfig::new(vec![8], vec![1]);
+        let layer =
+            DilatedTransformerLayerConfig::encoder(16, 2, 32, attention).init::<NdArray>(&device);
+        let wide = Tensor::<NdArray, 3>::random([1, 8, 17], Distribution::Default, &device);
+        assert!(matches!(
+            layer.try_forward(wide, None),
+            Err(DilatedAttentionError::EmbedDimMismatch {
+                name: "x",
+                expected: 16,
+                actual: 17
+            })
+        ));
+        let double = Tensor::<NdArray, 3>::random([1, 8, 16], Distribution::Default, &device)
+            .cast(burn::tensor::DType::F64);
+        assert!(matches!(
+            layer.try_forward(double, None),
+            Err(DilatedAttentionError::ParameterDTypeMismatch { name: "x", .. })
+        ));
     }
 }
