@@ -13,7 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use burn::tensor::{DType, Distribution, Tensor};
 use dilated_attention_core::compare::relative_l2_error;
 use dilated_attention_core::{DilatedAttentionConfig, KernelStrategy};
-use dilated_attention_kernels::dilated_attention_with_lse;
+use dilated_attention_kernels::{dilated_attention_with_lse, kernel_choice};
 
 #[cfg(feature = "test-cuda")]
 type Probe = burn::backend::Cuda;
@@ -153,6 +153,35 @@ fn main() {
             }
         }),
     );
+
+    if cfg!(feature = "test-cuda") {
+        report(
+            "2^32 elements per tensor in half (2 batch rows of 2^31): fused, split along the batch",
+            catch_unwind(|| {
+                let cfg = DilatedAttentionConfig::new(vec![2048, 4096, 8192], vec![1, 2, 4]);
+                let dims = [2, 1 << 20, 32, 64];
+                let choice = kernel_choice::<Probe>(dims, h, &Default::default(), &cfg);
+                let [q, k, v] = [0, 1, 2].map(|_| random(dims, h));
+                let start = std::time::Instant::now();
+                let result = dilated_attention_with_lse(q.clone(), k.clone(), v.clone(), &cfg);
+                match result {
+                    Ok((out, _)) => {
+                        let row = |t: Tensor<Probe, 4>| t.narrow(0, 1, 1);
+                        let (alone, _) = dilated_attention_with_lse(row(q), row(k), row(v), &cfg)
+                            .expect("one batch row");
+                        let seconds = start.elapsed().as_secs_f64();
+                        // The first 65,536 tokens of row 1 (a host copy of all 2^31 would take minutes).
+                        let head = |t: Tensor<Probe, 4>| t.narrow(1, 0, 1 << 16);
+                        format!(
+                            "Ok, kernels {choice:?}, {seconds:.2} s with the check; batch row 1 against a call on that row alone (first 65,536 tokens): rel L2 {:.2e}",
+                            relative_l2(head(row(out)), head(alone))
+                        )
+                    }
+                    Err(e) => format!("error: {e}"),
+                }
+            }),
+        );
+    }
 
     report(
         "segment length 0",

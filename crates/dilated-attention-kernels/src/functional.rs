@@ -22,6 +22,7 @@ use dilated_attention_core::{
 };
 
 use crate::DilatedAttentionBackend;
+use crate::batch_chunks::{attend_in_batch_chunks, batch_rows_per_fused_call};
 
 /// Dilated attention and its log-sum-exp (the input of the LongNet merge and of the ring).
 ///
@@ -58,18 +59,54 @@ pub fn dilated_attention_with_lse_masked<B: DilatedAttentionBackend>(
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     config.validate()?;
     let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
-    check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
-    let (out, lse) = B::dilated_attention_with_lse(
-        query.into_primitive().tensor(),
-        key.into_primitive().tensor(),
-        value.into_primitive().tensor(),
-        key_padding_mask.map(Tensor::into_primitive),
-        config,
-    )?;
-    Ok((
+    let mut attend = |query: Tensor<B, 4>,
+                      key: Tensor<B, 4>,
+                      value: Tensor<B, 4>,
+                      mask: Option<Tensor<B, 2, Bool>>| {
+        let shape = AttentionShape::from_dims("query", &query.dims())?;
+        check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
+        let (out, lse) = B::dilated_attention_with_lse(
+            query.into_primitive().tensor(),
+            key.into_primitive().tensor(),
+            value.into_primitive().tensor(),
+            mask.map(Tensor::into_primitive),
+            config,
+        )?;
+        Ok(from_primitives(out, lse))
+    };
+    match fused_batch_chunk::<B>(&shape, query.dtype(), &query.device(), config)? {
+        Some(rows) => {
+            attend_in_batch_chunks([query, key, value], key_padding_mask, rows, &mut attend)
+        }
+        None => attend(query, key, value, key_padding_mask),
+    }
+}
+
+/// Output and log-sum-exp as tensors.
+fn from_primitives<B: DilatedAttentionBackend>(
+    out: burn::tensor::ops::FloatTensor<B>,
+    lse: burn::tensor::ops::FloatTensor<B>,
+) -> (Tensor<B, 4>, Tensor<B, 3>) {
+    (
         Tensor::from_primitive(TensorPrimitive::Float(out)),
         Tensor::from_primitive(TensorPrimitive::Float(lse)),
-    ))
+    )
+}
+
+/// Batch rows per call when a call beyond one fused launch runs as several
+/// ([`batch_rows_per_fused_call`]) and the fused kernels take each chunk; `None` for one call.
+fn fused_batch_chunk<B: DilatedAttentionBackend>(
+    shape: &AttentionShape,
+    dtype: DType,
+    device: &B::Device,
+    config: &DilatedAttentionConfig,
+) -> Result<Option<usize>> {
+    let Some(rows) = batch_rows_per_fused_call(shape.dims()) else {
+        return Ok(None);
+    };
+    let [_, seq, heads, head_dim] = shape.dims();
+    let chunk = B::dilated_attention_kernel([rows, seq, heads, head_dim], dtype, device, config)?;
+    Ok(chunk.is_fused().then_some(rows))
 }
 
 /// [`dilated_attention_with_lse_masked`] along a [`SequenceOrder`]: attention runs on the
@@ -110,19 +147,28 @@ pub fn dilated_attention_along_order<B: DilatedAttentionBackend>(
     config.validate()?;
     let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
     order.check_len(shape.seq_len)?;
-    check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
-    let (out, lse) = B::dilated_attention_along_order(
-        query.into_primitive().tensor(),
-        key.into_primitive().tensor(),
-        value.into_primitive().tensor(),
-        key_padding_mask.map(Tensor::into_primitive),
-        config,
-        order,
-    )?;
-    Ok((
-        Tensor::from_primitive(TensorPrimitive::Float(out)),
-        Tensor::from_primitive(TensorPrimitive::Float(lse)),
-    ))
+    let mut attend = |query: Tensor<B, 4>,
+                      key: Tensor<B, 4>,
+                      value: Tensor<B, 4>,
+                      mask: Option<Tensor<B, 2, Bool>>| {
+        let shape = AttentionShape::from_dims("query", &query.dims())?;
+        check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
+        let (out, lse) = B::dilated_attention_along_order(
+            query.into_primitive().tensor(),
+            key.into_primitive().tensor(),
+            value.into_primitive().tensor(),
+            mask.map(Tensor::into_primitive),
+            config,
+            order,
+        )?;
+        Ok(from_primitives(out, lse))
+    };
+    match fused_batch_chunk::<B>(&shape, query.dtype(), &query.device(), config)? {
+        Some(rows) => {
+            attend_in_batch_chunks([query, key, value], key_padding_mask, rows, &mut attend)
+        }
+        None => attend(query, key, value, key_padding_mask),
+    }
 }
 
 /// Which kernel family, with which product precision, runs a call with inputs of shape `dims`
@@ -166,6 +212,14 @@ pub fn kernel_choice<B: DilatedAttentionBackend>(
     device: &B::Device,
     config: &DilatedAttentionConfig,
 ) -> Result<KernelChoice> {
+    if let Some(rows) = batch_rows_per_fused_call(dims) {
+        let [_, seq, heads, head_dim] = dims;
+        let chunk =
+            B::dilated_attention_kernel([rows, seq, heads, head_dim], dtype, device, config)?;
+        if chunk.is_fused() {
+            return Ok(chunk);
+        }
+    }
     B::dilated_attention_kernel(dims, dtype, device, config)
 }
 

@@ -30,6 +30,7 @@
 mod attention;
 mod backend;
 mod backends;
+mod batch_chunks;
 mod custom_attention;
 mod fallback_log;
 mod functional;
@@ -39,6 +40,7 @@ mod overrides;
 
 pub use attention::*;
 pub use backend::*;
+pub use batch_chunks::batch_rows_per_fused_call;
 pub use custom_attention::*;
 pub use functional::*;
 pub use overrides::{KERNEL_ENV, NVRTC_OPTIONS_ENV, SUBMIT_ENV, kernel_strategy};

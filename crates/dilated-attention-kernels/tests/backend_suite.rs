@@ -285,6 +285,34 @@ fn the_reference_path_runs_in_bf16() {
     check_reference_path_in(burn::tensor::DType::BF16, 2e-2, 4e-1);
 }
 
+/// More batch rows than the launch grid takes (65,535) run on the fused kernels in chunks along
+/// the batch, output, LSE and gradients within the fused bounds of the oracle.
+#[test]
+#[cfg(any(feature = "test-wgpu", feature = "test-cuda"))]
+fn a_batch_beyond_the_grid_runs_fused_in_chunks() {
+    use burn::tensor::DType;
+    use dilated_attention_kernels::{batch_rows_per_fused_call, kernel_choice};
+
+    let c = OracleCase {
+        shape: [65_600, 5, 1, 4],
+        segments: vec![2, 4],
+        rates: vec![1, 2],
+        mode: DilationMode::LongNet,
+        causal: true,
+        padding: Some(0.2),
+        seed: 11,
+    };
+    assert_eq!(batch_rows_per_fused_call(c.shape), Some(65_535));
+    let choice =
+        kernel_choice::<TestBackend>(c.shape, DType::F32, &Default::default(), &c.config())
+            .expect("auto always chooses");
+    assert!(choice.is_fused(), "{choice:?}");
+    // Forced onto the portable kernels, which refuse more than 65,535 rows in one launch: only
+    // the split along the batch lets this call run.
+    check_forward_with::<TestBackend>(&c, KernelStrategy::Portable, None);
+    check_gradients::<TestBackend>(&c, None);
+}
+
 /// A call whose one buffer would exceed what the device allocates at once is refused with a
 /// typed error before anything is queued, and the device goes on working.
 #[test]

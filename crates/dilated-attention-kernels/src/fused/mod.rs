@@ -6,7 +6,7 @@
 //! | [`mma`] (register-resident) | CUDA, Ampere and later (manual MMA, `ldmatrix`, `cp.async`, 32-unit planes) | `f16`, `bf16` (m16n8k16); `f32` on TF32 m16n8k8, three products each unless `allow_tf32` | multiple of 16, up to 128 | scores and accumulators in registers: the fastest |
 //! | [`cmma`] | CUDA, Volta and later (`cmma` 16x16x16, 32-unit planes) where `mma` cannot run | `f16`, `bf16` | multiple of 16, up to 128 | tensor cores through opaque fragments |
 //! | [`portable`] | every CubeCL runtime: CUDA, WGPU (Vulkan, Metal, DX12, lavapipe) | every float dtype (`f32` arithmetic) | up to 256 | scalar FMAs; WGSL has no `cmma`, and SPIR-V `cmma` crashed NVIDIA's Vulkan driver |
-//! | reference path (core) | every backend | every float dtype | any | dropout while training, head dim above 256, more than 65,535 heads or batches, 2^32 elements or more |
+//! | reference path (core) | every backend | every float dtype | any | dropout while training, head dim above 256, more than 65,535 heads, 2^32 elements or more in one batch row (a larger batch runs in chunks, `batch_chunks.rs`) |
 //!
 //! [`strategy::select`] picks the family of a call (the config's `kernel_strategy`, or the
 //! `DILATED_ATTENTION_KERNEL` override): `Auto` takes the first row of the table that can run

@@ -17,14 +17,13 @@ use dilated_attention_core::{
 
 use super::cmma::forward::{PROBABILITY_PAD, SCRATCH_PAD};
 use super::tensor_core::{KEY_PAD, TENSOR_CORE_PLANES};
+use crate::batch_chunks::{MAX_FUSED_ELEMENTS, MAX_FUSED_GRID_YZ as MAX_GRID_YZ};
 use crate::kernel_strategy;
 
 /// Units (query rows) per cube of the portable kernels.
 pub(crate) const BLOCK_ROWS: usize = 64;
 /// Largest head dimension the fused kernels take (registers per unit grow with it).
 pub(crate) const MAX_HEAD_DIM: usize = 256;
-/// Largest grid extent along y (heads) and z (batch) that every runtime accepts.
-const MAX_GRID_YZ: usize = 65_535;
 /// Largest head dimension of the tensor-core families (their fragments per plane grow with it).
 const MAX_TENSOR_CORE_HEAD_DIM: usize = 128;
 
@@ -142,9 +141,9 @@ fn outside_every_family(shape: &AttentionShape) -> Option<String> {
             "{} heads and batch {}: the kernels take at most {MAX_GRID_YZ} of each",
             shape.num_heads, shape.batch
         ))
-    } else if u32::try_from(elements).is_err() {
+    } else if elements as u64 > MAX_FUSED_ELEMENTS {
         Some(format!(
-            "{elements} elements per tensor: the kernels address at most 2^32"
+            "{elements} elements per tensor: the kernels address fewer than 2^32 (calls split along the batch where one batch row fits)"
         ))
     } else {
         None
