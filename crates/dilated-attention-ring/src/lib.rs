@@ -15,6 +15,9 @@ mod block;
 mod communicator;
 mod fused_block;
 mod gradient_sync;
+#[cfg(any(feature = "nccl", test))]
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+mod id_file;
 mod in_process;
 mod layout;
 mod memory_guard;

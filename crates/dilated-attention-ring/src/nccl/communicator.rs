@@ -11,7 +11,8 @@
 //! Bootstrap ([`NcclCommunicator::from_env`]), as torchrun users expect: `RANK`, `WORLD_SIZE`,
 //! `LOCAL_RANK` (the GPU, default `RANK`), and either `MASTER_ADDR`/`MASTER_PORT` (rank 0 serves
 //! NCCL's unique id over TCP; default `127.0.0.1:29500`) or `DILATED_NCCL_ID_FILE` (rank 0 writes
-//! it to a shared file).
+//! it to a shared file) with `DILATED_NCCL_RUN_ID` ([`NCCL_RUN_ID_ENV`](crate::nccl::NCCL_RUN_ID_ENV): a value the ranks of one
+//! run share and no other run uses; a file of another run is never read).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,7 @@ use dilated_attention_core::{DilatedAttentionError, Result};
 
 use super::cuda_buffer::{CudaBuffer, NcclBackend};
 use super::unique_id::{NcclId, id_through_file, id_through_tcp, setup_error};
+use crate::id_file::run_id_from_env;
 use crate::{Communicator, PendingExchange, Receive};
 
 /// The raw NCCL handles (pointers, hence the manual `Send`/`Sync`: every use is behind the
@@ -154,7 +156,10 @@ impl<B: NcclBackend> NcclCommunicator<B> {
             ));
         }
         let id = match var("DILATED_NCCL_ID_FILE") {
-            Some(path) => id_through_file(Path::new(&path), rank, NCCL_DEFAULT_TIMEOUT)?,
+            Some(path) => {
+                let run = run_id_from_env(rank)?;
+                id_through_file(Path::new(&path), &run, rank, NCCL_DEFAULT_TIMEOUT)?
+            }
             None => {
                 let host = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
                 let port = var("MASTER_PORT").unwrap_or_else(|| "29500".into());

@@ -1,5 +1,6 @@
 //! NCCL's unique id and how the ranks share it: rank 0 makes it and serves it over TCP
-//! (`MASTER_ADDR`/`MASTER_PORT`) or writes it to a shared file (`DILATED_NCCL_ID_FILE`).
+//! (`MASTER_ADDR`/`MASTER_PORT`) or writes it to a shared file (`DILATED_NCCL_ID_FILE`, tagged
+//! with `DILATED_NCCL_RUN_ID`).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 use cudarc::nccl::result as nccl;
 use cudarc::nccl::sys as nccl_sys;
 use dilated_attention_core::{DilatedAttentionError, Result};
+
+use crate::id_file::{wait_for_id_file, write_id_file};
 
 /// NCCL's unique id of a communicator: rank 0 makes it, every rank needs it.
 #[derive(Clone, Copy)]
@@ -114,29 +117,18 @@ pub(crate) fn id_through_tcp(
     }
 }
 
-/// Rank 0 writes the id to `path` (atomically, by rename); the others wait for it.
-pub(crate) fn id_through_file(path: &Path, rank: usize, timeout: Duration) -> Result<NcclId> {
+/// Rank 0 writes the id of run `run` to `path`; the others wait for an id of that run there
+/// (a file of an earlier run is not read: [`crate::id_file`]).
+pub(crate) fn id_through_file(
+    path: &Path,
+    run: &str,
+    rank: usize,
+    timeout: Duration,
+) -> Result<NcclId> {
     if rank == 0 {
         let id = NcclId::new()?;
-        let tmp = path.with_extension("partial");
-        std::fs::write(&tmp, id.0)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .map_err(|e| setup_error(0, format!("writing {}: {e}", path.display())))?;
+        write_id_file(path, run, &id.0)?;
         return Ok(id);
     }
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(bytes) = std::fs::read(path)
-            && let Ok(id) = <[u8; 128]>::try_from(bytes.as_slice())
-        {
-            return Ok(NcclId(id));
-        }
-        if Instant::now() > deadline {
-            return Err(setup_error(
-                rank,
-                format!("{} did not appear in time", path.display()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_id_file(path, run, rank, timeout).map(NcclId)
 }
