@@ -75,6 +75,10 @@ pub struct Args {
     /// CUDA build: start this many processes, one per GPU, each with `--nccl`.
     #[arg(long)]
     pub launch: Option<usize>,
+    /// CUDA build: join a group of 2 as rank 0 with no rank 1 and check that the NCCL init gives
+    /// up after this many seconds with a `CommunicationTimeout` (one GPU).
+    #[arg(long)]
+    pub init_timeout_probe: Option<u64>,
 }
 
 /// [`DilationMode`] on the command line.

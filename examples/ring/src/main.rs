@@ -77,6 +77,9 @@ fn main() -> ExitCode {
         if let Some(ranks) = args.launch {
             return gpu::launch(ranks);
         }
+        if let Some(seconds) = args.init_timeout_probe {
+            return gpu::init_timeout_probe(seconds);
+        }
         if args.nccl {
             return gpu::nccl_rank(&args);
         }
@@ -163,6 +166,36 @@ mod gpu {
             .memory_usage()
             .map(|u| u.bytes_reserved)
             .unwrap_or(0)
+    }
+
+    /// Rank 0 of a group of 2 whose rank 1 never comes: the init must give up after `seconds`
+    /// with a `CommunicationTimeout`. One JSON line; success when it did, within 5 s of the limit.
+    pub fn init_timeout_probe(seconds: u64) -> ExitCode {
+        use dilated_attention::DilatedAttentionError;
+        use dilated_attention_ring::nccl::NcclId;
+        let limit = std::time::Duration::from_secs(seconds);
+        let start = std::time::Instant::now();
+        let result = NcclId::new().and_then(|id| {
+            NcclCommunicator::<Cuda>::new_within(CudaDevice::new(0), 0, 2, id, limit)
+        });
+        let elapsed = start.elapsed().as_secs_f64();
+        let ok = matches!(
+            result,
+            Err(DilatedAttentionError::CommunicationTimeout { .. })
+        ) && elapsed >= seconds as f64
+            && elapsed < seconds as f64 + 5.0;
+        let outcome = match result {
+            Ok(_) => "Ok (a group of one rank formed?)".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        println!(
+            "{{\"case\":\"NCCL init with a peer that never joins\",\"limit_s\":{seconds},\"elapsed_s\":{elapsed:.2},\"result\":{outcome:?},\"pass\":{ok}}}"
+        );
+        if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
     }
 
     /// This process as NCCL rank `RANK` of `WORLD_SIZE`, on GPU `LOCAL_RANK`.

@@ -78,35 +78,98 @@ impl<F> NcclCalls for F where
 {
 }
 
+/// The stream and communicator of one rank, made on the calling thread with `context` bound
+/// (`ncclCommInitRank` blocks until every rank joins).
+fn init_handles(
+    context: &CudaContext,
+    rank: usize,
+    world_size: usize,
+    id: NcclId,
+) -> Result<Handles> {
+    context
+        .bind_to_thread()
+        .map_err(|e| setup_error(rank, format!("CUDA context: {e:?}")))?;
+    let stream = cu_stream::create(cu_stream::StreamKind::NonBlocking)
+        .map_err(|e| setup_error(rank, format!("CUDA stream: {e:?}")))?;
+    let mut comm = core::ptr::null_mut();
+    // SAFETY: `comm` is a valid out-pointer; the id comes from ncclGetUniqueId.
+    unsafe { nccl::comm_init_rank(&mut comm, world_size as i32, id.raw(), rank as i32) }
+        .map_err(|e| setup_error(rank, format!("ncclCommInitRank: {e:?}")))?;
+    Ok(Handles {
+        comm,
+        stream,
+        aborted: false,
+    })
+}
+
 impl<B: NcclBackend> NcclCommunicator<B> {
-    /// Joins the group of `world_size` ranks identified by `id` as `rank`, on `device`.
+    /// Joins the group of `world_size` ranks identified by `id` as `rank`, on `device`, within
+    /// [`NCCL_DEFAULT_TIMEOUT`] ([`Self::new_within`]).
     ///
     /// # Errors
     /// [`Communication`](DilatedAttentionError::Communication) when CUDA or NCCL fail (libnccl not
     /// found, a peer never joins, ...).
     pub fn new(device: Device<B>, rank: usize, world_size: usize, id: NcclId) -> Result<Self> {
+        Self::new_within(device, rank, world_size, id, NCCL_DEFAULT_TIMEOUT)
+    }
+
+    /// [`Self::new`], giving up when the group has not formed within `timeout`
+    /// (`ncclCommInitRank` blocks until every rank joins), which is also the communicator's
+    /// transfer timeout ([`Self::with_timeout`] changes it). The init runs on a helper thread; on
+    /// a timeout that thread stays blocked inside NCCL until the missing peers come (it then
+    /// destroys the communicator) or the process ends, and the call returns.
+    ///
+    /// # Errors
+    /// As [`Self::new`];
+    /// [`CommunicationTimeout`](DilatedAttentionError::CommunicationTimeout) when the group does
+    /// not form within `timeout`.
+    pub fn new_within(
+        device: Device<B>,
+        rank: usize,
+        world_size: usize,
+        id: NcclId,
+        timeout: Duration,
+    ) -> Result<Self> {
         let context = CudaContext::new(B::cuda_ordinal(&device))
             .map_err(|e| setup_error(rank, format!("CUDA context: {e:?}")))?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let init_context = context.clone();
+        std::thread::Builder::new()
+            .name(format!("nccl-init-rank-{rank}"))
+            .spawn(move || {
+                let handles = init_handles(&init_context, rank, world_size, id);
+                if let Err(std::sync::mpsc::SendError(Ok(late))) = sender.send(handles) {
+                    // The caller gave up: nobody will use this communicator.
+                    let _ = init_context.bind_to_thread();
+                    // SAFETY: the handles were just made and are not used elsewhere.
+                    unsafe {
+                        let _ = nccl::comm_destroy(late.comm);
+                        let _ = cu_stream::destroy(late.stream);
+                    }
+                }
+            })
+            .map_err(|e| setup_error(rank, format!("spawning the NCCL init thread: {e}")))?;
+        let handles = match receiver.recv_timeout(timeout) {
+            Ok(handles) => handles?,
+            Err(_) => {
+                return Err(DilatedAttentionError::CommunicationTimeout {
+                    rank,
+                    peer: usize::from(rank == 0),
+                    operation: "ncclCommInitRank (the group never formed)",
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+        };
         context
             .bind_to_thread()
             .map_err(|e| setup_error(rank, format!("CUDA context: {e:?}")))?;
-        let stream = cu_stream::create(cu_stream::StreamKind::NonBlocking)
-            .map_err(|e| setup_error(rank, format!("CUDA stream: {e:?}")))?;
-        let mut comm = core::ptr::null_mut();
-        // SAFETY: `comm` is a valid out-pointer; the id comes from ncclGetUniqueId.
-        unsafe { nccl::comm_init_rank(&mut comm, world_size as i32, id.raw(), rank as i32) }
-            .map_err(|e| setup_error(rank, format!("ncclCommInitRank: {e:?}")))?;
         Ok(Self {
             rank,
             world_size,
             device,
             context,
-            handles: Mutex::new(Handles {
-                comm,
-                stream,
-                aborted: false,
-            }),
-            timeout: NCCL_DEFAULT_TIMEOUT,
+            handles: Mutex::new(handles),
+            timeout,
         })
     }
 
