@@ -209,7 +209,15 @@ fn calls() -> impl Strategy<Value = Call> {
         )
 }
 
-/// Normal values (seeded) in `dtype`, tracked by `Autodiff`.
+/// The next state of a linear congruential generator (Knuth's MMIX constants).
+fn next_random(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6_364_136_223_846_793_005)
+        .wrapping_add(1_442_695_040_888_963_407);
+    *state
+}
+
+/// Uniform values (seeded) in `dtype`, tracked by `Autodiff`.
 fn input<const D: usize>(
     dims: [usize; D],
     dtype: DType,
@@ -217,15 +225,10 @@ fn input<const D: usize>(
     device: &Device<B>,
 ) -> Tensor<B, D> {
     let count = dims.iter().product::<usize>();
-    // A small linear congruential generator: values spread over about [-2, 2].
     let mut state = seed | 1;
+    // Spread over about [-2, 2].
     let values: Vec<f32> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
+        .map(|_| (next_random(&mut state) >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0)
         .collect();
     Tensor::<B, D>::from_data(TensorData::new(values, dims), (device, dtype)).require_grad()
 }
@@ -239,12 +242,7 @@ fn mask(call: &Call, device: &Device<B>) -> Option<Tensor<B, 2, Bool>> {
     };
     let mut state = call.seed ^ 0x9e37_79b9_7f4a_7c15;
     let padded: Vec<bool> = (0..dims[0] * dims[1])
-        .map(|_| {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) < probability
-        })
+        .map(|_| ((next_random(&mut state) >> 33) as f64 / (1u64 << 31) as f64) < probability)
         .collect();
     Some(Tensor::from_data(TensorData::new(padded, dims), device))
 }
@@ -422,7 +420,6 @@ fn cases() -> u32 {
 }
 
 /// How many calls of each kind ran to `Ok` and how many were typed errors.
-#[derive(Default)]
 struct Tally {
     ok: [AtomicUsize; 4],
     errors: [AtomicUsize; 4],

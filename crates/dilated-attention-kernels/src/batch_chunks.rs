@@ -37,22 +37,18 @@ pub fn batch_rows_per_fused_call(dims: [usize; 4]) -> Option<usize> {
     Some(rows as usize)
 }
 
-/// One attention call on query, key, value and mask (the batch rows of a chunk).
-pub(crate) type Attend<'a, B> = dyn FnMut(
-        Tensor<B, 4>,
-        Tensor<B, 4>,
-        Tensor<B, 4>,
-        Option<Tensor<B, 2, Bool>>,
-    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)>
-    + 'a;
-
 /// Runs `attend` on `rows` batch rows at a time and concatenates the outputs and log-sum-exps
 /// along the batch (differentiable: the slices and the concatenation are Burn ops).
 pub(crate) fn attend_in_batch_chunks<B: Backend>(
     [query, key, value]: [Tensor<B, 4>; 3],
     key_padding_mask: Option<Tensor<B, 2, Bool>>,
     rows: usize,
-    attend: &mut Attend<'_, B>,
+    mut attend: impl FnMut(
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+        Tensor<B, 4>,
+        Option<Tensor<B, 2, Bool>>,
+    ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)>,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     let batch = query.dims()[0];
     let mut outputs = Vec::new();
@@ -108,7 +104,7 @@ mod tests {
         let mask =
             Tensor::<B, 2>::random([5, 21], Distribution::Default, &device).greater_elem(0.7);
         let weights = Tensor::<B, 4>::random([5, 21, 2, 8], Distribution::Default, &device);
-        let mut attend = |q, k, v, m| reference_dilated_attention(q, k, v, m, &config);
+        let attend = |q, k, v, m| reference_dilated_attention(q, k, v, m, &config);
         let values = |t: Tensor<B, 4>| t.into_data().to_vec::<f32>().unwrap();
         for rows in [1, 2, 5] {
             let (whole, whole_lse) =
@@ -117,7 +113,7 @@ mod tests {
                 [q.clone(), k.clone(), v.clone()],
                 Some(mask.clone()),
                 rows,
-                &mut attend,
+                attend,
             )
             .unwrap();
             check_close(&values(chunked.clone()), &values(whole.clone()), 1e-6, 1e-6).unwrap();

@@ -58,55 +58,70 @@ pub fn dilated_attention_with_lse_masked<B: DilatedAttentionBackend>(
     config: &DilatedAttentionConfig,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     config.validate()?;
+    attend_checked(query, key, value, key_padding_mask, config, None)
+}
+
+/// The inputs' checks, then one call or (beyond one fused launch) several along the batch;
+/// along `order` when given.
+fn attend_checked<B: DilatedAttentionBackend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
-    let mut attend = |query: Tensor<B, 4>,
-                      key: Tensor<B, 4>,
-                      value: Tensor<B, 4>,
-                      mask: Option<Tensor<B, 2, Bool>>| {
-        let shape = AttentionShape::from_dims("query", &query.dims())?;
-        check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
-        let (out, lse) = B::dilated_attention_with_lse(
-            query.into_primitive().tensor(),
-            key.into_primitive().tensor(),
-            value.into_primitive().tensor(),
-            mask.map(Tensor::into_primitive),
-            config,
-        )?;
-        Ok(from_primitives(out, lse))
-    };
-    match fused_batch_chunk::<B>(&shape, query.dtype(), &query.device(), config)? {
-        Some(rows) => {
-            attend_in_batch_chunks([query, key, value], key_padding_mask, rows, &mut attend)
+    if let Some(order) = order {
+        order.check_len(shape.seq_len)?;
+    }
+    let attend = |query, key, value, mask| attend_once(query, key, value, mask, config, order);
+    match fused_batch_chunks::<B>(shape.dims(), query.dtype(), &query.device(), config)? {
+        Some((rows, _)) => {
+            attend_in_batch_chunks([query, key, value], key_padding_mask, rows, attend)
         }
         None => attend(query, key, value, key_padding_mask),
     }
 }
 
-/// Output and log-sum-exp as tensors.
-fn from_primitives<B: DilatedAttentionBackend>(
-    out: burn::tensor::ops::FloatTensor<B>,
-    lse: burn::tensor::ops::FloatTensor<B>,
-) -> (Tensor<B, 4>, Tensor<B, 3>) {
-    (
+/// One call of the backend on checked inputs, after the allocation check.
+fn attend_once<B: DilatedAttentionBackend>(
+    query: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    key_padding_mask: Option<Tensor<B, 2, Bool>>,
+    config: &DilatedAttentionConfig,
+    order: Option<&SequenceOrder>,
+) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
+    let shape = AttentionShape::from_dims("query", &query.dims())?;
+    check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
+    let [query, key, value] = [query, key, value].map(|t| t.into_primitive().tensor());
+    let mask = key_padding_mask.map(Tensor::into_primitive);
+    let (out, lse) = match order {
+        Some(order) => B::dilated_attention_along_order(query, key, value, mask, config, order)?,
+        None => B::dilated_attention_with_lse(query, key, value, mask, config)?,
+    };
+    Ok((
         Tensor::from_primitive(TensorPrimitive::Float(out)),
         Tensor::from_primitive(TensorPrimitive::Float(lse)),
-    )
+    ))
 }
 
-/// Batch rows per call when a call beyond one fused launch runs as several
-/// ([`batch_rows_per_fused_call`]) and the fused kernels take each chunk; `None` for one call.
-fn fused_batch_chunk<B: DilatedAttentionBackend>(
-    shape: &AttentionShape,
+/// Batch rows per call and the chunks' kernel choice, when a call beyond one fused launch runs
+/// as several along the batch ([`batch_rows_per_fused_call`]) and the fused kernels take each
+/// chunk; `None` for one call.
+fn fused_batch_chunks<B: DilatedAttentionBackend>(
+    dims: [usize; 4],
     dtype: DType,
     device: &B::Device,
     config: &DilatedAttentionConfig,
-) -> Result<Option<usize>> {
-    let Some(rows) = batch_rows_per_fused_call(shape.dims()) else {
+) -> Result<Option<(usize, KernelChoice)>> {
+    let Some(rows) = batch_rows_per_fused_call(dims) else {
         return Ok(None);
     };
-    let [_, seq, heads, head_dim] = shape.dims();
+    let [_, seq, heads, head_dim] = dims;
     let chunk = B::dilated_attention_kernel([rows, seq, heads, head_dim], dtype, device, config)?;
-    Ok(chunk.is_fused().then_some(rows))
+    Ok(chunk.is_fused().then_some((rows, chunk)))
 }
 
 /// [`dilated_attention_with_lse_masked`] along a [`SequenceOrder`]: attention runs on the
@@ -145,30 +160,7 @@ pub fn dilated_attention_along_order<B: DilatedAttentionBackend>(
     order: &SequenceOrder,
 ) -> Result<(Tensor<B, 4>, Tensor<B, 3>)> {
     config.validate()?;
-    let shape = check_attention_inputs(&query, &key, &value, key_padding_mask.as_ref())?;
-    order.check_len(shape.seq_len)?;
-    let mut attend = |query: Tensor<B, 4>,
-                      key: Tensor<B, 4>,
-                      value: Tensor<B, 4>,
-                      mask: Option<Tensor<B, 2, Bool>>| {
-        let shape = AttentionShape::from_dims("query", &query.dims())?;
-        check_allocation::<B>(&shape, query.dtype(), &query.device(), config)?;
-        let (out, lse) = B::dilated_attention_along_order(
-            query.into_primitive().tensor(),
-            key.into_primitive().tensor(),
-            value.into_primitive().tensor(),
-            mask.map(Tensor::into_primitive),
-            config,
-            order,
-        )?;
-        Ok(from_primitives(out, lse))
-    };
-    match fused_batch_chunk::<B>(&shape, query.dtype(), &query.device(), config)? {
-        Some(rows) => {
-            attend_in_batch_chunks([query, key, value], key_padding_mask, rows, &mut attend)
-        }
-        None => attend(query, key, value, key_padding_mask),
-    }
+    attend_checked(query, key, value, key_padding_mask, config, Some(order))
 }
 
 /// Which kernel family, with which product precision, runs a call with inputs of shape `dims`
@@ -212,15 +204,10 @@ pub fn kernel_choice<B: DilatedAttentionBackend>(
     device: &B::Device,
     config: &DilatedAttentionConfig,
 ) -> Result<KernelChoice> {
-    if let Some(rows) = batch_rows_per_fused_call(dims) {
-        let [_, seq, heads, head_dim] = dims;
-        let chunk =
-            B::dilated_attention_kernel([rows, seq, heads, head_dim], dtype, device, config)?;
-        if chunk.is_fused() {
-            return Ok(chunk);
-        }
+    match fused_batch_chunks::<B>(dims, dtype, device, config)? {
+        Some((_, chunk)) => Ok(chunk),
+        None => B::dilated_attention_kernel(dims, dtype, device, config),
     }
-    B::dilated_attention_kernel(dims, dtype, device, config)
 }
 
 /// Refuses a call whose largest buffer is above what `device` allocates at once

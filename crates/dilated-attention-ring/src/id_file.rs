@@ -19,7 +19,8 @@ const MAGIC: &[u8; 8] = b"DANCCLID";
 /// Bytes of an NCCL unique id.
 pub(crate) const ID_BYTES: usize = 128;
 
-fn setup_error(rank: usize, reason: String) -> DilatedAttentionError {
+/// A setup failure of `rank` (the rendezvous, NCCL's init) as a `Communication` error.
+pub(crate) fn setup_error(rank: usize, reason: String) -> DilatedAttentionError {
     DilatedAttentionError::Communication {
         rank,
         peer: 0,

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use cudarc::nccl::result as nccl;
 use cudarc::nccl::sys as nccl_sys;
-use dilated_attention_core::{DilatedAttentionError, Result};
+use dilated_attention_core::Result;
 
+pub(crate) use crate::id_file::setup_error;
 use crate::id_file::{wait_for_id_file, write_id_file};
 
 /// NCCL's unique id of a communicator: rank 0 makes it, every rank needs it.
@@ -32,15 +33,6 @@ impl NcclId {
         nccl_sys::ncclUniqueId {
             internal: self.0.map(|b| b as core::ffi::c_char),
         }
-    }
-}
-
-pub(crate) fn setup_error(rank: usize, reason: String) -> DilatedAttentionError {
-    DilatedAttentionError::Communication {
-        rank,
-        peer: 0,
-        operation: "nccl setup",
-        reason,
     }
 }
 
